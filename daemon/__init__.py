@@ -1,0 +1,3 @@
+"""paymentd: payment webhook & worker daemon (trio)."""
+
+__version__ = "0.1.0"

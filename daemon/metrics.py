@@ -1,0 +1,70 @@
+"""Prometheus metrics, one registry per daemon instance (tests run several in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.actor_restarts = Counter(
+            "paymentd_actor_restarts", "Actor restarts after a crash", ["actor"], registry=r
+        )
+        self.actor_up = Gauge("paymentd_actor_up", "1 while the actor runs", ["actor"], registry=r)
+        self.webhooks = Counter(
+            "paymentd_webhooks",
+            "Inbound webhooks by source and outcome "
+            "(queued, duplicate, test, bad_request, not_found, too_large)",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "paymentd_queue_depth", "Messages in a PGMQ queue", ["queue"], registry=r
+        )
+        self.queue_oldest_age = Gauge(
+            "paymentd_queue_oldest_age_seconds", "Age of the oldest message", ["queue"], registry=r
+        )
+        self.queue_pickup = Histogram(
+            "paymentd_queue_pickup_seconds",
+            "Enqueue to first read",
+            ["queue"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300),
+            registry=r,
+        )
+        self.jobs = Counter(
+            "paymentd_jobs", "Queue messages handled, by outcome", ["queue", "outcome"], registry=r
+        )
+        self.olt_commands = Histogram(
+            "paymentd_olt_command_seconds",
+            "OLT operation latency (activate/deactivate incl. confirmation)",
+            ["vendor", "outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.olt_sessions = Counter(
+            "paymentd_olt_sessions_opened", "SSH sessions opened", ["device"], registry=r
+        )
+        self.olt_breaker_open = Gauge(
+            "paymentd_olt_breaker_open", "1 while a device's circuit is open", ["device"], registry=r
+        )
+        self.sms = Counter("paymentd_sms", "SMS by provider and outcome", ["provider", "outcome"], registry=r)
+        self.listener_reconnects = Counter(
+            "paymentd_listener_reconnects", "LISTEN connection re-establishments", registry=r
+        )
+        self.notifications = Counter(
+            "paymentd_notifications", "NOTIFY wake-ups received", ["queue"], registry=r
+        )
+        self.safety_polls = Counter(
+            "paymentd_safety_polls", "Queue reads triggered by the safety timer", ["queue"], registry=r
+        )
+        self.channel_buffer = Gauge(
+            "paymentd_channel_buffer_used", "Items buffered in a memory channel", ["channel"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,91 @@
+"""Test databases on a real PostgreSQL server.
+
+``TEST_DATABASE_URL`` names a server (any database on it; we connect to create our own);
+without it an embedded server from ``pgserver`` is started once per session. Each test gets
+a fresh database cloned from a migrated template, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from daemon.migrate import migrate
+
+
+def _with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    if parts.path and parts.path != "/":
+        return urlunsplit(parts._replace(path="/" + name))
+    # pgserver's unix-socket URIs carry the database in the path too; fall back to appending.
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def _schema_hash() -> str:
+    h = hashlib.sha256()
+    for entry in sorted(files("daemon.migrations").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            h.update(entry.read_bytes())
+    return h.hexdigest()[:10]
+
+
+class PgServer:
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.template = f"paymentd_tpl_{_schema_hash()}"
+        self._ensure_template()
+
+    def _admin(self) -> psycopg.Connection:
+        return psycopg.connect(self.admin_url, autocommit=True)
+
+    def _ensure_template(self) -> None:
+        with self._admin() as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.template,)).fetchone():
+                return
+            tmp = f"{self.template}_build_{os.getpid()}"
+            conn.execute(f'DROP DATABASE IF EXISTS "{tmp}"')
+            conn.execute(f'CREATE DATABASE "{tmp}"')
+        migrate(_with_db(self.admin_url, tmp))
+        with self._admin() as conn:
+            try:
+                conn.execute(f'ALTER DATABASE "{tmp}" RENAME TO "{self.template}"')
+            except psycopg.errors.DuplicateDatabase:
+                conn.execute(f'DROP DATABASE "{tmp}"')
+
+    @contextmanager
+    def database(self) -> Iterator[str]:
+        name = f"paymentd_t_{uuid.uuid4().hex[:12]}"
+        with self._admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        url = _with_db(self.admin_url, name)
+        # Unlogged notify-throttle state and triggers are re-established like a daemon start.
+        migrate(url, notify_throttle_ms=0)
+        try:
+            yield url
+        finally:
+            with self._admin() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def pg_server() -> Iterator[PgServer]:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield PgServer(url)
+        return
+    import pgserver
+
+    datadir = os.path.join(tempfile.gettempdir(), "paymentd-test-pgdata")
+    server = pgserver.get_server(datadir, cleanup_mode="stop")
+    try:
+        yield PgServer(server.get_uri())
+    finally:
+        server.cleanup()
