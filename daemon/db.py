@@ -28,7 +28,7 @@ class DatabaseError(Exception):
     """The database is unreachable or the connection broke; retry later."""
 
 
-async def _bridge(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+async def bridge(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     try:
         return await aio_as_trio(fn)(*args, **kwargs)
     except asyncio.CancelledError as exc:
@@ -50,15 +50,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def connect(url: str, *, timeout: float = 10.0) -> asyncpg.Connection:
     """One dedicated connection (the listener's); caller closes it with ``close_conn``."""
-    conn: asyncpg.Connection = await _bridge(asyncpg.connect, url, timeout=timeout)
-    await _bridge(_init_connection, conn)
+    conn: asyncpg.Connection = await bridge(asyncpg.connect, url, timeout=timeout)
+    await bridge(_init_connection, conn)
     return conn
 
 
 async def close_conn(conn: asyncpg.Connection) -> None:
     with trio.move_on_after(5, shield=True):
         try:
-            await _bridge(conn.close, timeout=3)
+            await bridge(conn.close, timeout=3)
         except Exception:
             conn.terminate()
 
@@ -70,18 +70,18 @@ class Conn:
         self.raw = raw
 
     async def fetch(self, sql: str, *args: Any) -> list[Record]:
-        rows: list[Record] = await _bridge(self.raw.fetch, sql, *args)
+        rows: list[Record] = await bridge(self.raw.fetch, sql, *args)
         return rows
 
     async def fetchrow(self, sql: str, *args: Any) -> Record | None:
-        row: Record | None = await _bridge(self.raw.fetchrow, sql, *args)
+        row: Record | None = await bridge(self.raw.fetchrow, sql, *args)
         return row
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        return await _bridge(self.raw.fetchval, sql, *args)
+        return await bridge(self.raw.fetchval, sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> str:
-        status: str = await _bridge(self.raw.execute, sql, *args)
+        status: str = await bridge(self.raw.execute, sql, *args)
         return status
 
 
@@ -107,7 +107,7 @@ class Database:
         max_size: int = 10,
         command_timeout: float = 30.0,
     ) -> AsyncIterator[Database]:
-        pool = await _bridge(
+        pool = await bridge(
             asyncpg.create_pool,
             url,
             min_size=min_size,
@@ -121,7 +121,7 @@ class Database:
         finally:
             with trio.move_on_after(5, shield=True):
                 try:
-                    await _bridge(pool.close)
+                    await bridge(pool.close)
                 except Exception:
                     pool.terminate()
 
@@ -140,18 +140,18 @@ class Database:
             raise DatabaseError(str(exc) or type(exc).__name__) from exc
 
     async def fetch(self, sql: str, *args: Any) -> list[Record]:
-        rows: list[Record] = await _bridge(self._pool.fetch, sql, *args)
+        rows: list[Record] = await bridge(self._pool.fetch, sql, *args)
         return rows
 
     async def fetchrow(self, sql: str, *args: Any) -> Record | None:
-        row: Record | None = await _bridge(self._pool.fetchrow, sql, *args)
+        row: Record | None = await bridge(self._pool.fetchrow, sql, *args)
         return row
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        return await _bridge(self._pool.fetchval, sql, *args)
+        return await bridge(self._pool.fetchval, sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> str:
-        status: str = await _bridge(self._pool.execute, sql, *args)
+        status: str = await bridge(self._pool.execute, sql, *args)
         return status
 
 

@@ -1,0 +1,169 @@
+"""Run one reconnection task on its OLT and record the outcome (``reconnect`` queue handler).
+
+At-least-once: the task row says where it stands, so a redelivered message for a finished
+task is only archived, and a task interrupted mid-command (crash, SIGKILL) simply runs
+again — activating an active ONU is harmless and the driver confirms the final state.
+The success, the SMS that goes with it and the archive of the message commit together.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from daemon import queues, tasks
+from daemon.config import OltConfig, SmsConfig
+from daemon.db import Database
+from daemon.events import EventBus
+from daemon.metrics import Metrics
+from daemon.olt.types import (
+    OltCommandError,
+    OltResult,
+    OltTransientError,
+    OltUnknownDevice,
+    OnuRef,
+)
+from daemon.queues import Message
+
+log = logging.getLogger(__name__)
+
+OUTPUT_EXCERPT = 4000
+
+
+@dataclass
+class ReconnectDeps:
+    db: Database
+    pool: Any  # OltPool: execute(device, onu, action) -> OltResult
+    olt: OltConfig
+    sms: SmsConfig
+    metrics: Metrics
+    events: EventBus
+
+    @property
+    def task_deadline(self) -> float:
+        # Connect + login + a handful of commands, twice (the pool retries once on a
+        # fresh session). The queue's visibility timeout is set above this.
+        return 2 * (self.olt.connect_timeout_seconds + 3 * self.olt.command_timeout_seconds)
+
+
+def sms_text(template: str, task: dict[str, Any]) -> str:
+    return template.format(
+        client_name=task.get("client_name") or "",
+        client_id=task.get("client_id") or "",
+        service_id=task.get("service_id") or "",
+        service_name=task.get("service_name") or "",
+    )
+
+
+async def handle(deps: ReconnectDeps, msg: Message) -> None:
+    task_id = int(msg.message["task_id"])
+    db = deps.db
+    async with db.transaction() as tx:
+        row = await tx.fetchrow(
+            "SELECT * FROM reconnect_tasks WHERE id = $1 FOR UPDATE", task_id
+        )
+        if row is None or row["state"] in ("succeeded", "failed"):
+            await queues.archive(tx, queues.RECONNECT, msg.msg_id)
+            return
+        attempt: int = await tx.fetchval(
+            "UPDATE reconnect_tasks SET state = 'running', attempts = attempts + 1,"
+            " started_at = coalesce(started_at, now()), updated_at = now()"
+            " WHERE id = $1 RETURNING attempts",
+            task_id,
+        )
+        await tasks.add_event(tx, task_id, "running", attempt=attempt)
+    task = dict(row)
+    deps.events.publish(
+        "task.running", task_id=task_id, attempt=attempt, olt=task["olt_name"], onu=task["onu"],
+        action=task["action"],
+    )
+    try:
+        with trio.fail_after(deps.task_deadline):
+            result = await deps.pool.execute(task["olt_name"], OnuRef.parse(task["onu"]), task["action"])
+    except OltCommandError as exc:
+        await _fail(deps, msg, task, str(exc), getattr(exc, "output", ""))
+    except OltUnknownDevice:
+        await _fail(
+            deps, msg, task,
+            f"OLT {task['olt_name']!r} is not configured: add it with 'paymentd olt add'", "",
+        )
+    except (OltTransientError, trio.TooSlowError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, trio.TooSlowError):
+            reason = f"OLT operation took longer than {deps.task_deadline:.0f} s"
+        await _retry_or_fail(deps, msg, task, attempt, reason)
+    else:
+        await _succeed(deps, msg, task, result)
+
+
+async def _succeed(deps: ReconnectDeps, msg: Message, task: dict[str, Any], result: OltResult) -> None:
+    task_id = task["id"]
+    sms_id = None
+    async with deps.db.transaction() as tx:
+        await tx.execute(
+            "UPDATE reconnect_tasks SET state = 'succeeded', last_error = NULL, olt_output = $2,"
+            " finished_at = now(), updated_at = now() WHERE id = $1",
+            task_id,
+            result.output[-OUTPUT_EXCERPT:],
+        )
+        await tasks.add_event(tx, task_id, "succeeded", state=result.state, seconds=result.seconds)
+        if task["action"] == "activate":
+            if task["phone"]:
+                sms_id = await tx.fetchval(
+                    "INSERT INTO sms_messages (task_id, phone, body, provider) VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT (task_id) DO NOTHING RETURNING id",
+                    task_id,
+                    task["phone"],
+                    sms_text(deps.sms.template, task),
+                    deps.sms.provider,
+                )
+                if sms_id is not None:
+                    await queues.send(tx, queues.SMS, {"sms_id": sms_id})
+                    await tasks.add_event(tx, task_id, "sms_queued", sms_id=sms_id)
+            else:
+                await tasks.add_event(tx, task_id, "sms_skipped", reason="no phone in UISP contacts")
+        await queues.archive(tx, queues.RECONNECT, msg.msg_id)
+    deps.metrics.jobs.labels(queues.RECONNECT, "succeeded").inc()
+    deps.events.publish("task.succeeded", task_id=task_id, state=result.state, sms_id=sms_id)
+    log.info("task %s: %s %s/%s succeeded", task_id, task["action"], task["olt_name"], task["onu"])
+
+
+async def _fail(deps: ReconnectDeps, msg: Message, task: dict[str, Any], error: str, output: str) -> None:
+    task_id = task["id"]
+    async with deps.db.transaction() as tx:
+        await tx.execute(
+            "UPDATE reconnect_tasks SET state = 'failed', last_error = $2, olt_output = $3,"
+            " finished_at = now(), updated_at = now() WHERE id = $1",
+            task_id,
+            error,
+            output[-OUTPUT_EXCERPT:] or None,
+        )
+        await tasks.add_event(tx, task_id, "failed", error=error)
+        await queues.archive(tx, queues.RECONNECT, msg.msg_id)
+    deps.metrics.jobs.labels(queues.RECONNECT, "failed").inc()
+    deps.events.publish("task.failed", task_id=task_id, error=error)
+    log.warning("task %s failed: %s", task_id, error)
+
+
+async def _retry_or_fail(
+    deps: ReconnectDeps, msg: Message, task: dict[str, Any], attempt: int, reason: str
+) -> None:
+    if attempt >= deps.olt.max_attempts:
+        await _fail(deps, msg, task, f"gave up after {attempt} attempts: {reason}", "")
+        return
+    delay = min(deps.olt.retry_backoff_seconds * 2 ** (attempt - 1), 3600.0)
+    async with deps.db.transaction() as tx:
+        await tx.execute(
+            "UPDATE reconnect_tasks SET state = 'queued', last_error = $2, updated_at = now()"
+            " WHERE id = $1",
+            task["id"],
+            reason,
+        )
+        await tasks.add_event(tx, task["id"], "retry_scheduled", error=reason, in_seconds=delay)
+        await queues.set_vt(tx, queues.RECONNECT, msg.msg_id, delay)
+    deps.metrics.jobs.labels(queues.RECONNECT, "retry").inc()
+    deps.events.publish("task.retry", task_id=task["id"], error=reason, in_seconds=delay)
+    log.info("task %s: transient failure (%s); retry in %.0f s", task["id"], reason, delay)

@@ -1,0 +1,152 @@
+"""The consumer loop: wake-ups, database-computed deadlines, bounded concurrency."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import trio
+
+from daemon import queues
+from daemon.consumer import ConsumerSettings, Wakeups, consume
+from daemon.db import Database
+from daemon.metrics import Metrics
+from daemon.queues import Message
+
+
+async def test_drains_backlog_then_handles_woken_work(db: Database) -> None:
+    for i in range(25):
+        await queues.send(db, queues.SMS, {"n": i})
+    seen: list[int] = []
+    done = trio.Event()
+
+    async def handler(msg: Message) -> None:
+        seen.append(msg.message["n"])
+        await queues.archive(db, queues.SMS, msg.msg_id)
+        if len(seen) == 26:
+            done.set()
+
+    wakeups, stop = Wakeups(), trio.Event()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(consume, db, ConsumerSettings(queues.SMS, vt_seconds=30), wakeups.receiver(queues.SMS),
+                        handler, Metrics(), stop=stop)
+            )
+            await queues.send(db, queues.SMS, {"n": 99})
+            wakeups.wake(queues.SMS)
+            await done.wait()
+            stop.set()
+            wakeups.wake_all()
+    assert sorted(seen) == [*range(25), 99]
+
+
+async def test_retry_backoff_is_a_deadline_not_a_poll(db: Database) -> None:
+    """A handler that asks for a retry in 1 s runs again ~1 s later with no wake-up at all."""
+    await queues.send(db, queues.SMS, {"n": 1})
+    runs: list[float] = []
+    done = trio.Event()
+
+    async def handler(msg: Message) -> None:
+        runs.append(trio.current_time())
+        if msg.read_ct == 1:
+            await queues.set_vt(db, queues.SMS, msg.msg_id, 1.0)
+        else:
+            await queues.archive(db, queues.SMS, msg.msg_id)
+            done.set()
+
+    wakeups, stop = Wakeups(), trio.Event()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(consume, db, ConsumerSettings(queues.SMS, vt_seconds=30), wakeups.receiver(queues.SMS),
+                        handler, Metrics(), stop=stop)
+            )
+            await done.wait()
+            stop.set()
+            wakeups.wake_all()
+    assert len(runs) == 2
+    assert 0.9 <= runs[1] - runs[0] < 3.0
+
+
+async def test_a_crashing_handler_is_retried_after_the_visibility_timeout(db: Database) -> None:
+    await queues.send(db, queues.SMS, {"n": 1})
+    attempts: list[int] = []
+    done = trio.Event()
+    metrics = Metrics()
+
+    async def handler(msg: Message) -> None:
+        attempts.append(msg.read_ct)
+        if msg.read_ct == 1:
+            raise RuntimeError("boom")
+        await queues.archive(db, queues.SMS, msg.msg_id)
+        done.set()
+
+    wakeups, stop = Wakeups(), trio.Event()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(consume, db, ConsumerSettings(queues.SMS, vt_seconds=1), wakeups.receiver(queues.SMS),
+                        handler, metrics, stop=stop)
+            )
+            await done.wait()
+            stop.set()
+            wakeups.wake_all()
+    assert attempts == [1, 2]
+    assert metrics.jobs.labels(queues.SMS, "crash")._value.get() == 1
+
+
+async def test_concurrency_is_bounded(db: Database) -> None:
+    for i in range(12):
+        await queues.send(db, queues.SMS, {"n": i})
+    running = 0
+    peak = 0
+    handled = 0
+    done = trio.Event()
+
+    async def handler(msg: Message) -> None:
+        nonlocal running, peak, handled
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(0.05)
+        await queues.archive(db, queues.SMS, msg.msg_id)
+        running -= 1
+        handled += 1
+        if handled == 12:
+            done.set()
+
+    wakeups, stop = Wakeups(), trio.Event()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(consume, db, ConsumerSettings(queues.SMS, vt_seconds=30, concurrency=3),
+                        wakeups.receiver(queues.SMS), handler, Metrics(), stop=stop)
+            )
+            await done.wait()
+            stop.set()
+            wakeups.wake_all()
+    assert peak == 3
+
+
+async def test_poison_message_is_archived(db: Database) -> None:
+    msg_id = await queues.send(db, queues.SMS, {"n": 1})
+    await db.execute("UPDATE pgmq.q_sms SET read_ct = 30 WHERE msg_id = $1", msg_id)
+    called = False
+
+    async def handler(msg: Message) -> None:
+        nonlocal called
+        called = True
+
+    wakeups, stop = Wakeups(), trio.Event()
+    metrics = Metrics()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(consume, db, ConsumerSettings(queues.SMS, vt_seconds=30), wakeups.receiver(queues.SMS),
+                        handler, metrics, stop=stop)
+            )
+            while metrics.jobs.labels(queues.SMS, "poison")._value.get() < 1:
+                await trio.sleep(0.02)
+            stop.set()
+            wakeups.wake_all()
+    assert not called
+    assert await db.fetchval("SELECT count(*) FROM pgmq.a_sms WHERE msg_id = $1", msg_id) == 1

@@ -1,0 +1,79 @@
+"""The LISTEN actor: wakes consumers on insert, survives a terminated connection."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import trio
+
+from daemon import queues
+from daemon.actors import listener
+from daemon.config import Config, DatabaseConfig
+from daemon.consumer import Wakeups
+from daemon.db import Database
+from daemon.deps import Deps
+from daemon.events import EventBus
+from daemon.health import Health
+from daemon.metrics import Metrics
+
+
+def make_deps(db: Database, **database: object) -> Deps:
+    cfg = Config().replace(database=DatabaseConfig(url=db.url, **database))  # type: ignore[arg-type]
+    return Deps(cfg, db, Metrics(), EventBus(), Health())
+
+
+async def drain_wake(w: Wakeups, q: str) -> None:
+    try:
+        w.receiver(q).receive_nowait()
+    except trio.WouldBlock:
+        pass
+
+
+async def test_insert_wakes_the_consumer_within_milliseconds(db: Database) -> None:
+    deps = make_deps(db)
+    wakeups = Wakeups()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(listener.run, deps, wakeups))
+            # The (re)connect drain wakes everybody once; consume that first.
+            await wakeups.receiver(queues.SMS).receive()
+            t0 = trio.current_time()
+            await queues.send(db, queues.SMS, {"sms_id": 1})
+            await wakeups.receiver(queues.SMS).receive()
+            assert trio.current_time() - t0 < 1.0
+            nursery.cancel_scope.cancel()
+
+
+async def test_terminated_listen_connection_reconnects_and_drains(db: Database) -> None:
+    deps = make_deps(db)
+    wakeups = Wakeups()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(listener.run, deps, wakeups))
+            await wakeups.receiver(queues.RECONNECT).receive()
+            killed = await db.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            )
+            assert killed == 1
+            # Work queued while nobody listens: the reconnect drain must wake the consumer.
+            await queues.send(db, queues.RECONNECT, {"task_id": 1})
+            await wakeups.receiver(queues.RECONNECT).receive()
+            while deps.metrics.listener_reconnects._value.get() < 1:
+                await trio.sleep(0.05)
+            # And new inserts notify again on the new connection.
+            await drain_wake(wakeups, queues.RECONNECT)
+            await queues.send(db, queues.RECONNECT, {"task_id": 2})
+            await wakeups.receiver(queues.RECONNECT).receive()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_second_daemon_on_the_same_database_is_refused(db: Database) -> None:
+    deps = make_deps(db)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(listener.run, deps, Wakeups()))
+            with pytest.raises(listener.InstanceLockError, match="already running"):
+                await listener.run(make_deps(db), Wakeups())
+            nursery.cancel_scope.cancel()
