@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import trio
@@ -20,7 +20,8 @@ from trio_asyncio import aio_as_trio
 
 log = logging.getLogger(__name__)
 
-Record = asyncpg.Record
+# asyncpg ships no type information: a Record is a Mapping-like row.
+Record: TypeAlias = Any
 T = TypeVar("T")
 
 
@@ -30,7 +31,8 @@ class DatabaseError(Exception):
 
 async def bridge(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     try:
-        return await aio_as_trio(fn)(*args, **kwargs)
+        result: T = await aio_as_trio(fn)(*args, **kwargs)
+        return result
     except asyncio.CancelledError as exc:
         # An asyncio cancellation trio did not ask for (e.g. a connection torn down from
         # under us) must not escape as a BaseException past `except Exception` handlers.

@@ -38,6 +38,7 @@ SERVICE_ACTIVE = 1
 SERVICE_SUSPENDED = 3
 
 JSON = Any  # what the API returns: dicts and lists of dicts
+Params = list[tuple[str, str | int | float | bool | None]]
 
 
 class UispError(Exception):
@@ -97,7 +98,7 @@ class UispClient:
         method: str,
         path: str,
         *,
-        params: list[tuple[str, str | int]] | None = None,
+        params: Params | None = None,
         json: JSON = None,
         ok_statuses: tuple[int, ...] = (200,),
     ) -> httpx.Response:
@@ -120,7 +121,7 @@ class UispClient:
             raise UispNotFound(detail, status)
         raise UispError(detail, status)
 
-    async def _get_json(self, path: str, params: list[tuple[str, str | int]] | None = None) -> JSON:
+    async def _get_json(self, path: str, params: Params | None = None) -> JSON:
         return _json(await self._request("GET", path, params=params))
 
     async def get_webhook_event(self, uuid: str) -> dict[str, Any] | None:
@@ -138,7 +139,7 @@ class UispClient:
     async def get_client_services(
         self, client_id: int, statuses: list[int] | None = None
     ) -> list[dict[str, Any]]:
-        params: list[tuple[str, str | int]] = [("clientId", int(client_id))]
+        params: Params = [("clientId", int(client_id))]
         params += [("statuses[]", int(s)) for s in statuses or ()]
         services: list[dict[str, Any]] = await self._get_json("/clients/services", params)
         return services
@@ -210,13 +211,9 @@ def client_phone(client: dict[str, Any]) -> str | None:
     """The number to text: a billing contact's phone, else a general contact's, else any."""
     contacts = [c for c in client.get("contacts") or () if isinstance(c, dict)]
     with_phone = [c for c in contacts if str(c.get("phone") or "").strip()]
-    for pick in (
-        lambda c: bool(c.get("isBilling")),
-        lambda c: bool(c.get("isContact")),
-        lambda c: True,
-    ):
+    for flag in ("isBilling", "isContact", None):
         for contact in with_phone:
-            if pick(contact):
+            if flag is None or contact.get(flag):
                 return str(contact["phone"]).strip()
     return None
 
