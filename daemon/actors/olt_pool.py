@@ -1,0 +1,394 @@
+"""OLT pool actor: serialised, warm SSH CLI sessions per OLT device.
+
+Consumes: requests from ``OltPool.execute`` / ``OltPool.test_device`` (any trio task),
+each carrying its own reply channel, over one bounded memory channel.
+Produces: an ``OltResult`` (or one of ``OltUnknownDevice``, ``OltCommandError``,
+``OltTransientError``, ``OltCircuitOpen``) per request; ``olt.command`` events;
+``paymentd_olt_*`` metrics.
+Owns: one child actor per device, started lazily in the pool's nursery. A device actor
+owns that device's ``CliSession``: it logs in once, runs requests one at a time (so
+commands to one device never interleave), logs out after ``idle_close`` seconds without
+work and then ends (the next request starts a fresh actor, which reloads the spec).
+Reconnects back off exponentially; after ``breaker_failures`` consecutive connection
+failures the device answers ``OltCircuitOpen`` at once for ``breaker_reset`` seconds.
+A transient failure in the middle of an operation is retried once on a fresh session;
+longer outages are the caller's durable retry's business. Nothing here is the only copy
+of work: a request lost with the process is retried from the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import trio
+
+from daemon.events import EventBus
+from daemon.metrics import Metrics
+from daemon.olt.driver import OltDriver, driver_for
+from daemon.olt.ssh import CliSession, open_session
+from daemon.olt.types import (
+    DeviceSpec,
+    OltCircuitOpen,
+    OltCommandError,
+    OltError,
+    OltResult,
+    OltTransientError,
+    OltUnknownDevice,
+    OnuRef,
+)
+
+__all__ = ["OltPool", "OltPoolSettings"]
+
+log = logging.getLogger(__name__)
+
+Action = Literal["activate", "deactivate"]
+_Reply = OltResult | str | OltError
+
+
+@dataclass(frozen=True)
+class OltPoolSettings:
+    connect_timeout: float
+    command_timeout: float
+    idle_close: float
+    breaker_failures: int
+    breaker_reset: float
+    known_hosts: str | None
+    reconnect_backoff: float = 0.5  # first wait after a failed connect; doubles per failure
+    reconnect_backoff_max: float = 10.0
+    keepalive_interval: float = 30.0
+    queue_size: int = 32  # requests waiting per device before callers are told to retry
+
+
+@dataclass
+class _Request:
+    device: str
+    kind: Literal["set", "test"]
+    onu: OnuRef | None
+    action: Action | None
+    reply: trio.MemorySendChannel[_Reply]
+
+
+@dataclass
+class _Breaker:
+    """Per-device connection health; lives in the pool so it outlives device actors."""
+
+    failures: int = 0  # consecutive failed connects
+    open_until: float = -math.inf
+    next_connect_at: float = -math.inf  # reconnect backoff
+
+
+class OltPool:
+    """Front door of the OLT actor; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: OltPoolSettings,
+        load_device: Callable[[str], Awaitable[DeviceSpec | None]],
+        metrics: Metrics,
+        events: EventBus,
+    ) -> None:
+        self.settings = settings
+        self._load_device = load_device
+        self._metrics = metrics
+        self._events = events
+        self._inbox: trio.MemorySendChannel[_Request] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._actors: dict[str, _DeviceActor] = {}
+        # Actors that stopped taking requests but may still be logging out: a successor
+        # waits for them, so one device never has two of our sessions at once.
+        self._retiring: dict[str, trio.Event] = {}
+        self._breakers: dict[str, _Breaker] = {}
+
+    # -- the actor -------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Route requests to device actors until cancelled. Must run inside the
+        trio-asyncio loop: device actors are spawned from this task (bridge hygiene)."""
+        send, receive = trio.open_memory_channel[_Request](64)
+        self._actors = {}
+        gauge = self._metrics.channel_buffer.labels("olt_pool")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._inbox = send
+                task_status.started()
+                async for request in receive:
+                    gauge.set(receive.statistics().current_buffer_used)
+                    self._dispatch(request)
+        finally:
+            self._inbox = None
+            self._nursery = None
+            send.close()
+            _fail_pending(receive, "OLT pool stopped")
+
+    def _dispatch(self, request: _Request) -> None:
+        actor = self._actors.get(request.device)
+        for _ in range(2):  # a second time if the actor ended between lookup and send
+            if actor is None:
+                actor = self._spawn(request.device)
+            try:
+                actor.inbox.send_nowait(request)
+                return
+            except trio.WouldBlock:
+                _answer(request, OltTransientError(f"{request.device}: too many queued requests"))
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                actor = None
+        _answer(request, OltTransientError(f"{request.device}: device actor unavailable"))
+
+    def _spawn(self, device: str) -> _DeviceActor:
+        assert self._nursery is not None
+        actor = _DeviceActor(self, device, self._retiring.get(device))
+        self._actors[device] = actor
+        self._nursery.start_soon(actor.run, name=f"olt:{device}")
+        return actor
+
+    # -- API for other tasks -----------------------------------------------------------
+    async def execute(self, device: str, onu: OnuRef, action: Action) -> OltResult:
+        """Activate or deactivate an ONU and confirm it; raises an ``OltError``."""
+        if action not in ("activate", "deactivate"):
+            raise ValueError(f"unknown OLT action {action!r}")
+        result = await self._request(device, "set", onu, action)
+        assert isinstance(result, OltResult)
+        return result
+
+    async def test_device(self, device: str) -> str:
+        """Log in (or reuse the session) and run a harmless show command; its output."""
+        result = await self._request(device, "test", None, None)
+        assert isinstance(result, str)
+        return result
+
+    def forget(self, device: str) -> None:
+        """Drop the device's actor (its spec changed): it finishes what is queued, logs
+        out and ends; the next request starts a new actor with the new spec."""
+        actor = self._actors.pop(device, None)
+        if actor is not None:
+            self._retiring[device] = actor.done
+            actor.inbox.close()
+        self._breakers.pop(device, None)
+
+    async def _request(
+        self, device: str, kind: Literal["set", "test"], onu: OnuRef | None, action: Action | None
+    ) -> OltResult | str:
+        inbox = self._inbox
+        if inbox is None:
+            raise OltTransientError("OLT pool is not running")
+        reply_send, reply_receive = trio.open_memory_channel[_Reply](1)
+        with reply_receive:
+            try:
+                await inbox.send(_Request(device, kind, onu, action, reply_send))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                reply_send.close()
+                raise OltTransientError("OLT pool stopped") from None
+            try:
+                reply = await reply_receive.receive()
+            except trio.EndOfChannel:
+                raise OltTransientError(f"{device}: OLT pool stopped before answering") from None
+        if isinstance(reply, OltError):
+            raise reply
+        return reply
+
+
+def _answer(request: _Request, reply: _Reply) -> None:
+    """Reply and close; a caller that gave up (cancelled) is not an error."""
+    with request.reply, contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        request.reply.send_nowait(reply)
+
+
+def _fail_pending(receive: trio.MemoryReceiveChannel[_Request], why: str) -> None:
+    """Answer whatever is still queued (shutdown) so no caller waits forever, then close."""
+    while True:
+        try:
+            request = receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            break
+        _answer(request, OltTransientError(f"{request.device}: {why}"))
+    receive.close()
+
+
+@dataclass(eq=False)
+class _DeviceActor:
+    """One device: owns its session, runs its requests one at a time."""
+
+    pool: OltPool
+    name: str
+    predecessor: trio.Event | None
+    done: trio.Event = field(default_factory=trio.Event)
+    spec: DeviceSpec | None = None
+    session: CliSession | None = None
+    driver: OltDriver | None = None
+
+    def __post_init__(self) -> None:
+        size = self.pool.settings.queue_size
+        self.inbox, self._receive = trio.open_memory_channel[_Request](size)
+
+    async def run(self) -> None:
+        settings = self.pool.settings
+        try:
+            if self.predecessor is not None:  # a forgotten actor may still be logging out
+                await self.predecessor.wait()
+            while True:
+                request = None
+                with trio.move_on_after(settings.idle_close):
+                    try:
+                        request = await self._receive.receive()
+                    except trio.EndOfChannel:  # forgotten
+                        return
+                if request is None:
+                    # Idle: end. There is no checkpoint between the timeout and closing the
+                    # inbox (in finally), so the pool cannot slip a request in and lose it.
+                    return
+                await self._serve(request)
+        finally:
+            _fail_pending(self._receive, "device actor stopped")
+            if self.pool._actors.get(self.name) is self:
+                del self.pool._actors[self.name]
+                self.pool._retiring[self.name] = self.done
+            with trio.move_on_after(5, shield=True):
+                await self._drop_session(logout=True)
+            self.done.set()
+            if self.pool._retiring.get(self.name) is self.done:
+                del self.pool._retiring[self.name]
+
+    async def _serve(self, request: _Request) -> None:
+        # Closing the reply channel on every way out (cancellation included) means a
+        # caller is never left waiting; it sees EndOfChannel -> OltTransientError.
+        with request.reply:
+            await self._serve_one(request)
+
+    async def _serve_one(self, request: _Request) -> None:
+        started = trio.current_time()
+        outcome = "ok"
+        reply: _Reply
+        try:
+            # A caller that gives up only closes its reply channel: the operation still
+            # runs to the end here, so the CLI is never left half-way through a change.
+            reply = await self._handle(request)
+        except OltCircuitOpen as exc:
+            reply, outcome = exc, "breaker_open"
+        except OltCommandError as exc:
+            reply, outcome = exc, "device_error"
+        except OltUnknownDevice as exc:
+            reply, outcome = exc, "unknown_device"
+        except OltError as exc:
+            reply, outcome = exc, "transient"
+        except Exception as exc:
+            # A bug must not kill the device actor or leave the caller waiting forever.
+            log.exception("%s: unexpected error in OLT request", self.name)
+            await self._drop_session(logout=False)
+            reply, outcome = OltTransientError(f"{self.name}: internal error: {exc!r}"), "transient"
+        _answer(request, reply)
+        seconds = trio.current_time() - started
+        if request.kind == "set":
+            if self.spec is not None and outcome != "unknown_device":
+                self.pool._metrics.olt_commands.labels(self.spec.vendor, outcome).observe(seconds)
+            self.pool._events.publish(
+                "olt.command",
+                device=self.name,
+                onu=str(request.onu),
+                action=request.action,
+                outcome=outcome,
+                seconds=round(seconds, 3),
+            )
+
+    async def _handle(self, request: _Request) -> OltResult | str:
+        spec = await self._load_spec()
+        breaker = self.pool._breakers.setdefault(self.name, _Breaker())
+        remaining = breaker.open_until - trio.current_time()
+        if remaining > 0:
+            raise OltCircuitOpen(
+                f"{self.name}: circuit open for {remaining:.1f}s more "
+                f"after {breaker.failures} failed connections"
+            )
+        for attempt in (1, 2):
+            session, driver = await self._ensure_session(spec, breaker)
+            try:
+                if request.kind == "test":
+                    return await driver.probe(session)
+                assert request.onu is not None
+                return await driver.set_onu(session, request.onu, request.action == "activate")
+            except OltTransientError as exc:
+                await self._drop_session(logout=False)
+                if attempt == 2:
+                    raise
+                log.warning("%s: %s; retrying once on a fresh session", self.name, exc)
+            finally:
+                if self.session is not None and not self.session.usable:
+                    await self._drop_session(logout=False)
+        raise AssertionError("unreachable")
+
+    async def _load_spec(self) -> DeviceSpec:
+        if self.spec is None:
+            try:
+                spec = await self.pool._load_device(self.name)
+            except OltError:
+                raise
+            except Exception as exc:  # e.g. the database is down: try again later
+                raise OltTransientError(f"{self.name}: loading device spec: {exc!r}") from exc
+            if spec is None:
+                raise OltUnknownDevice(f"unknown OLT device {self.name!r}")
+            self.spec = spec
+        return self.spec
+
+    async def _ensure_session(
+        self, spec: DeviceSpec, breaker: _Breaker
+    ) -> tuple[CliSession, OltDriver]:
+        if self.session is not None and self.driver is not None and self.session.usable:
+            return self.session, self.driver
+        settings = self.pool.settings
+        await trio.sleep_until(max(breaker.next_connect_at, trio.current_time()))
+        try:
+            session = await open_session(
+                spec,
+                connect_timeout=settings.connect_timeout,
+                known_hosts=settings.known_hosts,
+                keepalive_interval=settings.keepalive_interval,
+            )
+            self.pool._metrics.olt_sessions.labels(self.name).inc()
+            try:
+                driver = driver_for(spec, settings.command_timeout)
+                await driver.login(session, spec)
+            except BaseException:
+                await session.close()
+                raise
+        except OltTransientError:
+            self._connect_failed(breaker)
+            raise
+        if breaker.failures or breaker.open_until > -math.inf:
+            log.info("%s: connected again after %d failures", self.name, breaker.failures)
+        breaker.failures = 0
+        breaker.open_until = breaker.next_connect_at = -math.inf
+        self.pool._metrics.olt_breaker_open.labels(self.name).set(0)
+        self.session, self.driver = session, driver
+        return session, driver
+
+    def _connect_failed(self, breaker: _Breaker) -> None:
+        settings = self.pool.settings
+        now = trio.current_time()
+        breaker.failures += 1
+        backoff = settings.reconnect_backoff * 2 ** (breaker.failures - 1)
+        breaker.next_connect_at = now + min(backoff, settings.reconnect_backoff_max)
+        if breaker.failures >= settings.breaker_failures:
+            breaker.open_until = now + settings.breaker_reset
+            self.pool._metrics.olt_breaker_open.labels(self.name).set(1)
+            log.warning(
+                "%s: circuit open for %gs after %d failed connections",
+                self.name,
+                settings.breaker_reset,
+                breaker.failures,
+            )
+
+    async def _drop_session(self, *, logout: bool) -> None:
+        session, driver = self.session, self.driver
+        self.session = self.driver = None
+        if session is None:
+            return
+        with trio.move_on_after(5, shield=True):
+            if logout and driver is not None and session.usable:
+                with trio.move_on_after(2):
+                    await driver.logout(session)
+            await session.close()

@@ -1,0 +1,86 @@
+"""Types shared by the OLT pool, the drivers and the rest of the daemon."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Vendor = Literal["huawei", "zte"]
+
+_ONU_RE = re.compile(r"^\s*(\d+)/(\d+)/(\d+)[:/](\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class OnuRef:
+    """Where an ONU sits on an OLT: frame/slot/port plus the ONU id on that PON port."""
+
+    frame: int
+    slot: int
+    port: int
+    onu_id: int
+
+    @classmethod
+    def parse(cls, text: str) -> OnuRef:
+        """Parse ``"0/1/3:12"`` (or ``"0/1/3/12"``)."""
+        m = _ONU_RE.match(text)
+        if m is None:
+            raise ValueError(
+                f"invalid ONU reference {text!r}: expected frame/slot/port:onu, e.g. '0/1/3:12'"
+            )
+        return cls(*(int(g) for g in m.groups()))
+
+    def __str__(self) -> str:
+        return f"{self.frame}/{self.slot}/{self.port}:{self.onu_id}"
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """How to reach and log into one OLT. ``options`` holds vendor quirks (``zte_style``)."""
+
+    name: str
+    vendor: Vendor
+    host: str
+    port: int
+    username: str
+    password: str = field(repr=False)
+    enable_password: str | None = field(default=None, repr=False)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OltResult:
+    """A confirmed change: ``state`` is what the device reported after the command."""
+
+    device: str
+    onu: OnuRef
+    action: str
+    state: str  # "active" | "deactivated"
+    output: str  # excerpt (last ~2000 chars) of the operation's transcript
+    seconds: float
+
+
+class OltError(Exception):
+    """Base class of everything the OLT layer raises on purpose."""
+
+
+class OltUnknownDevice(OltError):
+    """No device of that name is configured."""
+
+
+class OltCommandError(OltError):
+    """The device said no (unknown ONU, bad parameter): permanent, do not retry."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.output = output
+
+
+class OltTransientError(OltError):
+    """Connection refused or lost, timeout, login failure: worth retrying later."""
+
+
+class OltCircuitOpen(OltTransientError):
+    """The device failed repeatedly; not trying it again until the breaker resets."""
