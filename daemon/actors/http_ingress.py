@@ -1,0 +1,79 @@
+"""The HTTP ingress actor: serves the Quart app (``daemon.http``) with hypercorn on trio.
+
+Consumes: HTTP requests on ``http.host:http.port`` (UISP webhooks, the admin API, probes,
+Prometheus scrapes) and the daemon's ``shutdown`` event.
+Produces: whatever the routes produce (``uisp_webhooks`` rows, ``uisp_events`` messages,
+task retries); reports the bound base URL (``http://host:port``, the real port when
+``http.port`` is 0) through ``task_status.started()`` once the socket is listening.
+Owns: the listening socket and every in-flight request.
+
+Shutdown is hypercorn's own graceful path: when ``shutdown`` is set it stops accepting,
+lets in-flight requests finish for ``daemon.shutdown_grace_seconds``, then cancels them,
+and ``serve()`` returns normally (the supervisor treats that as "done", not a crash).
+Open SSE streams watch the same event and end by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+
+from daemon.config import Config
+from daemon.deps import Deps
+from daemon.http import create_app
+
+log = logging.getLogger(__name__)
+
+# hypercorn's own messages ("Running on ...", protocol errors) and its access log land in
+# the daemon's logging tree instead of hypercorn's private stderr/stdout handlers.
+ERROR_LOGGER = "daemon.http.server"
+ACCESS_LOGGER = "daemon.http.access"
+ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+
+
+def bind_address(host: str, port: int) -> str:
+    """hypercorn's bind syntax: IPv6 literals need brackets (``[::1]:8080``)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def hypercorn_config(config: Config) -> HyperConfig:
+    """The hypercorn settings derived from the daemon's config."""
+    hyper = HyperConfig()
+    hyper.bind = [bind_address(config.http.host, config.http.port)]
+    hyper.graceful_timeout = config.daemon.shutdown_grace_seconds
+    hyper.accesslog = logging.getLogger(ACCESS_LOGGER)
+    hyper.access_log_format = ACCESS_LOG_FORMAT
+    hyper.errorlog = logging.getLogger(ERROR_LOGGER)
+    # No read_timeout: it would also cut SSE clients, which send nothing while listening.
+    # Quart enforces http.max_body_bytes (413 problem) and its own body timeout.
+    hyper.include_server_header = False  # no version banner for scanners
+    return hyper
+
+
+async def run(
+    deps: Deps,
+    *,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown`` is set; returns normally after the graceful drain."""
+    app = create_app(deps, shutdown=shutdown)
+    hyper = hypercorn_config(deps.config)
+    async with trio.open_nursery() as nursery:
+        # hypercorn reports its binds (["http://127.0.0.1:54321"]) only after listen(),
+        # so the URL we pass on is already accepting connections.
+        binds: list[str] = await nursery.start(
+            partial(serve, app, hyper, shutdown_trigger=shutdown.wait)
+        )
+        if not binds:
+            raise RuntimeError(f"hypercorn bound no socket for {hyper.bind}")
+        base_url = binds[0]
+        log.info("HTTP ingress listening on %s", base_url)
+        task_status.started(base_url)
+    log.info("HTTP ingress stopped")
