@@ -29,6 +29,19 @@ class DatabaseError(Exception):
     """The database is unreachable or the connection broke; retry later."""
 
 
+# Errors that mean "the database is not there right now", as opposed to a bad query.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
 async def bridge(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     try:
         result: T = await aio_as_trio(fn)(*args, **kwargs)
@@ -37,12 +50,8 @@ async def bridge(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> 
         # An asyncio cancellation trio did not ask for (e.g. a connection torn down from
         # under us) must not escape as a BaseException past `except Exception` handlers.
         raise DatabaseError(f"database call cancelled on the asyncio side: {exc!r}") from exc
-    except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError) as exc:
+    except _UNAVAILABLE as exc:
         raise DatabaseError(str(exc) or type(exc).__name__) from exc
-    except asyncpg.exceptions.InterfaceError as exc:
-        raise DatabaseError(str(exc)) from exc
-    except TimeoutError as exc:
-        raise DatabaseError(f"database call timed out: {exc}") from exc
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -50,9 +59,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def connect(url: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+async def connect(url: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
     """One dedicated connection (the listener's); caller closes it with ``close_conn``."""
-    conn: asyncpg.Connection = await bridge(asyncpg.connect, url, timeout=timeout)
+    conn: asyncpg.Connection = await bridge(asyncpg.connect, url, timeout=connect_timeout)
     await bridge(_init_connection, conn)
     return conn
 
@@ -135,11 +144,15 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
         try:
-            async with aio_as_trio(self._pool.acquire(timeout=10)) as raw:
-                async with aio_as_trio(raw.transaction()):
-                    yield Conn(raw)
-        except (OSError, asyncpg.exceptions.ConnectionDoesNotExistError) as exc:
+            async with (
+                aio_as_trio(self._pool.acquire(timeout=10)) as raw,
+                aio_as_trio(raw.transaction()),
+            ):
+                yield Conn(raw)
+        except _UNAVAILABLE as exc:
             raise DatabaseError(str(exc) or type(exc).__name__) from exc
+        except asyncio.CancelledError as exc:
+            raise DatabaseError(f"database call cancelled on the asyncio side: {exc!r}") from exc
 
     async def fetch(self, sql: str, *args: Any) -> list[Record]:
         rows: list[Record] = await bridge(self._pool.fetch, sql, *args)
