@@ -184,14 +184,20 @@ def _coerce(key: str, typ: type[Any], value: Any) -> Any:
     return value
 
 
+# PAYMENTD_OLT_KEY_FILE is the olt.key_file setting itself, not "olt.key from a file".
+_NO_FILE_OVERRIDE = {"olt.key"}
+
+
 def _override(section: str, key: str, env: Mapping[str, str]) -> str | None:
     name = f"PAYMENTD_{section}_{key}".upper()
-    file_var = env.get(f"{name}_FILE")
+    file_var = None if f"{section}.{key}" in _NO_FILE_OVERRIDE else env.get(f"{name}_FILE")
     if file_var:
         try:
             return Path(file_var).read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"{section}.{key}: cannot read {name}_FILE={file_var}: {exc}") from None
+            raise ConfigError(
+                f"{section}.{key}: cannot read {name}_FILE={file_var}: {exc}"
+            ) from None
     cred_dir = env.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         cred = Path(cred_dir) / f"{section}_{key}"
@@ -258,7 +264,9 @@ def from_mapping(
     for name in data:
         if name not in SECTIONS:
             raise ConfigError(f"[{name}]: unknown section (known: {', '.join(SECTIONS)})")
-    sections = {name: _build_section(name, cls, data.get(name), env) for name, cls in SECTIONS.items()}
+    sections = {
+        name: _build_section(name, cls, data.get(name), env) for name, cls in SECTIONS.items()
+    }
     cfg = Config(**sections, source=source)
     _check(cfg)
     return cfg

@@ -15,6 +15,7 @@ lapses, then it is read again (``read_ct`` counts the attempts).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -45,10 +46,8 @@ class Wakeups:
 
     def wake(self, queue: str) -> None:
         send, _ = self._channels[queue]
-        try:
+        with contextlib.suppress(trio.WouldBlock):
             send.send_nowait(None)
-        except trio.WouldBlock:
-            pass
 
     def wake_all(self) -> None:
         for q in self._channels:
@@ -103,7 +102,10 @@ async def consume(
             if msg.read_ct > settings.max_deliveries:
                 log.error(
                     "%s: message %s read %d times; archiving it as poison: %s",
-                    q, msg.msg_id, msg.read_ct, msg.message,
+                    q,
+                    msg.msg_id,
+                    msg.read_ct,
+                    msg.message,
                 )
                 await queues.archive(db, q, msg.msg_id)
                 metrics.jobs.labels(q, "poison").inc()
@@ -111,7 +113,9 @@ async def consume(
             await handler(msg)
         except Exception:
             # The message stays invisible until its vt lapses, then it is retried.
-            log.exception("%s: handler failed on message %s (attempt %d)", q, msg.msg_id, msg.read_ct)
+            log.exception(
+                "%s: handler failed on message %s (attempt %d)", q, msg.msg_id, msg.read_ct
+            )
             metrics.jobs.labels(q, "crash").inc()
         finally:
             limiter.release_on_behalf_of(msg.msg_id)

@@ -50,9 +50,14 @@ class Metrics:
             "paymentd_olt_sessions_opened", "SSH sessions opened", ["device"], registry=r
         )
         self.olt_breaker_open = Gauge(
-            "paymentd_olt_breaker_open", "1 while a device's circuit is open", ["device"], registry=r
+            "paymentd_olt_breaker_open",
+            "1 while a device's circuit is open",
+            ["device"],
+            registry=r,
         )
-        self.sms = Counter("paymentd_sms", "SMS by provider and outcome", ["provider", "outcome"], registry=r)
+        self.sms = Counter(
+            "paymentd_sms", "SMS by provider and outcome", ["provider", "outcome"], registry=r
+        )
         self.listener_reconnects = Counter(
             "paymentd_listener_reconnects", "LISTEN connection re-establishments", registry=r
         )
@@ -60,10 +65,16 @@ class Metrics:
             "paymentd_notifications", "NOTIFY wake-ups received", ["queue"], registry=r
         )
         self.safety_polls = Counter(
-            "paymentd_safety_polls", "Queue reads triggered by the safety timer", ["queue"], registry=r
+            "paymentd_safety_polls",
+            "Queue reads triggered by the safety timer",
+            ["queue"],
+            registry=r,
         )
         self.channel_buffer = Gauge(
-            "paymentd_channel_buffer_used", "Items buffered in a memory channel", ["channel"], registry=r
+            "paymentd_channel_buffer_used",
+            "Items buffered in a memory channel",
+            ["channel"],
+            registry=r,
         )
 
     def render(self) -> bytes:

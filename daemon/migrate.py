@@ -46,9 +46,7 @@ def _install_pgmq(conn: psycopg.Connection) -> str:
     present = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'pgmq'").fetchone()
     if present:
         return "present"
-    available = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'pgmq'"
-    ).fetchone()
+    available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pgmq'").fetchone()
     if available:
         conn.execute("CREATE EXTENSION pgmq")
         return "extension"
@@ -63,38 +61,33 @@ def migrate(url: str, *, notify_throttle_ms: int = 100) -> MigrationReport:
     except psycopg.OperationalError as exc:
         raise MigrationError(f"cannot connect to database.url: {exc}".strip()) from None
     try:
-        with conn:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        with conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS paymentd_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM paymentd_migrations")}
+            applied = []
+            for version, name, sql in _migration_files():
+                if version in done:
+                    continue
+                log.info("applying migration %s", name)
+                conn.execute(sql.encode())
                 conn.execute(
-                    "CREATE TABLE IF NOT EXISTS paymentd_migrations ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                    "INSERT INTO paymentd_migrations (version, name) VALUES (%s, %s)",
+                    (version, name),
                 )
-                done = {r[0] for r in conn.execute("SELECT version FROM paymentd_migrations")}
-                applied = []
-                for version, name, sql in _migration_files():
-                    if version in done:
-                        continue
-                    log.info("applying migration %s", name)
-                    conn.execute(sql.encode())
-                    conn.execute(
-                        "INSERT INTO paymentd_migrations (version, name) VALUES (%s, %s)",
-                        (version, name),
-                    )
-                    applied.append(name)
-                pgmq_how = _install_pgmq(conn)
-                existing = {
-                    r[0] for r in conn.execute("SELECT queue_name FROM pgmq.list_queues()")
-                }
-                for q in queues.ALL:
-                    if q not in existing:
-                        conn.execute("SELECT pgmq.create(%s)", (q,))
-                    # The throttle state table is UNLOGGED (empty after a crash):
-                    # re-enable at every start.
-                    conn.execute(
-                        "SELECT pgmq.enable_notify_insert(%s, %s)", (q, notify_throttle_ms)
-                    )
+                applied.append(name)
+            pgmq_how = _install_pgmq(conn)
+            existing = {r[0] for r in conn.execute("SELECT queue_name FROM pgmq.list_queues()")}
+            for q in queues.ALL:
+                if q not in existing:
+                    conn.execute("SELECT pgmq.create(%s)", (q,))
+                # The throttle state table is UNLOGGED (empty after a crash):
+                # re-enable at every start.
+                conn.execute("SELECT pgmq.enable_notify_insert(%s, %s)", (q, notify_throttle_ms))
         return MigrationReport(applied, pgmq_how, list(queues.ALL))
     except psycopg.Error as exc:
         raise MigrationError(f"database migration failed: {exc}".strip()) from exc

@@ -42,12 +42,15 @@ async def send(db: Executor, queue: str, message: dict[str, Any], delay_seconds:
 
 async def read(db: Executor, queue: str, vt_seconds: int, qty: int) -> list[Message]:
     rows = await db.fetch(
-        "SELECT msg_id, read_ct, enqueued_at, vt, message FROM pgmq.read($1::text, $2::integer, $3::integer)",
+        "SELECT msg_id, read_ct, enqueued_at, vt, message"
+        " FROM pgmq.read($1::text, $2::integer, $3::integer)",
         queue,
         vt_seconds,
         qty,
     )
-    return [Message(r["msg_id"], r["read_ct"], r["enqueued_at"], r["vt"], r["message"]) for r in rows]
+    return [
+        Message(r["msg_id"], r["read_ct"], r["enqueued_at"], r["vt"], r["message"]) for r in rows
+    ]
 
 
 async def archive(db: Executor, queue: str, msg_id: int) -> bool:
@@ -73,7 +76,8 @@ async def seconds_until_next_visible(db: Executor, queue: str) -> float | None:
     polling loop. 0 means something is readable now.
     """
     value = await db.fetchval(
-        f"SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM pgmq.q_{_ident(queue)}"
+        "SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8"
+        f" FROM pgmq.q_{_ident(queue)}"
     )
     if value is None:
         return None
@@ -107,7 +111,12 @@ async def stats(db: Executor, queue: str) -> QueueStats:
     )
     assert row is not None
     age = row["oldest_msg_age_sec"]
-    return QueueStats(queue, int(row["queue_length"]), None if age is None else float(age), int(row["total_messages"]))
+    return QueueStats(
+        queue,
+        int(row["queue_length"]),
+        None if age is None else float(age),
+        int(row["total_messages"]),
+    )
 
 
 def _ident(queue: str) -> str:

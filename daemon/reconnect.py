@@ -20,6 +20,7 @@ from daemon.db import Database
 from daemon.events import EventBus
 from daemon.metrics import Metrics
 from daemon.olt.types import (
+    OltCircuitOpen,
     OltCommandError,
     OltResult,
     OltTransientError,
@@ -62,9 +63,7 @@ async def handle(deps: ReconnectDeps, msg: Message) -> None:
     task_id = int(msg.message["task_id"])
     db = deps.db
     async with db.transaction() as tx:
-        row = await tx.fetchrow(
-            "SELECT * FROM reconnect_tasks WHERE id = $1 FOR UPDATE", task_id
-        )
+        row = await tx.fetchrow("SELECT * FROM reconnect_tasks WHERE id = $1 FOR UPDATE", task_id)
         if row is None or row["state"] in ("succeeded", "failed"):
             await queues.archive(tx, queues.RECONNECT, msg.msg_id)
             return
@@ -77,19 +76,32 @@ async def handle(deps: ReconnectDeps, msg: Message) -> None:
         await tasks.add_event(tx, task_id, "running", attempt=attempt)
     task = dict(row)
     deps.events.publish(
-        "task.running", task_id=task_id, attempt=attempt, olt=task["olt_name"], onu=task["onu"],
+        "task.running",
+        task_id=task_id,
+        attempt=attempt,
+        olt=task["olt_name"],
+        onu=task["onu"],
         action=task["action"],
     )
     try:
         with trio.fail_after(deps.task_deadline):
-            result = await deps.pool.execute(task["olt_name"], OnuRef.parse(task["onu"]), task["action"])
+            result = await deps.pool.execute(
+                task["olt_name"], OnuRef.parse(task["onu"]), task["action"]
+            )
     except OltCommandError as exc:
         await _fail(deps, msg, task, str(exc), getattr(exc, "output", ""))
     except OltUnknownDevice:
         await _fail(
-            deps, msg, task,
-            f"OLT {task['olt_name']!r} is not configured: add it with 'paymentd olt add'", "",
+            deps,
+            msg,
+            task,
+            f"OLT {task['olt_name']!r} is not configured: add it with 'paymentd olt add'",
+            "",
         )
+    except OltCircuitOpen as exc:
+        # The device is known to be down (VPN, power): waiting for the breaker is not an
+        # attempt on the device, so it must not use up the task's attempts.
+        await _retry_or_fail(deps, msg, task, attempt, str(exc), refund=True)
     except (OltTransientError, trio.TooSlowError) as exc:
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, trio.TooSlowError):
@@ -99,7 +111,9 @@ async def handle(deps: ReconnectDeps, msg: Message) -> None:
         await _succeed(deps, msg, task, result)
 
 
-async def _succeed(deps: ReconnectDeps, msg: Message, task: dict[str, Any], result: OltResult) -> None:
+async def _succeed(
+    deps: ReconnectDeps, msg: Message, task: dict[str, Any], result: OltResult
+) -> None:
     task_id = task["id"]
     sms_id = None
     async with deps.db.transaction() as tx:
@@ -113,8 +127,8 @@ async def _succeed(deps: ReconnectDeps, msg: Message, task: dict[str, Any], resu
         if task["action"] == "activate":
             if task["phone"]:
                 sms_id = await tx.fetchval(
-                    "INSERT INTO sms_messages (task_id, phone, body, provider) VALUES ($1, $2, $3, $4)"
-                    " ON CONFLICT (task_id) DO NOTHING RETURNING id",
+                    "INSERT INTO sms_messages (task_id, phone, body, provider)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT (task_id) DO NOTHING RETURNING id",
                     task_id,
                     task["phone"],
                     sms_text(deps.sms.template, task),
@@ -124,14 +138,18 @@ async def _succeed(deps: ReconnectDeps, msg: Message, task: dict[str, Any], resu
                     await queues.send(tx, queues.SMS, {"sms_id": sms_id})
                     await tasks.add_event(tx, task_id, "sms_queued", sms_id=sms_id)
             else:
-                await tasks.add_event(tx, task_id, "sms_skipped", reason="no phone in UISP contacts")
+                await tasks.add_event(
+                    tx, task_id, "sms_skipped", reason="no phone in UISP contacts"
+                )
         await queues.archive(tx, queues.RECONNECT, msg.msg_id)
     deps.metrics.jobs.labels(queues.RECONNECT, "succeeded").inc()
     deps.events.publish("task.succeeded", task_id=task_id, state=result.state, sms_id=sms_id)
     log.info("task %s: %s %s/%s succeeded", task_id, task["action"], task["olt_name"], task["onu"])
 
 
-async def _fail(deps: ReconnectDeps, msg: Message, task: dict[str, Any], error: str, output: str) -> None:
+async def _fail(
+    deps: ReconnectDeps, msg: Message, task: dict[str, Any], error: str, output: str
+) -> None:
     task_id = task["id"]
     async with deps.db.transaction() as tx:
         await tx.execute(
@@ -149,18 +167,29 @@ async def _fail(deps: ReconnectDeps, msg: Message, task: dict[str, Any], error: 
 
 
 async def _retry_or_fail(
-    deps: ReconnectDeps, msg: Message, task: dict[str, Any], attempt: int, reason: str
+    deps: ReconnectDeps,
+    msg: Message,
+    task: dict[str, Any],
+    attempt: int,
+    reason: str,
+    *,
+    refund: bool = False,
 ) -> None:
-    if attempt >= deps.olt.max_attempts:
+    if refund:
+        attempt -= 1
+        delay = deps.olt.breaker_reset_seconds
+    elif attempt >= deps.olt.max_attempts:
         await _fail(deps, msg, task, f"gave up after {attempt} attempts: {reason}", "")
         return
-    delay = min(deps.olt.retry_backoff_seconds * 2 ** (attempt - 1), 3600.0)
+    else:
+        delay = min(deps.olt.retry_backoff_seconds * 2 ** (attempt - 1), 600.0)
     async with deps.db.transaction() as tx:
         await tx.execute(
-            "UPDATE reconnect_tasks SET state = 'queued', last_error = $2, updated_at = now()"
-            " WHERE id = $1",
+            "UPDATE reconnect_tasks SET state = 'queued', last_error = $2, attempts = $3,"
+            " updated_at = now() WHERE id = $1",
             task["id"],
             reason,
+            attempt,
         )
         await tasks.add_event(tx, task["id"], "retry_scheduled", error=reason, in_seconds=delay)
         await queues.set_vt(tx, queues.RECONNECT, msg.msg_id, delay)

@@ -77,9 +77,7 @@ async def supervise(
             metrics.actor_restarts.labels(name).inc()
             if trio.current_time() - began >= reset_after:
                 backoff = backoff_min
-            log.error(
-                "actor %s crashed; restarting in %.1f s", name, backoff, exc_info=exc
-            )
+            log.error("actor %s crashed; restarting in %.1f s", name, backoff, exc_info=exc)
             health.set_state(name, "restarting")
             await trio.sleep(backoff)
             backoff = min(backoff * 2, backoff_max)

@@ -48,7 +48,9 @@ class PgServer:
 
     def _ensure_template(self) -> None:
         with self._admin() as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.template,)).fetchone():
+            if conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.template,)
+            ).fetchone():
                 return
             tmp = f"{self.template}_build_{os.getpid()}"
             conn.execute(f'DROP DATABASE IF EXISTS "{tmp}"')

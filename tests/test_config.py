@@ -53,11 +53,16 @@ def test_environment_file_and_credential_overrides(tmp_path: Path) -> None:
         ({"http": {"prot": 1}}, "http.prot: unknown key"),
         ({"htp": {}}, "[htp]: unknown section"),
         ({"database": {"url": "mysql://x"}}, "database.url"),
-        ({"daemon": {"migrate_on_start": "perhaps"}}, "daemon.migrate_on_start: expected true or false"),
+        (
+            {"daemon": {"migrate_on_start": "perhaps"}},
+            "daemon.migrate_on_start: expected true or false",
+        ),
     ],
 )
 def test_each_mistake_names_its_key(data: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")
+    ):
         config.from_mapping(data, env={})
 
 
@@ -66,7 +71,10 @@ def test_cli_reports_a_config_error_in_one_line_and_exits_nonzero(tmp_path: Path
     bad.write_text('[http]\nport = "eighty"\n')
     proc = subprocess.run(
         [sys.executable, "-m", "daemon.cli", "check-config", "--config", str(bad)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "paymentd: error: http.port: expected an integer, got 'eighty'"
@@ -76,7 +84,10 @@ def test_cli_reports_a_config_error_in_one_line_and_exits_nonzero(tmp_path: Path
 def test_cli_missing_config_file_says_what_to_do(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "daemon.cli", "run", "--config", str(tmp_path / "nope.toml")],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert proc.returncode == 2
     assert "config file not found" in proc.stderr and "config.toml.example" in proc.stderr

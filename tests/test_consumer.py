@@ -29,8 +29,15 @@ async def test_drains_backlog_then_handles_woken_work(db: Database) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                partial(consume, db, ConsumerSettings(queues.SMS, vt_seconds=30), wakeups.receiver(queues.SMS),
-                        handler, Metrics(), stop=stop)
+                partial(
+                    consume,
+                    db,
+                    ConsumerSettings(queues.SMS, vt_seconds=30),
+                    wakeups.receiver(queues.SMS),
+                    handler,
+                    Metrics(),
+                    stop=stop,
+                )
             )
             await queues.send(db, queues.SMS, {"n": 99})
             wakeups.wake(queues.SMS)
@@ -58,8 +65,15 @@ async def test_retry_backoff_is_a_deadline_not_a_poll(db: Database) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                partial(consume, db, ConsumerSettings(queues.SMS, vt_seconds=30), wakeups.receiver(queues.SMS),
-                        handler, Metrics(), stop=stop)
+                partial(
+                    consume,
+                    db,
+                    ConsumerSettings(queues.SMS, vt_seconds=30),
+                    wakeups.receiver(queues.SMS),
+                    handler,
+                    Metrics(),
+                    stop=stop,
+                )
             )
             await done.wait()
             stop.set()
@@ -85,8 +99,15 @@ async def test_a_crashing_handler_is_retried_after_the_visibility_timeout(db: Da
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                partial(consume, db, ConsumerSettings(queues.SMS, vt_seconds=1), wakeups.receiver(queues.SMS),
-                        handler, metrics, stop=stop)
+                partial(
+                    consume,
+                    db,
+                    ConsumerSettings(queues.SMS, vt_seconds=1),
+                    wakeups.receiver(queues.SMS),
+                    handler,
+                    metrics,
+                    stop=stop,
+                )
             )
             await done.wait()
             stop.set()
@@ -118,8 +139,15 @@ async def test_concurrency_is_bounded(db: Database) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                partial(consume, db, ConsumerSettings(queues.SMS, vt_seconds=30, concurrency=3),
-                        wakeups.receiver(queues.SMS), handler, Metrics(), stop=stop)
+                partial(
+                    consume,
+                    db,
+                    ConsumerSettings(queues.SMS, vt_seconds=30, concurrency=3),
+                    wakeups.receiver(queues.SMS),
+                    handler,
+                    Metrics(),
+                    stop=stop,
+                )
             )
             await done.wait()
             stop.set()
@@ -141,10 +169,17 @@ async def test_poison_message_is_archived(db: Database) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                partial(consume, db, ConsumerSettings(queues.SMS, vt_seconds=30), wakeups.receiver(queues.SMS),
-                        handler, metrics, stop=stop)
+                partial(
+                    consume,
+                    db,
+                    ConsumerSettings(queues.SMS, vt_seconds=30),
+                    wakeups.receiver(queues.SMS),
+                    handler,
+                    metrics,
+                    stop=stop,
+                )
             )
-            while metrics.jobs.labels(queues.SMS, "poison")._value.get() < 1:
+            while metrics.jobs.labels(queues.SMS, "poison")._value.get() < 1:  # noqa: ASYNC110 - polls a side effect
                 await trio.sleep(0.02)
             stop.set()
             wakeups.wake_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import pytest
@@ -24,10 +25,8 @@ def make_deps(db: Database, **database: object) -> Deps:
 
 
 async def drain_wake(w: Wakeups, q: str) -> None:
-    try:
+    with contextlib.suppress(trio.WouldBlock):
         w.receiver(q).receive_nowait()
-    except trio.WouldBlock:
-        pass
 
 
 async def test_insert_wakes_the_consumer_within_milliseconds(db: Database) -> None:
@@ -60,7 +59,7 @@ async def test_terminated_listen_connection_reconnects_and_drains(db: Database) 
             # Work queued while nobody listens: the reconnect drain must wake the consumer.
             await queues.send(db, queues.RECONNECT, {"task_id": 1})
             await wakeups.receiver(queues.RECONNECT).receive()
-            while deps.metrics.listener_reconnects._value.get() < 1:
+            while deps.metrics.listener_reconnects._value.get() < 1:  # noqa: ASYNC110 - polls a side effect
                 await trio.sleep(0.05)
             # And new inserts notify again on the new connection.
             await drain_wake(wakeups, queues.RECONNECT)

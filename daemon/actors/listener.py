@@ -15,7 +15,9 @@ notification can delay work.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -41,11 +43,14 @@ async def _take_lock(conn: asyncpg.Connection, wait_seconds: float) -> None:
     # After pg_terminate_backend the old backend may need a moment to exit and release it.
     with trio.move_on_after(wait_seconds):
         while True:
-            got = await dbmod.bridge(conn.fetchval, "SELECT pg_try_advisory_lock($1)", INSTANCE_LOCK)
+            got = await dbmod.bridge(
+                conn.fetchval, "SELECT pg_try_advisory_lock($1)", INSTANCE_LOCK
+            )
             if got:
                 return
             await trio.sleep(0.2)
-    holder = await dbmod.bridge(conn.fetchval, 
+    holder = await dbmod.bridge(
+        conn.fetchval,
         "SELECT a.client_addr::text || ' pid ' || a.pid FROM pg_locks l"
         " JOIN pg_stat_activity a USING (pid)"
         " WHERE l.locktype = 'advisory' AND l.objid = ($1::bigint & 4294967295)::oid",
@@ -84,14 +89,12 @@ async def run(
                 deps.metrics.notifications.labels(queue).inc()
                 wakeups.wake(queue)
 
-            def on_lost(_c: Any) -> None:
-                try:
-                    lost_send.send_nowait("connection terminated")
-                except trio.WouldBlock:
-                    pass
+            on_lost = _on_lost(lost_send)
 
             for q in queues.ALL:
-                await dbmod.bridge(conn.add_listener, queues.notify_channel(q), partial(on_notify, queue=q))
+                await dbmod.bridge(
+                    conn.add_listener, queues.notify_channel(q), partial(on_notify, queue=q)
+                )
             conn.add_termination_listener(on_lost)
             # LISTEN is in effect (autocommit): now drain whatever arrived while deaf.
             wakeups.wake_all()
@@ -111,6 +114,16 @@ async def run(
             deps.events.publish("listener.lost", error=str(exc))
         finally:
             await dbmod.close_conn(conn)
+
+
+def _on_lost(lost: trio.MemorySendChannel[str]) -> Callable[[Any], None]:
+    """asyncpg's termination callback: runs on the asyncio side, so it only signals."""
+
+    def on_lost(_conn: Any) -> None:
+        with contextlib.suppress(trio.WouldBlock):
+            lost.send_nowait("connection terminated")
+
+    return on_lost
 
 
 async def _watch(

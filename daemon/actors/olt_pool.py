@@ -41,6 +41,7 @@ from daemon.olt.types import (
     OltUnknownDevice,
     OnuRef,
 )
+from daemon.secrets import SecretKeyError
 
 __all__ = ["OltPool", "OltPoolSettings"]
 
@@ -327,6 +328,9 @@ class _DeviceActor:
                 spec = await self.pool._load_device(self.name)
             except OltError:
                 raise
+            except SecretKeyError as exc:
+                # Retrying cannot fix a secret that does not decrypt: fail the task for good.
+                raise OltCommandError(f"{self.name}: {exc}") from exc
             except Exception as exc:  # e.g. the database is down: try again later
                 raise OltTransientError(f"{self.name}: loading device spec: {exc!r}") from exc
             if spec is None:

@@ -10,8 +10,8 @@ Owns: nothing long-lived but its UISP API client.
 from __future__ import annotations
 
 import logging
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -49,11 +49,15 @@ async def handle_uisp_event(p: ProcessorDeps, msg: Message) -> None:
     except uisp.UispTransientError as exc:
         if msg.read_ct < MAX_UISP_ATTEMPTS:
             delay = min(5.0 * 2 ** (msg.read_ct - 1), 600.0)
-            log.warning("webhook %s: UISP unavailable (%s); retry in %.0f s", webhook_uuid, exc, delay)
+            log.warning(
+                "webhook %s: UISP unavailable (%s); retry in %.0f s", webhook_uuid, exc, delay
+            )
             await queues.set_vt(db, queues.UISP_EVENTS, msg.msg_id, delay)
             p.deps.metrics.jobs.labels(queues.UISP_EVENTS, "retry").inc()
             return
-        await _finish(p, msg, webhook, f"error: UISP unavailable after {msg.read_ct} attempts: {exc}")
+        await _finish(
+            p, msg, webhook, f"error: UISP unavailable after {msg.read_ct} attempts: {exc}"
+        )
         return
     except (uisp.UispError, DecisionError) as exc:
         # Permanent: bad app key, an entity UISP no longer has, no ONU location. Logged
@@ -135,14 +139,24 @@ async def run(
         db, metrics = p.deps.db, p.deps.metrics
         await nursery.start(
             partial(
-                consume, db, uisp_settings, wakeups.receiver(queues.UISP_EVENTS), on_uisp,
-                metrics, stop=stop,
+                consume,
+                db,
+                uisp_settings,
+                wakeups.receiver(queues.UISP_EVENTS),
+                on_uisp,
+                metrics,
+                stop=stop,
             )
         )
         await nursery.start(
             partial(
-                consume, db, reconnect_settings, wakeups.receiver(queues.RECONNECT),
-                on_reconnect, metrics, stop=stop,
+                consume,
+                db,
+                reconnect_settings,
+                wakeups.receiver(queues.RECONNECT),
+                on_reconnect,
+                metrics,
+                stop=stop,
             )
         )
         task_status.started()

@@ -1,0 +1,217 @@
+"""The composition root: builds the resources and channels, starts the actors.
+
+Nothing else knows the wiring. Start-up order matters:
+
+1. the key for secrets at rest (a missing or wrong key is a start-up error, never a new key);
+2. migrations (PGMQ installed, queues created, insert-notify re-enabled);
+3. the listener, which takes the single-instance lock and LISTENs;
+4. only then are in-flight messages released (nobody else can be working on them) and
+   the workers started; READY=1 goes to systemd once every actor reported ``started()``.
+
+Shutdown (SIGTERM/SIGINT or ``shutdown.set()``): STOPPING=1, the HTTP server stops
+accepting, consumers stop reading and finish what they hold, all within
+``daemon.shutdown_grace_seconds``; then the listener and the OLT sessions are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import trio
+import trio_asyncio
+
+from daemon import queues
+from daemon.actors import http_ingress, listener, payment_processor, sms_sender
+from daemon.actors.olt_pool import OltPool, OltPoolSettings
+from daemon.config import Config
+from daemon.consumer import Wakeups
+from daemon.db import Database
+from daemon.deps import Deps
+from daemon.events import EventBus
+from daemon.health import Health
+from daemon.metrics import Metrics
+from daemon.migrate import migrate
+from daemon.olt_store import load_spec
+from daemon.reconnect import ReconnectDeps
+from daemon.sdnotify import SystemdNotifier, watchdog_loop
+from daemon.secrets import SecretBox, load_key, verify_key
+from daemon.sms import make_provider
+from daemon.supervisor import supervise
+from daemon.uisp import UispClient
+
+log = logging.getLogger("paymentd")
+
+
+@dataclass
+class Running:
+    """What a started daemon exposes to whoever embeds it (tests, the demo)."""
+
+    deps: Deps
+    base_url: str
+    pool: OltPool
+    shutdown: trio.Event
+
+
+async def run_daemon(
+    cfg: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    shutdown: trio.Event | None = None,
+    on_ready: Callable[[Running], Any] | None = None,
+    handle_signals: bool = True,
+) -> None:
+    env = os.environ if env is None else env
+    shutdown = shutdown or trio.Event()
+    box = SecretBox(load_key(cfg.olt))
+    if cfg.daemon.migrate_on_start:
+        report = await trio.to_thread.run_sync(
+            partial(migrate, cfg.database.url, notify_throttle_ms=cfg.database.notify_throttle_ms)
+        )
+        log.info(
+            "database ready: migrations %s, pgmq %s", report.applied or "up to date", report.pgmq
+        )
+    with SystemdNotifier(env) as notifier:
+        await _with_bridge(cfg, box, notifier, shutdown, on_ready, handle_signals)
+
+
+async def _with_bridge(
+    cfg: Config,
+    box: SecretBox,
+    notifier: SystemdNotifier,
+    shutdown: trio.Event,
+    on_ready: Callable[[Running], Any] | None,
+    handle_signals: bool,
+) -> None:
+    async with trio_asyncio.open_loop() as loop:
+        # A stray exception in an asyncio callback (asyncpg after pg_terminate_backend,
+        # an asyncssh channel) would otherwise tear down the whole bridge: log it instead.
+        loop.set_exception_handler(_log_asyncio_error)
+        async with Database.open(
+            cfg.database.url,
+            min_size=cfg.database.pool_min,
+            max_size=cfg.database.pool_max,
+            command_timeout=cfg.database.command_timeout_seconds,
+        ) as db:
+            await verify_key(db, box)
+            await _serve(cfg, db, box, notifier, shutdown, on_ready, handle_signals)
+
+
+async def _serve(
+    cfg: Config,
+    db: Database,
+    box: SecretBox,
+    notifier: SystemdNotifier,
+    shutdown: trio.Event,
+    on_ready: Callable[[Running], Any] | None,
+    handle_signals: bool,
+) -> None:
+    metrics = Metrics()
+    health = Health(cfg.daemon.unhealthy_restarts, cfg.daemon.restart_reset_after_seconds)
+    deps = Deps(cfg, db, metrics, EventBus(), health)
+    wakeups = Wakeups()
+    stop = trio.Event()
+    sup = partial(
+        supervise,
+        health=health,
+        metrics=metrics,
+        backoff_min=cfg.daemon.restart_backoff_min_seconds,
+        backoff_max=cfg.daemon.restart_backoff_max_seconds,
+        reset_after=cfg.daemon.restart_reset_after_seconds,
+    )
+    olt = cfg.olt
+    pool = OltPool(
+        OltPoolSettings(
+            connect_timeout=olt.connect_timeout_seconds,
+            command_timeout=olt.command_timeout_seconds,
+            idle_close=olt.idle_close_seconds,
+            breaker_failures=olt.breaker_failures,
+            breaker_reset=olt.breaker_reset_seconds,
+            known_hosts=olt.known_hosts or None,
+        ),
+        partial(load_spec, db, box),
+        metrics,
+        deps.events,
+    )
+    uisp = UispClient.from_config(cfg.uisp)
+    provider = make_provider(cfg.sms)
+    processor = payment_processor.ProcessorDeps(
+        deps, uisp, ReconnectDeps(db, pool, cfg.olt, cfg.sms, metrics, deps.events)
+    )
+    try:
+        async with trio.open_nursery() as infra:
+            if handle_signals:
+                infra.start_soon(_signals, shutdown)
+            await infra.start(sup, "listener", partial(listener.run, deps, wakeups))
+            for q in queues.ALL:
+                released = await queues.release_all(db, q)
+                if released:
+                    log.info(
+                        "%s: %d message(s) in flight at the last stop will run again", q, released
+                    )
+            await infra.start(sup, "olt_pool", pool.run)
+            async with trio.open_nursery() as workers:
+                await workers.start(
+                    sup,
+                    "payment_processor",
+                    partial(payment_processor.run, processor, wakeups, stop),
+                )
+                await workers.start(
+                    sup, "sms_sender", partial(sms_sender.run, deps, provider, wakeups, stop)
+                )
+                base_url = await workers.start(
+                    sup, "http_ingress", partial(http_ingress.run, deps, shutdown=shutdown)
+                )
+                log.info("paymentd ready on %s", base_url)
+                notifier.ready()
+                notifier.status(health.status_line())
+                infra.start_soon(partial(watchdog_loop, notifier, lambda: not health.flapping()))
+                infra.start_soon(_status_updates, notifier, health)
+                if on_ready is not None:
+                    on_ready(Running(deps, base_url, pool, shutdown))
+                await shutdown.wait()
+                log.info("shutting down (grace %.0f s)", cfg.daemon.shutdown_grace_seconds)
+                notifier.stopping()
+                health.stopping = True
+                stop.set()
+                wakeups.wake_all()
+                workers.cancel_scope.deadline = (
+                    trio.current_time() + cfg.daemon.shutdown_grace_seconds
+                )
+            infra.cancel_scope.cancel()
+    finally:
+        with trio.move_on_after(5, shield=True):
+            await uisp.aclose()
+            if provider is not None:
+                await provider.aclose()
+    log.info("stopped")
+
+
+def _log_asyncio_error(_loop: Any, context: dict[str, Any]) -> None:
+    log.error(
+        "asyncio callback error (ignored): %s",
+        context.get("message"),
+        exc_info=context.get("exception"),
+    )
+
+
+async def _signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s", signal.Signals(signum).name)
+            shutdown.set()
+
+
+async def _status_updates(notifier: SystemdNotifier, health: Health) -> None:
+    last = ""
+    while True:
+        line = health.status_line()
+        if line != last:
+            notifier.status(line)
+            last = line
+        await trio.sleep(5)
