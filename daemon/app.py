@@ -168,8 +168,7 @@ async def _serve(
                     sup, "http_ingress", partial(http_ingress.run, deps, shutdown=shutdown)
                 )
                 log.info("paymentd ready on %s", base_url)
-                notifier.ready()
-                notifier.status(health.status_line())
+                notifier.ready(status=health.status_line())
                 infra.start_soon(partial(watchdog_loop, notifier, lambda: not health.flapping()))
                 infra.start_soon(_status_updates, notifier, health)
                 if on_ready is not None:
