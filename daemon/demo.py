@@ -89,7 +89,9 @@ def _print_intro(
     running: Running, fake_url: str, sink_url: str, lost_webhook: dict[str, Any], cfg_path: Path
 ) -> None:
     base = running.base_url
-    body = json.dumps(lost_webhook, ensure_ascii=False)
+    # UISP sends the entity along; paymentd reads it back from the API anyway.
+    short = {**lost_webhook, "extraData": {"entity": None, "entityBeforeEdit": None}}
+    body = json.dumps(short)
     fake_root = fake_url.rsplit("/crm/", 1)[0]
     print(
         f"""
