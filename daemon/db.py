@@ -47,8 +47,10 @@ async def bridge(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> 
         result: T = await aio_as_trio(fn)(*args, **kwargs)
         return result
     except asyncio.CancelledError as exc:
-        # An asyncio cancellation trio did not ask for (e.g. a connection torn down from
-        # under us) must not escape as a BaseException past `except Exception` handlers.
+        # If trio is cancelling us, let its Cancelled through. Otherwise this is an asyncio
+        # cancellation trio did not ask for (a connection torn down from under us): it
+        # must not escape as a BaseException past `except Exception` handlers.
+        await trio.lowlevel.checkpoint_if_cancelled()
         raise DatabaseError(f"database call cancelled on the asyncio side: {exc!r}") from exc
     except _UNAVAILABLE as exc:
         raise DatabaseError(str(exc) or type(exc).__name__) from exc
@@ -137,22 +139,42 @@ class Database:
                     pool.terminate()
 
     @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Conn]:
-        async with aio_as_trio(self._pool.acquire(timeout=10)) as raw:
-            yield Conn(raw)
-
-    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
+        """BEGIN ... COMMIT on one pooled connection; ROLLBACK on any exception.
+
+        The ending (COMMIT or ROLLBACK) and the release are shielded: a trio cancellation
+        of the body (a client hanging up on the HTTP handler, a shutdown) must not leave
+        the connection ``idle in transaction`` holding row locks, out of the pool for good.
+        A connection whose ending fails is terminated so the pool replaces it.
+        """
+        raw = await bridge(self._pool.acquire, timeout=10)
+        clean = False
         try:
-            async with (
-                aio_as_trio(self._pool.acquire(timeout=10)) as raw,
-                aio_as_trio(raw.transaction()),
-            ):
+            await bridge(raw.execute, "BEGIN")
+            try:
                 yield Conn(raw)
-        except _UNAVAILABLE as exc:
-            raise DatabaseError(str(exc) or type(exc).__name__) from exc
-        except asyncio.CancelledError as exc:
-            raise DatabaseError(f"database call cancelled on the asyncio side: {exc!r}") from exc
+            except BaseException:
+                with trio.move_on_after(5, shield=True):
+                    try:
+                        await bridge(raw.execute, "ROLLBACK")
+                        clean = True
+                    except Exception:
+                        log.warning("ROLLBACK failed; dropping the connection", exc_info=True)
+                raise
+            with trio.move_on_after(10, shield=True):
+                try:
+                    await bridge(raw.execute, "COMMIT")
+                finally:
+                    # A COMMIT the server refused (deferred constraint, serialization)
+                    # still ends the transaction: the connection is reusable.
+                    clean = not raw.is_in_transaction()
+            if not clean:
+                raise DatabaseError("COMMIT did not finish in 10 s; outcome unknown")
+        finally:
+            if not clean:
+                raw.terminate()
+            with trio.move_on_after(5, shield=True):
+                await bridge(self._pool.release, raw, timeout=5)
 
     async def fetch(self, sql: str, *args: Any) -> list[Record]:
         rows: list[Record] = await bridge(self._pool.fetch, sql, *args)
