@@ -124,16 +124,8 @@ async def _serve(
         backoff_max=cfg.daemon.restart_backoff_max_seconds,
         reset_after=cfg.daemon.restart_reset_after_seconds,
     )
-    olt = cfg.olt
     pool = OltPool(
-        OltPoolSettings(
-            connect_timeout=olt.connect_timeout_seconds,
-            command_timeout=olt.command_timeout_seconds,
-            idle_close=olt.idle_close_seconds,
-            breaker_failures=olt.breaker_failures,
-            breaker_reset=olt.breaker_reset_seconds,
-            known_hosts=olt.known_hosts or None,
-        ),
+        OltPoolSettings.from_config(cfg.olt),
         partial(load_spec, db, box),
         metrics,
         deps.events,
@@ -149,7 +141,7 @@ async def _serve(
                 infra.start_soon(_signals, shutdown)
             await infra.start(sup, "listener", partial(listener.run, deps, wakeups))
             for q in queues.ALL:
-                released = await queues.release_all(db, q)
+                released = await queues.release_in_flight(db, q)
                 if released:
                     log.info(
                         "%s: %d message(s) in flight at the last stop will run again", q, released

@@ -185,11 +185,16 @@ def cmd_olt(args: argparse.Namespace) -> int:
         print(f"check it with: paymentd olt test {args.name}")
         return 0
     if args.olt_cmd == "update":
-        password = (
-            _read_secret(None, args.password_file, "PAYMENTD_OLT_PASSWORD", "new OLT password: ")
-            if args.password_file or args.new_password
-            else None
-        )
+        password = None
+        if args.password_file or args.new_password:
+            password = _read_secret(
+                None, args.password_file, "PAYMENTD_OLT_PASSWORD", "new OLT password: "
+            )
+            if not password:
+                raise UserError(
+                    "--new-password: no password given (use --password-file, "
+                    "PAYMENTD_OLT_PASSWORD or a terminal)"
+                )
         options = {"zte_style": args.zte_style} if args.zte_style else None
         _with_db(
             cfg,
@@ -223,16 +228,8 @@ async def _test_olt(db: Any, cfg: Config, box: Any, name: str) -> str:
     from daemon.metrics import Metrics
     from daemon.olt_store import load_spec
 
-    o = cfg.olt
     pool = OltPool(
-        OltPoolSettings(
-            o.connect_timeout_seconds,
-            o.command_timeout_seconds,
-            o.idle_close_seconds,
-            o.breaker_failures,
-            o.breaker_reset_seconds,
-            o.known_hosts or None,
-        ),
+        OltPoolSettings.from_config(cfg.olt),
         lambda n: load_spec(db, box, n),
         Metrics(),
         EventBus(),

@@ -246,6 +246,8 @@ def _check(cfg: Config) -> None:
         raise ConfigError("database.url: expected a postgresql:// URL")
     if cfg.database.visibility_timeout_seconds < 1:
         raise ConfigError("database.visibility_timeout_seconds: must be at least 1")
+    if cfg.olt.idle_close_seconds <= 0:
+        raise ConfigError("olt.idle_close_seconds: must be more than 0")
     if cfg.olt.max_attempts < 1 or cfg.sms.max_attempts < 1:
         raise ConfigError("olt.max_attempts / sms.max_attempts: must be at least 1")
     try:

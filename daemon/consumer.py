@@ -25,13 +25,16 @@ from dataclasses import dataclass
 import trio
 
 from daemon import queues
-from daemon.db import Database, DatabaseError
+from daemon.db import Conn, Database, DatabaseError
 from daemon.metrics import Metrics
 from daemon.queues import Message
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Awaitable[None]]
+# Records, in the transaction that archives a poison message, what it means for the
+# domain (e.g. the task it carried is marked failed), so nothing is left "running".
+PoisonHandler = Callable[[Conn, Message], Awaitable[None]]
 
 
 class Wakeups:
@@ -43,8 +46,11 @@ class Wakeups:
 
     def __init__(self, names: tuple[str, ...] = queues.ALL) -> None:
         self._channels = {q: trio.open_memory_channel[None](1) for q in names}
+        self._notified = dict.fromkeys(names, False)
 
-    def wake(self, queue: str) -> None:
+    def wake(self, queue: str, *, notified: bool = False) -> None:
+        """Wake the queue's consumer; ``notified`` when the cause is an insert NOTIFY."""
+        self._notified[queue] = self._notified[queue] or notified
         send, _ = self._channels[queue]
         with contextlib.suppress(trio.WouldBlock):
             send.send_nowait(None)
@@ -56,6 +62,11 @@ class Wakeups:
     def receiver(self, queue: str) -> trio.MemoryReceiveChannel[None]:
         return self._channels[queue][1]
 
+    def take_notified(self, queue: str) -> bool:
+        """Whether a NOTIFY arrived since the last call (and forget it)."""
+        was, self._notified[queue] = self._notified[queue], False
+        return was
+
 
 @dataclass(frozen=True)
 class ConsumerSettings:
@@ -65,6 +76,7 @@ class ConsumerSettings:
     concurrency: int = 8
     throttle_seconds: float = 0.1  # the queue's notify throttle; re-read once after it
     max_deliveries: int = 25  # a message read this often is poison: archived, logged
+    on_poison: PoisonHandler | None = None
 
 
 async def consume(
@@ -75,11 +87,14 @@ async def consume(
     metrics: Metrics,
     *,
     stop: trio.Event,
+    notified: Callable[[], bool] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until ``stop`` is set; then let in-flight handlers finish and return.
 
     Whoever sets ``stop`` also wakes the consumer (``Wakeups.wake_all``) so it notices.
+    ``notified`` (e.g. ``partial(wakeups.take_notified, queue)``) says whether a wake-up
+    came from a NOTIFY; without it every wake-up is followed by the throttle re-read.
     """
     q = settings.queue
     limiter = trio.CapacityLimiter(settings.concurrency)
@@ -107,7 +122,10 @@ async def consume(
                     msg.read_ct,
                     msg.message,
                 )
-                await queues.archive(db, q, msg.msg_id)
+                async with db.transaction() as tx:
+                    if settings.on_poison is not None:
+                        await settings.on_poison(tx, msg)
+                    await queues.archive(tx, q, msg.msg_id)
                 metrics.jobs.labels(q, "poison").inc()
                 return
             await handler(msg)
@@ -141,8 +159,11 @@ async def consume(
                 await poke.wait()
             if poke.is_set():
                 poke = trio.Event()
-                # Inserts during the notify throttle window are silent: read once more after it.
-                redrain_at = trio.current_time() + settings.throttle_seconds
+                # Inserts during the notify throttle window are silent: after a NOTIFY, read
+                # once more when the window closes. (A safety tick or a finished handler
+                # needs no such re-read; ``notified`` tells them apart when given.)
+                if notified is None or notified():
+                    redrain_at = trio.current_time() + settings.throttle_seconds
         # Leaving the nursery lets in-flight handlers finish; the supervisor's grace
         # deadline bounds how long that may take.
         forwarding.cancel()

@@ -21,6 +21,7 @@ from daemon.olt.types import OnuRef
 class PlannedTask:
     action: str  # activate | deactivate
     service_id: int
+    service_name: str | None
     client_id: int | None
     client_name: str | None
     phone: str | None
@@ -44,8 +45,18 @@ async def decide(
     uuid = str(webhook["uuid"])
     event = webhook["event_name"]
     entity_id = webhook["entity_id"]
-    if cfg.verify_webhook_events and await client.get_webhook_event(uuid) is None:
-        return Decision(f"rejected: UISP does not know webhook event {uuid}")
+    if cfg.verify_webhook_events:
+        confirmed = await client.get_webhook_event(uuid)
+        if confirmed is None:
+            return Decision(f"rejected: UISP does not know webhook event {uuid}")
+        # The uuid alone proves little: whoever has the URL token could pair a real uuid
+        # with another entity. What UISP says the event was about must match.
+        for field, ours in (("eventName", event), ("entityId", entity_id)):
+            theirs = confirmed.get(field)
+            if theirs is not None and str(theirs) != str(ours):
+                return Decision(
+                    f"rejected: webhook {uuid} says {field}={ours!r}, UISP says {theirs!r}"
+                )
     if entity_id is None:
         return Decision(f"ignored: {event} without an entityId")
 
@@ -125,6 +136,7 @@ async def _plan(
     return PlannedTask(
         action=action,
         service_id=service_id,
+        service_name=service.get("name"),
         client_id=None if client_id is None else int(client_id),
         client_name=None if customer is None else uisp.client_name(customer),
         phone=None if customer is None else uisp.client_phone(customer),

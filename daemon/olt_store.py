@@ -211,7 +211,7 @@ async def remove_device(db: Database, name: str, *, force: bool = False) -> bool
             shown = ", ".join(map(str, users[:10])) + (" ..." if len(users) > 10 else "")
             raise DeviceInUse(
                 f"ONU overrides of {len(users)} service(s) point at OLT {name!r} "
-                f"(service ids {shown}); remove them first or force"
+                f"(service ids {shown}); remove them first or pass --force"
             )
         await tx.execute("DELETE FROM onu_overrides WHERE olt_name = $1", name)
         status = await tx.execute("DELETE FROM olt_devices WHERE name = $1", name)

@@ -84,15 +84,28 @@ async def seconds_until_next_visible(db: Executor, queue: str) -> float | None:
     return max(0.0, float(value))
 
 
-async def release_all(db: Executor, queue: str) -> int:
-    """Make every in-flight message visible now.
+# Which invisible messages were being worked on when the daemon stopped, judged by the
+# state of the row they carry; a message delayed on purpose (retry backoff) stays delayed.
+_IN_FLIGHT = {
+    UISP_EVENTS: "SELECT 1 FROM uisp_webhooks w"
+    " WHERE w.uuid = (q.message->>'uuid')::uuid AND w.processed_at IS NULL",
+    RECONNECT: "SELECT 1 FROM reconnect_tasks t"
+    " WHERE t.id = (q.message->>'task_id')::bigint AND t.state = 'running'",
+    SMS: "SELECT 1 FROM sms_messages s"
+    " WHERE s.id = (q.message->>'sms_id')::bigint AND s.state = 'sending'",
+}
 
-    Only safe because one daemon at a time holds the instance lock (see migrate.py): at
-    start-up nothing can still be working on these messages, so a crash costs no
-    visibility-timeout wait.
+
+async def release_in_flight(db: Executor, queue: str) -> int:
+    """Make the messages that were in flight at the last stop visible now.
+
+    Only safe because one daemon at a time holds the instance lock (see the listener): at
+    start-up nothing can still be working on them, so a crash costs no visibility-timeout
+    wait. UISP events are always released (their only delay is a UISP outage backoff).
     """
     status = await db.execute(
-        f"UPDATE pgmq.q_{_ident(queue)} SET vt = clock_timestamp() WHERE vt > clock_timestamp()"
+        f"UPDATE pgmq.q_{_ident(queue)} q SET vt = clock_timestamp()"
+        f" WHERE q.vt > clock_timestamp() AND EXISTS ({_IN_FLIGHT[queue]})"
     )
     return int(status.split()[-1])
 

@@ -15,8 +15,9 @@ from typing import Any
 import trio
 
 from daemon import queues, tasks
+from daemon.backoff import backoff
 from daemon.config import OltConfig, SmsConfig
-from daemon.db import Database
+from daemon.db import Conn, Database
 from daemon.events import EventBus
 from daemon.metrics import Metrics
 from daemon.olt.types import (
@@ -45,18 +46,31 @@ class ReconnectDeps:
 
     @property
     def task_deadline(self) -> float:
-        # Connect + login + a handful of commands, twice (the pool retries once on a
-        # fresh session). The queue's visibility timeout is set above this.
-        return 2 * (self.olt.connect_timeout_seconds + 3 * self.olt.command_timeout_seconds)
+        # Connect + login + about a dozen commands (a cold Huawei operation: enable, undo
+        # smart, infoswitch, scroll, config, interface, the change, display, quits), twice:
+        # the pool retries once on a fresh session. The queue's vt is set above this.
+        return 2 * (self.olt.connect_timeout_seconds + 12 * self.olt.command_timeout_seconds)
+
+
+DEFAULT_SMS = "Your payment was received and your service is active again."
 
 
 def sms_text(template: str, task: dict[str, Any]) -> str:
-    return template.format(
-        client_name=task.get("client_name") or "",
-        client_id=task.get("client_id") or "",
-        service_id=task.get("service_id") or "",
-        service_name=task.get("service_name") or "",
-    )
+    values = {
+        "client_name": task.get("client_name") or "",
+        "client_id": task.get("client_id") or 0,
+        "service_id": task.get("service_id") or 0,
+        "service_name": task.get("service_name") or "",
+    }
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError, TypeError):
+        # The config check formats the template with sample values, but a format spec can
+        # still clash with real data; a plain SMS beats a reconnection with none.
+        log.exception(
+            "sms.template cannot be formatted for task %s; sending the default", task.get("id")
+        )
+        return DEFAULT_SMS
 
 
 async def handle(deps: ReconnectDeps, msg: Message) -> None:
@@ -64,8 +78,25 @@ async def handle(deps: ReconnectDeps, msg: Message) -> None:
     db = deps.db
     async with db.transaction() as tx:
         row = await tx.fetchrow("SELECT * FROM reconnect_tasks WHERE id = $1 FOR UPDATE", task_id)
-        if row is None or row["state"] in ("succeeded", "failed"):
+        if row is None or row["state"] in ("succeeded", "failed", "superseded"):
             await queues.archive(tx, queues.RECONNECT, msg.msg_id)
+            return
+        newer = await tx.fetchval(
+            "SELECT max(id) FROM reconnect_tasks WHERE service_id = $1 AND id > $2",
+            row["service_id"],
+            task_id,
+        )
+        if newer is not None:
+            # A later event for this service carries the latest intent: running this one
+            # now (e.g. a deactivate stuck in retry after the client paid) would undo it.
+            await tx.execute(
+                "UPDATE reconnect_tasks SET state = 'superseded', finished_at = now(),"
+                " updated_at = now() WHERE id = $1",
+                task_id,
+            )
+            await tasks.add_event(tx, task_id, "superseded", by_task=newer)
+            await queues.archive(tx, queues.RECONNECT, msg.msg_id)
+            deps.events.publish("task.superseded", task_id=task_id, by_task=newer)
             return
         attempt: int = await tx.fetchval(
             "UPDATE reconnect_tasks SET state = 'running', attempts = attempts + 1,"
@@ -84,10 +115,13 @@ async def handle(deps: ReconnectDeps, msg: Message) -> None:
         action=task["action"],
     )
     try:
+        onu = OnuRef.parse(task["onu"])
+    except ValueError as exc:
+        await _fail(deps, msg, task, f"bad ONU location {task['onu']!r}: {exc}", "")
+        return
+    try:
         with trio.fail_after(deps.task_deadline):
-            result = await deps.pool.execute(
-                task["olt_name"], OnuRef.parse(task["onu"]), task["action"]
-            )
+            result = await deps.pool.execute(task["olt_name"], onu, task["action"])
     except OltCommandError as exc:
         await _fail(deps, msg, task, str(exc), getattr(exc, "output", ""))
     except OltUnknownDevice:
@@ -124,7 +158,23 @@ async def _succeed(
             result.output[-OUTPUT_EXCERPT:],
         )
         await tasks.add_event(tx, task_id, "succeeded", state=result.state, seconds=result.seconds)
-        if task["action"] == "activate":
+        previous = await tx.fetchrow(
+            "SELECT id, action FROM reconnect_tasks WHERE service_id = $1 AND id < $2"
+            " AND state = 'succeeded' ORDER BY id DESC LIMIT 1",
+            task["service_id"],
+            task_id,
+        )
+        if (
+            task["action"] == "activate"
+            and previous is not None
+            and previous["action"] == "activate"
+        ):
+            # Already reconnected (e.g. by payment.add in reactivate_onu mode, then UISP's
+            # own suspend_cancel): one reconnection, one SMS.
+            await tasks.add_event(
+                tx, task_id, "sms_skipped", reason=f"already reconnected by task {previous['id']}"
+            )
+        elif task["action"] == "activate":
             if task["phone"]:
                 sms_id = await tx.fetchval(
                     "INSERT INTO sms_messages (task_id, phone, body, provider)"
@@ -166,6 +216,19 @@ async def _fail(
     log.warning("task %s failed: %s", task_id, error)
 
 
+async def on_poison(tx: Conn, msg: Message) -> None:
+    """A reconnect message that keeps crashing its handler: fail its task visibly."""
+    task_id = int(msg.message.get("task_id", 0))
+    status = await tx.execute(
+        "UPDATE reconnect_tasks SET state = 'failed', finished_at = now(), updated_at = now(),"
+        " last_error = $2 WHERE id = $1 AND state IN ('queued', 'running')",
+        task_id,
+        f"no outcome after {msg.read_ct} deliveries; see the daemon log",
+    )
+    if status.endswith(" 1"):
+        await tasks.add_event(tx, task_id, "failed", error="poison message")
+
+
 async def _retry_or_fail(
     deps: ReconnectDeps,
     msg: Message,
@@ -176,13 +239,12 @@ async def _retry_or_fail(
     refund: bool = False,
 ) -> None:
     if refund:
-        attempt -= 1
-        delay = deps.olt.breaker_reset_seconds
-    elif attempt >= deps.olt.max_attempts:
+        await _wait_for_breaker(deps, msg, task, attempt - 1, reason)
+        return
+    if attempt >= deps.olt.max_attempts:
         await _fail(deps, msg, task, f"gave up after {attempt} attempts: {reason}", "")
         return
-    else:
-        delay = min(deps.olt.retry_backoff_seconds * 2 ** (attempt - 1), 600.0)
+    delay = backoff(deps.olt.retry_backoff_seconds, attempt, cap=600.0)
     async with deps.db.transaction() as tx:
         await tx.execute(
             "UPDATE reconnect_tasks SET state = 'queued', last_error = $2, attempts = $3,"
@@ -193,6 +255,34 @@ async def _retry_or_fail(
         )
         await tasks.add_event(tx, task["id"], "retry_scheduled", error=reason, in_seconds=delay)
         await queues.set_vt(tx, queues.RECONNECT, msg.msg_id, delay)
+    _retry_scheduled(deps, task, reason, delay)
+
+
+async def _wait_for_breaker(
+    deps: ReconnectDeps, msg: Message, task: dict[str, Any], attempts: int, reason: str
+) -> None:
+    """Wait out an open circuit without using up an attempt.
+
+    A fresh delayed message replaces this one (archive + send in one transaction), so the
+    delivery counter that guards against poison messages starts again too: a long VPN
+    outage delays the reconnection, it does not drop it.
+    """
+    delay = deps.olt.breaker_reset_seconds
+    async with deps.db.transaction() as tx:
+        await tx.execute(
+            "UPDATE reconnect_tasks SET state = 'queued', last_error = $2, attempts = $3,"
+            " updated_at = now() WHERE id = $1",
+            task["id"],
+            reason,
+            attempts,
+        )
+        await tasks.add_event(tx, task["id"], "waiting_for_device", error=reason, in_seconds=delay)
+        await queues.archive(tx, queues.RECONNECT, msg.msg_id)
+        await queues.send(tx, queues.RECONNECT, {"task_id": task["id"]}, max(1, round(delay)))
+    _retry_scheduled(deps, task, reason, delay)
+
+
+def _retry_scheduled(deps: ReconnectDeps, task: dict[str, Any], reason: str, delay: float) -> None:
     deps.metrics.jobs.labels(queues.RECONNECT, "retry").inc()
     deps.events.publish("task.retry", task_id=task["id"], error=reason, in_seconds=delay)
     log.info("task %s: transient failure (%s); retry in %.0f s", task["id"], reason, delay)

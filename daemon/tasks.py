@@ -14,6 +14,7 @@ from daemon.db import Conn, Database, Executor, Record
 
 TASK_COLUMNS = (
     "id, dedupe_key, webhook_uuid, action, client_id, client_name, phone, service_id, "
+    "service_name, "
     "olt_name, onu, state, attempts, last_error, olt_output, created_at, started_at, "
     "finished_at, updated_at"
 )
@@ -50,11 +51,13 @@ async def create(
     client_id: int | None = None,
     client_name: str | None = None,
     phone: str | None = None,
+    service_name: str | None = None,
 ) -> int | None:
     """Create a task and queue it; None when a task with this dedupe key already exists."""
     task_id: int | None = await tx.fetchval(
         "INSERT INTO reconnect_tasks (dedupe_key, webhook_uuid, action, client_id, client_name,"
-        " phone, service_id, olt_name, onu) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        " phone, service_id, olt_name, onu, service_name)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
         dedupe_key,
         None if webhook_uuid is None else uuid.UUID(str(webhook_uuid)),
@@ -65,6 +68,7 @@ async def create(
         service_id,
         olt_name,
         onu,
+        service_name,
     )
     if task_id is None:
         return None

@@ -56,7 +56,8 @@ def make_config(
         keygen(key_file)
     return Config().replace(
         daemon=DaemonConfig(shutdown_grace_seconds=3, restart_backoff_min_seconds=0.1),
-        database=DatabaseConfig(url=db_url, pool_min=1, pool_max=6, notify_throttle_ms=0),
+        # The default notify throttle: the consumers' re-read after it is exercised too.
+        database=DatabaseConfig(url=db_url, pool_min=1, pool_max=6),
         http=HttpConfig(port=port, admin_token=ADMIN_TOKEN),
         uisp=UispConfig(base_url=fake_url, app_key="app-key", webhook_token=WEBHOOK_TOKEN, **uisp),
         olt=OltConfig(
@@ -65,6 +66,7 @@ def make_config(
             command_timeout_seconds=5,
             retry_backoff_seconds=0.5,
             idle_close_seconds=30,
+            breaker_reset_seconds=1,
         ),
         sms=SmsConfig(
             base_url=sink_url,

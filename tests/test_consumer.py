@@ -8,7 +8,7 @@ import trio
 
 from daemon import queues
 from daemon.consumer import ConsumerSettings, Wakeups, consume
-from daemon.db import Database
+from daemon.db import Conn, Database
 from daemon.metrics import Metrics
 from daemon.queues import Message
 
@@ -155,33 +155,35 @@ async def test_concurrency_is_bounded(db: Database) -> None:
     assert peak == 3
 
 
-async def test_poison_message_is_archived(db: Database) -> None:
+async def test_a_poison_message_is_archived_with_its_outcome_recorded(db: Database) -> None:
     msg_id = await queues.send(db, queues.SMS, {"n": 1})
     await db.execute("UPDATE pgmq.q_sms SET read_ct = 30 WHERE msg_id = $1", msg_id)
     called = False
+    recorded: list[int] = []
 
     async def handler(msg: Message) -> None:
         nonlocal called
         called = True
 
+    async def on_poison(tx: Conn, msg: Message) -> None:
+        # Runs in the archiving transaction: a domain row would be marked failed here.
+        assert await tx.fetchval("SELECT count(*) FROM pgmq.a_sms") == 0
+        recorded.append(msg.read_ct)
+
     wakeups, stop = Wakeups(), trio.Event()
     metrics = Metrics()
+    settings = ConsumerSettings(queues.SMS, vt_seconds=30, on_poison=on_poison)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 partial(
-                    consume,
-                    db,
-                    ConsumerSettings(queues.SMS, vt_seconds=30),
-                    wakeups.receiver(queues.SMS),
-                    handler,
-                    metrics,
-                    stop=stop,
+                    consume, db, settings, wakeups.receiver(queues.SMS), handler, metrics, stop=stop
                 )
             )
-            while metrics.jobs.labels(queues.SMS, "poison")._value.get() < 1:  # noqa: ASYNC110 - polls a side effect
+            while metrics.jobs.labels(queues.SMS, "poison")._value.get() < 1:  # noqa: ASYNC110
                 await trio.sleep(0.02)
             stop.set()
             wakeups.wake_all()
     assert not called
+    assert recorded == [31]
     assert await db.fetchval("SELECT count(*) FROM pgmq.a_sms WHERE msg_id = $1", msg_id) == 1

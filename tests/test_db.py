@@ -18,7 +18,8 @@ async def test_cancelling_a_transaction_rolls_back_and_returns_the_connection(
                 with trio.move_on_after(0.05):
                     async with db.transaction() as tx:
                         await tx.execute(
-                            "INSERT INTO onu_overrides (service_id, olt_name, onu) VALUES (1, 'x', '0/0/0:1')"
+                            "INSERT INTO onu_overrides (service_id, olt_name, onu)"
+                            " VALUES (1, 'x', '0/0/0:1')"
                         )
                         await trio.sleep(10)  # a client hangs up; a shutdown cancels us
             assert await db.fetchval("SELECT count(*) FROM onu_overrides") == 0

@@ -205,3 +205,71 @@ async def test_a_failed_task_can_be_retried_from_the_admin_api(w: World) -> None
     assert hw.is_active(OnuRef(0, 1, 3, 99))
     assert task["attempts"] == 1  # a retry starts the attempt count afresh
     assert len(w.sink.messages) == 1
+
+
+async def test_a_stale_disconnect_never_undoes_a_later_reconnect(w: World) -> None:
+    """A suspension stuck in retry (OLT unreachable) is superseded once the client pays."""
+    hw = w.devices["olt-hw"]
+    hw.set_active(ANA_ONU, True)
+    hw.refuse_logins = True
+    async with daemon(w) as flow:
+        w.fake.services[1]["status"] = 3
+        await w.fake.send_webhook("service.suspend", "service", 1, "suspend", w.fake.services[1])
+
+        async def retrying() -> bool:
+            rows = await flow.task_rows()
+            return bool(rows) and rows[0]["last_error"] is not None
+
+        await flow.wait_for(retrying, "the deactivation failing against the OLT")
+        await w.fake.record_payment(1, 30.0)  # UISP lifts the suspension: activate queued
+        hw.refuse_logins = False
+        await flow.wait_task_state("succeeded")
+        rows = await flow.wait_task_state("superseded")
+        await w.sink.wait_messages(1)
+        await flow.settle(1.5)  # past the breaker reset: the stale task would have run by now
+    deactivate, activate = rows
+    assert (deactivate["action"], deactivate["state"]) == ("deactivate", "superseded")
+    assert (activate["action"], activate["state"]) == ("activate", "succeeded")
+    assert hw.is_active(ANA_ONU)
+    assert not any(c.startswith("ont deactivate") for c in hw.command_log)
+    assert len(w.sink.messages) == 1
+
+
+async def test_two_activations_of_one_service_send_one_sms(w: World) -> None:
+    w.fake.suspended_by.clear()
+    async with daemon(w, payment_action="reactivate_onu") as flow:
+        await w.fake.record_payment(1, 30.0)  # payment.add: the ONU is reactivated directly
+        await flow.wait_task_state("succeeded")
+        await w.sink.wait_messages(1)
+        # Later the operator lifts the suspension in UISP: suspend_cancel arrives too.
+        w.fake.services[1]["status"] = 1
+        await w.fake.send_webhook(
+            "service.suspend_cancel", "service", 1, "unsuspend", w.fake.services[1]
+        )
+        rows = await flow.wait_task_state("succeeded", 2)
+        await flow.settle()
+    assert len(w.sink.messages) == 1
+    history = await w.db.fetch(
+        "SELECT kind, detail FROM task_events WHERE task_id = $1", rows[1]["id"]
+    )
+    assert ("sms_skipped", {"reason": f"already reconnected by task {rows[0]['id']}"}) in [
+        (r["kind"], r["detail"]) for r in history
+    ]
+
+
+async def test_a_real_uuid_paired_with_another_entity_is_rejected(w: World) -> None:
+    async with daemon(w) as flow:
+        w.fake.services[1]["status"] = 1
+        genuine = w.fake.build_webhook("service.suspend_cancel", "service", 2, "unsuspend", None)
+        forged = {**genuine, "entityId": 1}
+        assert (await flow.post_webhook(forged)).status_code == 200
+
+        async def outcome() -> str | None:
+            value: str | None = await w.db.fetchval(
+                "SELECT outcome FROM uisp_webhooks WHERE uuid = $1::uuid", forged["uuid"]
+            )
+            return value
+
+        result = await flow.wait_for(outcome, "webhook processed")
+    assert result == f"rejected: webhook {forged['uuid']} says entityId=1, UISP says 2"
+    assert await w.db.fetchval("SELECT count(*) FROM reconnect_tasks") == 0

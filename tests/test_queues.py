@@ -35,13 +35,24 @@ async def test_archive_and_outcome_commit_together(db: Database) -> None:
         assert msg.msg_id == msg_id
 
 
-async def test_release_all_makes_in_flight_messages_visible(db: Database) -> None:
+async def test_release_in_flight_frees_running_work_but_keeps_retry_delays(db: Database) -> None:
     with trio.fail_after(10):
-        await queues.send(db, queues.RECONNECT, {"task_id": 1})
-        await queues.read(db, queues.RECONNECT, 600, 1)
-        assert await queues.release_all(db, queues.RECONNECT) == 1
-        [msg] = await queues.read(db, queues.RECONNECT, 30, 1)
-        assert msg.read_ct == 2
+        ids = []
+        for state in ("running", "queued"):
+            ids.append(
+                await db.fetchval(
+                    "INSERT INTO reconnect_tasks (dedupe_key, action, service_id, olt_name, onu,"
+                    " state) VALUES ($1, 'activate', 1, 'x', '0/0/0:1', $1) RETURNING id",
+                    state,
+                )
+            )
+            await queues.send(db, queues.RECONNECT, {"task_id": ids[-1]})
+        # Both read; the "queued" one then got a deliberate retry delay.
+        msgs = await queues.read(db, queues.RECONNECT, 600, 2)
+        await queues.set_vt(db, queues.RECONNECT, msgs[1].msg_id, 600)
+        assert await queues.release_in_flight(db, queues.RECONNECT) == 1
+        [msg] = await queues.read(db, queues.RECONNECT, 30, 5)
+        assert (msg.message, msg.read_ct) == ({"task_id": ids[0]}, 2)
 
 
 async def test_set_vt_delays_a_retry(db: Database) -> None:

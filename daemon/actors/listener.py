@@ -87,7 +87,7 @@ async def run(
 
             def on_notify(_c: Any, _pid: int, channel: str, _payload: str, queue: str) -> None:
                 deps.metrics.notifications.labels(queue).inc()
-                wakeups.wake(queue)
+                wakeups.wake(queue, notified=True)
 
             on_lost = _on_lost(lost_send)
 

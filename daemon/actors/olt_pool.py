@@ -27,6 +27,7 @@ from typing import Literal
 
 import trio
 
+from daemon.config import OltConfig
 from daemon.events import EventBus
 from daemon.metrics import Metrics
 from daemon.olt.driver import OltDriver, driver_for
@@ -63,6 +64,17 @@ class OltPoolSettings:
     reconnect_backoff_max: float = 10.0
     keepalive_interval: float = 30.0
     queue_size: int = 32  # requests waiting per device before callers are told to retry
+
+    @classmethod
+    def from_config(cls, olt: OltConfig) -> OltPoolSettings:
+        return cls(
+            connect_timeout=olt.connect_timeout_seconds,
+            command_timeout=olt.command_timeout_seconds,
+            idle_close=olt.idle_close_seconds,
+            breaker_failures=olt.breaker_failures,
+            breaker_reset=olt.breaker_reset_seconds,
+            known_hosts=olt.known_hosts or None,
+        )
 
 
 @dataclass

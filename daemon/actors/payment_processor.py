@@ -17,12 +17,15 @@ from typing import Any
 import trio
 
 from daemon import queues, tasks, uisp
+from daemon.backoff import backoff
 from daemon.consumer import ConsumerSettings, Wakeups, consume
+from daemon.db import Conn
 from daemon.decide import DecisionError, decide
 from daemon.deps import Deps
 from daemon.queues import Message
 from daemon.reconnect import ReconnectDeps
 from daemon.reconnect import handle as handle_reconnect
+from daemon.reconnect import on_poison as reconnect_poison
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,27 @@ class ProcessorDeps:
     uisp: uisp.UispClient
     reconnect: ReconnectDeps
 
+    @property
+    def decide_deadline(self) -> float:
+        # A decision makes at most a handful of UISP calls, each bounded by the timeout.
+        return 6 * self.deps.config.uisp.timeout_seconds
+
+    @property
+    def uisp_vt(self) -> int:
+        return max(
+            self.deps.config.database.visibility_timeout_seconds, int(self.decide_deadline) + 15
+        )
+
+
+async def on_uisp_poison(tx: Conn, msg: Message) -> None:
+    """A webhook whose processing keeps crashing: record that on the webhook row."""
+    await tx.execute(
+        "UPDATE uisp_webhooks SET processed_at = now(), outcome = $2"
+        " WHERE uuid = $1::uuid AND processed_at IS NULL",
+        msg.message.get("uuid"),
+        f"error: no outcome after {msg.read_ct} deliveries; see the daemon log",
+    )
+
 
 async def handle_uisp_event(p: ProcessorDeps, msg: Message) -> None:
     db = p.deps.db
@@ -45,10 +69,13 @@ async def handle_uisp_event(p: ProcessorDeps, msg: Message) -> None:
         return
     webhook: dict[str, Any] = dict(row)
     try:
-        decision = await decide(webhook, p.uisp, p.deps.config.uisp, db)
-    except uisp.UispTransientError as exc:
+        # Bounded below the queue's visibility timeout, so the message can never become
+        # visible (and run twice) while this decision is still being made.
+        with trio.fail_after(p.decide_deadline):
+            decision = await decide(webhook, p.uisp, p.deps.config.uisp, db)
+    except (uisp.UispTransientError, trio.TooSlowError) as exc:
         if msg.read_ct < MAX_UISP_ATTEMPTS:
-            delay = min(5.0 * 2 ** (msg.read_ct - 1), 600.0)
+            delay = backoff(5.0, msg.read_ct, cap=600.0)
             log.warning(
                 "webhook %s: UISP unavailable (%s); retry in %.0f s", webhook_uuid, exc, delay
             )
@@ -65,6 +92,12 @@ async def handle_uisp_event(p: ProcessorDeps, msg: Message) -> None:
         log.error("webhook %s (%s): %s", webhook_uuid, webhook["event_name"], exc)
         await _finish(p, msg, webhook, f"error: {exc}")
         return
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        # UISP answered with data of a shape we do not understand: retrying will not
+        # change it, so record it on the webhook instead of crashing until poisoned.
+        log.exception("webhook %s: unexpected data from UISP", webhook_uuid)
+        await _finish(p, msg, webhook, f"error: unexpected data from UISP: {exc!r}")
+        return
     created: list[int] = []
     async with db.transaction() as tx:
         for t in decision.tasks:
@@ -79,6 +112,7 @@ async def handle_uisp_event(p: ProcessorDeps, msg: Message) -> None:
                 client_id=t.client_id,
                 client_name=t.client_name,
                 phone=t.phone,
+                service_name=t.service_name,
             )
             if task_id is not None:
                 created.append(task_id)
@@ -118,15 +152,16 @@ async def run(
     vt = cfg.database.visibility_timeout_seconds
     uisp_settings = ConsumerSettings(
         queues.UISP_EVENTS,
-        # A decision makes a few UISP calls, each bounded by uisp.timeout_seconds.
-        vt_seconds=max(vt, int(6 * cfg.uisp.timeout_seconds) + 10),
+        vt_seconds=p.uisp_vt,
         throttle_seconds=throttle,
+        on_poison=on_uisp_poison,
     )
     reconnect_settings = ConsumerSettings(
         queues.RECONNECT,
         vt_seconds=max(vt, int(p.reconnect.task_deadline) + 30),
         throttle_seconds=throttle,
         concurrency=16,  # per-device actors serialise; different OLTs work in parallel
+        on_poison=reconnect_poison,
     )
 
     async def on_uisp(msg: Message) -> None:
@@ -146,6 +181,7 @@ async def run(
                 on_uisp,
                 metrics,
                 stop=stop,
+                notified=partial(wakeups.take_notified, queues.UISP_EVENTS),
             )
         )
         await nursery.start(
@@ -157,6 +193,7 @@ async def run(
                 on_reconnect,
                 metrics,
                 stop=stop,
+                notified=partial(wakeups.take_notified, queues.RECONNECT),
             )
         )
         task_status.started()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -207,6 +208,16 @@ def _report(
             extra or "")  # fmt: skip
 
 
+async def on_poison(tx: Conn, msg: Message) -> None:
+    """An SMS message that keeps crashing its handler: mark the SMS failed, visibly."""
+    await tx.execute(
+        "UPDATE sms_messages SET state = 'failed', updated_at = now(), last_error = $2"
+        " WHERE id = $1 AND state IN ('queued', 'sending')",
+        int(msg.message.get("sms_id", 0)),
+        f"no outcome after {msg.read_ct} deliveries; see the daemon log",
+    )
+
+
 async def run(
     deps: Deps,
     provider: SmsProvider | None,
@@ -229,6 +240,7 @@ async def run(
         vt_seconds=max(s.visibility_timeout_seconds, int(s.send_deadline_seconds) + 30),
         throttle_seconds=s.notify_throttle_seconds,
         concurrency=4,  # providers rate-limit; a handful in flight is plenty
+        on_poison=on_poison,
     )
 
     async def on_sms(msg: Message) -> None:
@@ -236,5 +248,5 @@ async def run(
 
     await consume(
         deps.db, settings, wakeups.receiver(queues.SMS), on_sms, deps.metrics,
-        stop=stop, task_status=task_status,
+        stop=stop, notified=partial(wakeups.take_notified, queues.SMS), task_status=task_status,
     )  # fmt: skip

@@ -46,10 +46,12 @@ CREATE TABLE reconnect_tasks (
     client_name   text,
     phone         text,
     service_id    bigint NOT NULL,
+    service_name  text,
     olt_name      text NOT NULL,
     onu           text NOT NULL,
+    -- superseded: a newer task for the same service carries the latest intent.
     state         text NOT NULL DEFAULT 'queued'
-                  CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
+                  CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'superseded')),
     attempts      integer NOT NULL DEFAULT 0,
     last_error    text,
     olt_output    text,
@@ -60,6 +62,7 @@ CREATE TABLE reconnect_tasks (
 );
 CREATE INDEX reconnect_tasks_created ON reconnect_tasks (created_at DESC);
 CREATE INDEX reconnect_tasks_state ON reconnect_tasks (state) WHERE state IN ('queued', 'running');
+CREATE INDEX reconnect_tasks_service ON reconnect_tasks (service_id, id);
 
 -- Append-only history of each task (what the admin console shows as a timeline).
 CREATE TABLE task_events (
