@@ -66,7 +66,7 @@ class Metrics:
         )
         self.safety_polls = Counter(
             "paymentd_safety_polls",
-            "Queue reads triggered by the safety timer",
+            "Safety ticks that found readable work no NOTIFY had announced",
             ["queue"],
             registry=r,
         )

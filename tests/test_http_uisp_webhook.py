@@ -79,6 +79,25 @@ async def test_redeliveries_count_but_queue_nothing_more(deps: Deps, db: Databas
         assert webhook_count(deps, "duplicate") == 2
 
 
+async def test_concurrent_redeliveries_store_and_queue_once(deps: Deps, db: Database) -> None:
+    """UISP (or a proxy) retrying while the first delivery is still in flight."""
+    with trio.fail_after(20):
+        body = uisp_event()
+        answers: list[str] = []
+        async with serving(deps) as client:
+
+            async def post() -> None:
+                answers.append((await client.post(WEBHOOK_PATH, json=body)).json()["status"])
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(post)
+        assert sorted(answers) == ["duplicate"] * 4 + ["queued"]
+        [row] = await stored_webhooks(db)
+        assert row["deliveries"] == 5
+        assert await queued_messages(db) == [{"uuid": body["uuid"]}]
+
+
 async def test_an_entity_id_sent_as_a_string_of_digits_is_accepted(
     deps: Deps, db: Database
 ) -> None:

@@ -76,3 +76,25 @@ async def test_a_second_daemon_on_the_same_database_is_refused(db: Database) -> 
             with pytest.raises(listener.InstanceLockError, match="already running"):
                 await listener.run(make_deps(db), Wakeups())
             nursery.cancel_scope.cancel()
+
+
+async def test_safety_tick_wakes_only_the_queue_with_unannounced_work(db: Database) -> None:
+    deps = make_deps(db, safety_poll_seconds=0.3)
+    wakeups = Wakeups()
+    await db.execute("SELECT pgmq.disable_notify_insert('sms')")  # a NOTIFY that never comes
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(listener.run, deps, wakeups))
+            for q in queues.ALL:  # the connect-time drain
+                await wakeups.receiver(q).receive()
+            await queues.send(db, queues.SMS, {"sms_id": 1})
+            await wakeups.receiver(queues.SMS).receive()
+            await trio.sleep(0.7)  # two more ticks
+            nursery.cancel_scope.cancel()
+    polls = deps.metrics.safety_polls
+    assert polls.labels(queues.SMS)._value.get() >= 1
+    assert polls.labels(queues.RECONNECT)._value.get() == 0
+    assert polls.labels(queues.UISP_EVENTS)._value.get() == 0
+    # Nobody else was woken by the ticks.
+    with pytest.raises(trio.WouldBlock):
+        wakeups.receiver(queues.RECONNECT).receive_nowait()

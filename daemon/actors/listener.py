@@ -4,13 +4,15 @@ Consumes: NOTIFY on ``"pgmq.q_<queue>.INSERT"`` for every queue (from
 ``pgmq.enable_notify_insert``).
 Produces: wake-ups on ``Wakeups`` (one coalescing flag per queue).
 Owns: the LISTEN connection, which also holds the single-instance advisory lock — one
-daemon per database is what makes ``queues.release_all`` at start-up safe.
+daemon per database is what makes ``queues.release_in_flight`` at start-up safe.
 
 Order on every (re)connect: take the lock, LISTEN, then wake every consumer so it drains
 what was queued while nobody listened (NOTIFY is not buffered for a dropped listener).
-A safety tick every ``database.safety_poll_seconds`` pings the connection (a half-open
-TCP connection tells nobody) and wakes the consumers, bounding how long a missed
-notification can delay work.
+A safety tick every ``database.safety_poll_seconds`` asks, in one statement on this
+connection, which queues hold a readable message, and wakes only those consumers. That
+statement is also the ping that notices a half-open TCP connection, and it bounds how long
+a missed notification can delay work. Consumers time their own future work (retry
+backoffs) from the queue's earliest ``vt``, so an idle tick costs exactly one statement.
 """
 
 from __future__ import annotations
@@ -126,6 +128,14 @@ def _on_lost(lost: trio.MemorySendChannel[str]) -> Callable[[Any], None]:
     return on_lost
 
 
+# One statement per safety tick: for each queue, is a message readable right now?
+_READABLE_SQL = "SELECT ARRAY[{}]".format(
+    ", ".join(
+        f"EXISTS (SELECT 1 FROM pgmq.q_{q} WHERE vt <= clock_timestamp())" for q in queues.ALL
+    )
+)
+
+
 async def _watch(
     conn: asyncpg.Connection,
     lost: trio.MemoryReceiveChannel[str],
@@ -145,10 +155,14 @@ async def _watch(
             raise dbmod.DatabaseError("connection closed")
         if trio.current_time() >= next_tick:
             next_tick = trio.current_time() + tick
-            with trio.move_on_after(10) as ping:
-                await dbmod.bridge(conn.fetchval, "SELECT 1", timeout=10)
-            if ping.cancelled_caught:
-                raise dbmod.DatabaseError("listener connection did not answer a ping in 10 s")
-            for q in queues.ALL:
-                deps.metrics.safety_polls.labels(q).inc()
-            wakeups.wake_all()
+            readable: list[bool] | None = None
+            with trio.move_on_after(10):
+                readable = await dbmod.bridge(conn.fetchval, _READABLE_SQL, timeout=10)
+            if readable is None:
+                raise dbmod.DatabaseError("listener connection did not answer in 10 s")
+            for q, missed in zip(queues.ALL, readable, strict=True):
+                if missed:
+                    # Work nobody was woken for: a lost NOTIFY. Counted, then drained.
+                    deps.metrics.safety_polls.labels(q).inc()
+                    log.info("listener: safety tick found unannounced work in %s", q)
+                    wakeups.wake(q)
