@@ -43,6 +43,10 @@ ADMIN_TOKEN = "demo-admin-token"
 
 
 def start_embedded_postgres(datadir: Path) -> Any:
+    import warnings
+
+    # platformdirs warns that XDG_RUNTIME_DIR is unset (root, no login session): harmless.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     import pgserver
 
     datadir.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,7 @@ async def supervise(
     backoff = backoff_min
     health.set_state(name, "starting")
     metrics.actor_up.labels(name).set(0)
+    metrics.actor_restarts.labels(name)  # exported as 0 from the start, for alert rules
 
     def on_started() -> None:
         health.set_state(name, "running")
