@@ -201,3 +201,21 @@ async def test_a_stopped_pool_is_a_transient_error(sim: Sim) -> None:
     pool = OltPool(pool_settings(), sim.load_device, Metrics(), EventBus())
     with trio.fail_after(5), pytest.raises(OltTransientError, match="not running"):
         await pool.execute("hw", OnuRef(0, 1, 3, 2), "activate")
+
+
+async def test_a_request_whose_caller_gave_up_while_queued_is_not_run(sim: Sim) -> None:
+    hw = sim["hw"]
+    with trio.fail_after(20):
+        async with running_pool(sim) as pool:
+            await pool.execute("hw", OnuRef(0, 1, 3, 2), "activate")  # warm the session
+            hw.latency = 0.2
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.execute, "hw", OnuRef(0, 1, 3, 2), "deactivate")
+                await eventually(lambda: any(c == "ont deactivate 3 2" for c in hw.command_log))
+                with trio.move_on_after(0.1):  # queued behind the first; its caller gives up
+                    await pool.execute("hw", OnuRef(0, 1, 3, 4), "activate")
+            hw.latency = 0.0
+            # The device actor is free again and never ran the abandoned request.
+            await pool.execute("hw", OnuRef(0, 1, 3, 2), "activate")
+    assert "ont activate 3 4" not in hw.command_log
+    assert not hw.is_active(OnuRef(0, 1, 3, 4))

@@ -271,6 +271,11 @@ class _DeviceActor:
         # Closing the reply channel on every way out (cancellation included) means a
         # caller is never left waiting; it sees EndOfChannel -> OltTransientError.
         with request.reply:
+            if request.reply.statistics().open_receive_channels == 0:
+                # The caller gave up (its task deadline passed) while this request waited
+                # its turn: nobody would record the outcome, and the task will run again.
+                log.info("%s: caller gone before its turn; skipping %s", self.name, request.kind)
+                return
             await self._serve_one(request)
 
     async def _serve_one(self, request: _Request) -> None:
