@@ -130,24 +130,28 @@ async def store(deps: Deps, hook: UispWebhook) -> bool:
     """Record the webhook and queue it on first delivery; True when it was new.
 
     The row and the queue message commit together: a crash in between loses neither or
-    both, and a redelivery (same uuid) only bumps ``deliveries``.
+    both, and a redelivery (same uuid) only bumps ``deliveries``. One statement (its own
+    transaction) instead of BEGIN / INSERT / send / COMMIT: one round trip on the hot path
+    instead of four.
     """
-    async with deps.db.transaction() as tx:
-        inserted: bool = await tx.fetchval(
-            "INSERT INTO uisp_webhooks (uuid, event_name, entity, entity_id, change_type, body)"
-            " VALUES ($1, $2, $3, $4, $5, $6::jsonb)"
-            " ON CONFLICT (uuid) DO UPDATE SET deliveries = uisp_webhooks.deliveries + 1"
-            " RETURNING (xmax = 0) AS inserted",
-            hook.uuid,
-            hook.event_name,
-            hook.entity,
-            hook.entity_id,
-            hook.change_type,
-            hook.body,
-        )
-        if inserted:
-            await queues.send(tx, queues.UISP_EVENTS, {"uuid": str(hook.uuid)})
+    args = (hook.uuid, hook.event_name, hook.entity, hook.entity_id, hook.change_type, hook.body)
+    inserted: bool = await deps.db.fetchval(_STORE_SQL, *args)
     return inserted
+
+
+_STORE_SQL = f"""
+WITH stored AS (
+    INSERT INTO uisp_webhooks (uuid, event_name, entity, entity_id, change_type, body)
+    VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+    ON CONFLICT (uuid) DO UPDATE SET deliveries = uisp_webhooks.deliveries + 1
+    RETURNING (xmax = 0) AS inserted
+)
+SELECT inserted,
+       CASE WHEN inserted
+            THEN (SELECT pgmq.send('{queues.UISP_EVENTS}', jsonb_build_object('uuid', $1::text)))
+       END
+FROM stored
+"""
 
 
 def blueprint(deps: Deps) -> Blueprint:
