@@ -86,6 +86,7 @@ class HuaweiDriver(OltDriver):
             await session.send_line("quit")
             index, _ = await self.reply(session, (CONFIRM,))
             if index == 1:
-                await session.send_raw("y")
+                # "y" then Enter, as netmiko does: some firmware reads a line, not a key.
+                await session.send_raw("y\n")
         except OltError:
             pass  # the session is closed next anyway

@@ -45,11 +45,13 @@ class _Shell:
             self.p.stdout.write(text.replace("\n", "\r\n"))
 
     async def _getc(self) -> str:
-        if not self._pending:
+        while not self._pending:
             data = await self.p.stdin.read(1024)
             if not data:
                 raise _Logout  # the client went away
-            self._pending = data
+            # Device CLIs discard NUL bytes: clients send them as keepalives (netmiko's
+            # is_alive() writes "\x00" while it waits for the logout confirmation).
+            self._pending = data.replace("\x00", "")
         c, self._pending = self._pending[0], self._pending[1:]
         return c
 
@@ -333,8 +335,10 @@ class ZteShell(_Shell):
             return True
         self.write("\n************************************************\n")
         for _ in range(3):
-            self.write("Username:")
-            user = await self.readline()
+            user = ""
+            while not user:  # a blank line re-prompts (netmiko sends one on connect)
+                self.write("Username:")
+                user = await self.readline()
             self.write("Password:")
             password = await self.readline(echo=False)
             self.d.auth_attempts += 1
