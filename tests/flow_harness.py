@@ -125,7 +125,7 @@ class Flow:
     async def post_webhook(self, body: dict[str, Any]) -> httpx.Response:
         return await self.http.post(f"/webhooks/uisp/{WEBHOOK_TOKEN}", json=body)
 
-    async def wait_for(self, predicate: Callable[[], Any], what: str, seconds: float = 15) -> Any:
+    async def wait_for(self, predicate: Callable[[], Any], what: str, seconds: float = 30) -> Any:
         with trio.fail_after(seconds):
             while True:
                 value = await predicate()
