@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from daemon import queues, tasks
+from daemon.backoff import backoff
 from daemon.config import Config
 from daemon.consumer import ConsumerSettings, Wakeups, consume
 from daemon.db import Conn, Database
@@ -59,7 +60,7 @@ class SmsSettings:
 
     def backoff(self, attempts: int) -> float:
         """Delay before attempt ``attempts + 1``: doubling from the base, capped at 1 h."""
-        return min(self.retry_backoff_seconds * 2.0 ** max(0, attempts - 1), MAX_BACKOFF_SECONDS)
+        return backoff(self.retry_backoff_seconds, attempts, cap=MAX_BACKOFF_SECONDS)
 
 
 @dataclass
