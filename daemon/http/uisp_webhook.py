@@ -28,7 +28,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from daemon import queues
 from daemon.db import DatabaseError
 from daemon.deps import Deps
-from daemon.http.problem import database_unavailable, json_response, not_found, problem
+from daemon.http.problem import (
+    JSON_TYPE,
+    database_unavailable,
+    dumps,
+    json_response,
+    not_found,
+    problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +83,18 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# What ``json.loads(text, object_pairs_hook=..., parse_constant=...)`` builds on every call,
+# built once.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+
+
 def parse(raw: bytes) -> UispWebhook:
     """Validate a webhook body strictly; raises ``BadWebhook`` naming the bad field."""
     try:
         text = raw.decode("utf-8")
-        body = json.loads(
-            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
-        )
+        if text.startswith("\ufeff"):  # as json.loads does for str
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        body = _DECODER.decode(text)
     except UnicodeDecodeError:
         raise BadWebhook("body", "the body is not UTF-8") from None
     except json.JSONDecodeError as exc:
@@ -158,9 +170,14 @@ def blueprint(deps: Deps) -> Blueprint:
     """The webhook route, bound to this daemon's ``deps``."""
     bp = Blueprint("uisp_webhook", __name__)
     counter = deps.metrics.webhooks
+    # The labelled children, looked up once each (labels() takes a lock and builds a key).
+    children: dict[str, Any] = {}
 
     def count(outcome: str) -> None:
-        counter.labels(SOURCE, outcome).inc()
+        child = children.get(outcome)
+        if child is None:
+            child = children[outcome] = counter.labels(SOURCE, outcome)
+        child.inc()
 
     def announce(hook: UispWebhook, outcome: str) -> None:
         deps.events.publish(
@@ -227,6 +244,10 @@ def blueprint(deps: Deps) -> Blueprint:
             hook.entity_id,
             outcome,
         )
-        return json_response({"status": outcome})
+        return Response(_STATUS_BODIES[outcome], status=200, mimetype=JSON_TYPE)
 
     return bp
+
+
+# The success answers, serialised once: json_response({"status": outcome}) byte for byte.
+_STATUS_BODIES = {outcome: dumps({"status": outcome}) for outcome in ("queued", "duplicate")}
