@@ -90,19 +90,11 @@ async def bench(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]
         sms=SmsConfig(provider="none"),
     )
     admin_url, dbname = _common.server_url(), urlsplit(url).path.lstrip("/")
-    ready: list[Running] = []
-    started = trio.Event()
-
-    def on_ready(r: Running) -> None:
-        ready.append(r)
-        started.set()
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            partial(run_daemon, cfg, env={}, on_ready=on_ready, handle_signals=False)
-        )
         with trio.fail_after(30):
-            await started.wait()
+            running: Running = await nursery.start(
+                partial(run_daemon, cfg, env={}, handle_signals=False)
+            )
         await trio.sleep(2)  # start-up queries done, stats flushed
         x0 = await trio.to_thread.run_sync(server_xacts, admin_url, dbname)
         t0, i0 = time.monotonic(), len(statements)
@@ -112,7 +104,7 @@ async def bench(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]
         await trio.sleep(2)  # let the backends flush their stats (statements after t1 rare)
         x1 = await trio.to_thread.run_sync(server_xacts, admin_url, dbname)
         i2 = len(statements)  # the server window ends about here (stats lag ~1 s)
-        ready[0].shutdown.set()
+        running.shutdown.set()
     window = statements[i0:i1]
     return {
         "window": window,

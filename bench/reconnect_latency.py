@@ -260,19 +260,10 @@ async def bench(args: argparse.Namespace, db_url: str, tmp: Path) -> int:
             for d in devices:  # the probe ran without latency; the benchmark runs with it
                 d.latency = args.latency
 
-            ready: list[Running] = []
-            started = trio.Event()
-
-            def on_ready(r: Running) -> None:
-                ready.append(r)
-                started.set()
-
-            world.start_soon(
-                partial(run_daemon, cfg, env={}, on_ready=on_ready, handle_signals=False)
-            )
             with trio.fail_after(30):
-                await started.wait()
-            running = ready[0]
+                running: Running = await world.start(
+                    partial(run_daemon, cfg, env={}, handle_signals=False)
+                )
             fake.webhook_url = f"{running.base_url}/webhooks/uisp/{WEBHOOK_TOKEN}"
             switch = ColdSwitch(running.pool)
             for phase in PHASES:

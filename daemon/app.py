@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -63,8 +63,8 @@ async def run_daemon(
     *,
     env: Mapping[str, str] | None = None,
     shutdown: trio.Event | None = None,
-    on_ready: Callable[[Running], Any] | None = None,
     handle_signals: bool = True,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     env = os.environ if env is None else env
     shutdown = shutdown or trio.Event()
@@ -77,7 +77,7 @@ async def run_daemon(
             "database ready: migrations %s, pgmq %s", report.applied or "up to date", report.pgmq
         )
     with SystemdNotifier(env) as notifier:
-        await _with_bridge(cfg, box, notifier, shutdown, on_ready, handle_signals)
+        await _with_bridge(cfg, box, notifier, shutdown, handle_signals, task_status)
 
 
 async def _with_bridge(
@@ -85,8 +85,8 @@ async def _with_bridge(
     box: SecretBox,
     notifier: SystemdNotifier,
     shutdown: trio.Event,
-    on_ready: Callable[[Running], Any] | None,
     handle_signals: bool,
+    task_status: trio.TaskStatus[Running],
 ) -> None:
     async with trio_asyncio.open_loop() as loop:
         # A stray exception in an asyncio callback (asyncpg after pg_terminate_backend,
@@ -99,7 +99,7 @@ async def _with_bridge(
             command_timeout=cfg.database.command_timeout_seconds,
         ) as db:
             await verify_key(db, box)
-            await _serve(cfg, db, box, notifier, shutdown, on_ready, handle_signals)
+            await _serve(cfg, db, box, notifier, shutdown, handle_signals, task_status)
 
 
 async def _serve(
@@ -108,8 +108,8 @@ async def _serve(
     box: SecretBox,
     notifier: SystemdNotifier,
     shutdown: trio.Event,
-    on_ready: Callable[[Running], Any] | None,
     handle_signals: bool,
+    task_status: trio.TaskStatus[Running],
 ) -> None:
     metrics = Metrics()
     health = Health(cfg.daemon.unhealthy_restarts, cfg.daemon.restart_reset_after_seconds)
@@ -163,8 +163,7 @@ async def _serve(
                 notifier.ready(status=health.status_line())
                 infra.start_soon(partial(watchdog_loop, notifier, lambda: not health.flapping()))
                 infra.start_soon(_status_updates, notifier, health)
-                if on_ready is not None:
-                    on_ready(Running(deps, base_url, pool, shutdown))
+                task_status.started(Running(deps, base_url, pool, shutdown))
                 await shutdown.wait()
                 log.info("shutting down (grace %.0f s)", cfg.daemon.shutdown_grace_seconds)
                 notifier.stopping()

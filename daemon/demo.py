@@ -203,10 +203,10 @@ async def _run(directory: Path, port: int, db_url: str, key_file: Path) -> None:
         cfg_path = directory / "config.toml"
         await trio.Path(cfg_path).write_text(to_toml(cfg))
 
-        def on_ready(running: Running) -> None:
+        async with trio.open_nursery() as daemon:
+            running: Running = await daemon.start(partial(run_daemon, cfg))
             fake.webhook_url = f"{running.base_url}/webhooks/uisp/{WEBHOOK_TOKEN}"
             _print_intro(running, fake_url, sink_url, lost, cfg_path)
             nursery.start_soon(_print_events, running)
-
-        await run_daemon(cfg, on_ready=on_ready)
+        # The daemon stopped (Ctrl-C): stop the simulators and the event printer too.
         nursery.cancel_scope.cancel()

@@ -169,20 +169,11 @@ async def daemon(w: World, **uisp: Any) -> AsyncIterator[Flow]:
     cfg = make_config(w.db_url, w.tmp, w.fake_url, w.sink_url, **uisp)
     if not await w.db.fetchval("SELECT count(*) FROM olt_devices"):
         await register(w.db_url, cfg, list(w.devices.values()))
-    ready: list[Running] = []
     async with trio.open_nursery() as nursery:
-        started = trio.Event()
-
-        def on_ready(r: Running) -> None:
-            ready.append(r)
-            started.set()
-
-        nursery.start_soon(
-            partial(run_daemon, cfg, env={}, on_ready=on_ready, handle_signals=False)
-        )
         with trio.fail_after(20):
-            await started.wait()
-        running = ready[0]
+            running: Running = await nursery.start(
+                partial(run_daemon, cfg, env={}, handle_signals=False)
+            )
         w.fake.webhook_url = f"{running.base_url}/webhooks/uisp/{WEBHOOK_TOKEN}"
         async with httpx.AsyncClient(base_url=running.base_url, timeout=10) as http:
             yield Flow(w, running, http, cfg)
