@@ -25,6 +25,11 @@ Record: TypeAlias = Any
 T = TypeVar("T")
 
 
+# The largest bigint: ids from outside (URLs, webhook bodies) beyond it are refused up front
+# rather than failing inside the database.
+BIGINT_MAX = 2**63 - 1
+
+
 class DatabaseError(Exception):
     """The database is unreachable or the connection broke; retry later."""
 

@@ -21,6 +21,7 @@ from quart import Blueprint, Response, request
 from quart.wrappers.response import ResponseBody
 
 from daemon import tasks
+from daemon.db import BIGINT_MAX
 from daemon.deps import Deps
 from daemon.events import Event, EventBus
 from daemon.http.health import queue_stats
@@ -28,10 +29,9 @@ from daemon.http.problem import Problem, dumps, json_response
 
 log = logging.getLogger(__name__)
 
-TASK_STATES = ("queued", "running", "succeeded", "failed")
+TASK_STATES = ("queued", "running", "succeeded", "failed", "superseded")
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
-_BIGINT_MAX = 2**63 - 1
 _LIST_PARAMS = frozenset({"state", "limit", "before_id"})
 # A comment line this often keeps proxies and clients from timing an idle stream out.
 KEEPALIVE_SECONDS = 15.0
@@ -81,7 +81,7 @@ def parse_list_query(args: Any) -> tuple[str | None, int, int | None]:
         limit = _int_param("limit", args["limit"], 1, MAX_LIMIT)
     before_id = None
     if "before_id" in args:
-        before_id = _int_param("before_id", args["before_id"], 1, _BIGINT_MAX)
+        before_id = _int_param("before_id", args["before_id"], 1, BIGINT_MAX)
     return state, limit, before_id
 
 
@@ -175,7 +175,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
 
     @bp.get("/tasks/<int:task_id>")
     async def get_task(task_id: int) -> Response:
-        if task_id > _BIGINT_MAX:
+        if task_id > BIGINT_MAX:
             raise _task_not_found(task_id)
         task = await tasks.get(deps.db, task_id)
         if task is None:
@@ -184,7 +184,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
 
     @bp.post("/tasks/<int:task_id>/retry")
     async def retry_task(task_id: int) -> Response:
-        if task_id > _BIGINT_MAX:
+        if task_id > BIGINT_MAX:
             raise _task_not_found(task_id)
         try:
             row = await tasks.retry(deps.db, task_id)

@@ -26,7 +26,7 @@ from quart import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from daemon import queues
-from daemon.db import DatabaseError
+from daemon.db import BIGINT_MAX, DatabaseError
 from daemon.deps import Deps
 from daemon.http.problem import (
     JSON_TYPE,
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 SOURCE = "uisp"
 _DIGITS = re.compile(r"[0-9]{1,19}")
-_BIGINT_MAX = 2**63 - 1
 # Every method is routed here so that a wrong token gives 404 rather than a 405 that
 # would confirm the path exists.
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -122,12 +121,12 @@ def parse(raw: bytes) -> UispWebhook:
     if entity_id is None and is_test:
         pass  # the test event names no entity (or the endpoint's id)
     elif isinstance(entity_id, int) and not isinstance(entity_id, bool):
-        if not 0 <= entity_id <= _BIGINT_MAX:
+        if not 0 <= entity_id <= BIGINT_MAX:
             raise BadWebhook("entityId", "entityId is out of range")
     elif isinstance(entity_id, str) and _DIGITS.fullmatch(entity_id):
         # Some UISP emulators send the id as a string; UISP itself sends an integer.
         entity_id = int(entity_id)
-        if entity_id > _BIGINT_MAX:
+        if entity_id > BIGINT_MAX:
             raise BadWebhook("entityId", "entityId is out of range")
     else:
         raise BadWebhook("entityId", "entityId must be an integer or a string of digits")
