@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 
 import trio
 
 from daemon import queues
-from daemon.consumer import ConsumerSettings, Wakeups, consume
+from daemon.consumer import ConsumerSettings, Handler, Wakeups, consume
 from daemon.db import Conn, Database
 from daemon.metrics import Metrics
 from daemon.queues import Message
+
+
+@asynccontextmanager
+async def consuming(
+    db: Database, settings: ConsumerSettings, handler: Handler, metrics: Metrics
+) -> AsyncIterator[Wakeups]:
+    """Run a consumer for the block, then stop it and let its handlers finish."""
+    wakeups, stop = Wakeups(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(
+                consume, db, settings, wakeups.receiver(settings.queue), handler, metrics, stop=stop
+            )
+        )
+        yield wakeups
+        stop.set()
+        wakeups.wake_all()
 
 
 async def test_drains_backlog_then_handles_woken_work(db: Database) -> None:
@@ -25,25 +44,13 @@ async def test_drains_backlog_then_handles_woken_work(db: Database) -> None:
         if len(seen) == 26:
             done.set()
 
-    wakeups, stop = Wakeups(), trio.Event()
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    consume,
-                    db,
-                    ConsumerSettings(queues.SMS, vt_seconds=30),
-                    wakeups.receiver(queues.SMS),
-                    handler,
-                    Metrics(),
-                    stop=stop,
-                )
-            )
+        async with consuming(
+            db, ConsumerSettings(queues.SMS, vt_seconds=30), handler, Metrics()
+        ) as wakeups:
             await queues.send(db, queues.SMS, {"n": 99})
             wakeups.wake(queues.SMS)
             await done.wait()
-            stop.set()
-            wakeups.wake_all()
     assert sorted(seen) == [*range(25), 99]
 
 
@@ -61,23 +68,9 @@ async def test_retry_backoff_is_a_deadline_not_a_poll(db: Database) -> None:
             await queues.archive(db, queues.SMS, msg.msg_id)
             done.set()
 
-    wakeups, stop = Wakeups(), trio.Event()
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    consume,
-                    db,
-                    ConsumerSettings(queues.SMS, vt_seconds=30),
-                    wakeups.receiver(queues.SMS),
-                    handler,
-                    Metrics(),
-                    stop=stop,
-                )
-            )
+        async with consuming(db, ConsumerSettings(queues.SMS, vt_seconds=30), handler, Metrics()):
             await done.wait()
-            stop.set()
-            wakeups.wake_all()
     assert len(runs) == 2
     assert 0.9 <= runs[1] - runs[0] < 3.0
 
@@ -95,23 +88,9 @@ async def test_a_crashing_handler_is_retried_after_the_visibility_timeout(db: Da
         await queues.archive(db, queues.SMS, msg.msg_id)
         done.set()
 
-    wakeups, stop = Wakeups(), trio.Event()
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    consume,
-                    db,
-                    ConsumerSettings(queues.SMS, vt_seconds=1),
-                    wakeups.receiver(queues.SMS),
-                    handler,
-                    metrics,
-                    stop=stop,
-                )
-            )
+        async with consuming(db, ConsumerSettings(queues.SMS, vt_seconds=1), handler, metrics):
             await done.wait()
-            stop.set()
-            wakeups.wake_all()
     assert attempts == [1, 2]
     assert metrics.jobs.labels(queues.SMS, "crash")._value.get() == 1
 
@@ -135,23 +114,11 @@ async def test_concurrency_is_bounded(db: Database) -> None:
         if handled == 12:
             done.set()
 
-    wakeups, stop = Wakeups(), trio.Event()
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    consume,
-                    db,
-                    ConsumerSettings(queues.SMS, vt_seconds=30, concurrency=3),
-                    wakeups.receiver(queues.SMS),
-                    handler,
-                    Metrics(),
-                    stop=stop,
-                )
-            )
+        async with consuming(
+            db, ConsumerSettings(queues.SMS, vt_seconds=30, concurrency=3), handler, Metrics()
+        ):
             await done.wait()
-            stop.set()
-            wakeups.wake_all()
     assert peak == 3
 
 
@@ -170,20 +137,12 @@ async def test_a_poison_message_is_archived_with_its_outcome_recorded(db: Databa
         assert await tx.fetchval("SELECT count(*) FROM pgmq.a_sms") == 0
         recorded.append(msg.read_ct)
 
-    wakeups, stop = Wakeups(), trio.Event()
     metrics = Metrics()
     settings = ConsumerSettings(queues.SMS, vt_seconds=30, on_poison=on_poison)
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(
-                    consume, db, settings, wakeups.receiver(queues.SMS), handler, metrics, stop=stop
-                )
-            )
+        async with consuming(db, settings, handler, metrics):
             while metrics.jobs.labels(queues.SMS, "poison")._value.get() < 1:  # noqa: ASYNC110
                 await trio.sleep(0.02)
-            stop.set()
-            wakeups.wake_all()
     assert not called
     assert recorded == [31]
     assert await db.fetchval("SELECT count(*) FROM pgmq.a_sms WHERE msg_id = $1", msg_id) == 1
