@@ -42,8 +42,15 @@ import trio
 
 from daemon.actors.listener import _READABLE_SQL as TICK_SQL
 from daemon.app import Running, run_daemon
-from daemon.config import Config, DaemonConfig, DatabaseConfig, HttpConfig, OltConfig, SmsConfig
-from daemon.secrets import keygen
+from daemon.platform.config import (
+    Config,
+    DaemonConfig,
+    DatabaseConfig,
+    HttpConfig,
+    OltConfig,
+    SmsConfig,
+)
+from daemon.platform.secrets import keygen
 
 DEFAULT_TICK = DatabaseConfig().safety_poll_seconds
 OLD_POLL_SECONDS = 2.0  # the old system: one queue query every 2 s, day and night

@@ -45,16 +45,16 @@ import _common
 import trio
 import trio_asyncio
 
-from daemon import db as dbmod
-from daemon import queues
 from daemon.actors import http_ingress, listener
-from daemon.config import Config, DatabaseConfig, HttpConfig, UispConfig
-from daemon.consumer import Wakeups
-from daemon.db import Database
-from daemon.deps import Deps
-from daemon.events import EventBus
-from daemon.health import Health
-from daemon.metrics import Metrics
+from daemon.platform import db as dbmod
+from daemon.platform import queues
+from daemon.platform.config import Config, DatabaseConfig, HttpConfig, UispConfig
+from daemon.platform.consumer import Wakeups
+from daemon.platform.db import Database
+from daemon.platform.deps import Deps
+from daemon.platform.events import EventBus
+from daemon.platform.health import Health
+from daemon.platform.metrics import Metrics
 
 Q = queues.UISP_EVENTS
 TOKEN = "bench-token"

@@ -1,6 +1,6 @@
 """Enqueue -> pickup latency of the PGMQ consumer, LISTEN/NOTIFY vs polling.
 
-The daemon's own pieces on a throwaway PostgreSQL database: ``daemon.consumer.consume``
+The daemon's own pieces on a throwaway PostgreSQL database: ``daemon.platform.consumer.consume``
 with real ``Wakeups``, woken either by ``daemon.actors.listener.run`` (LISTEN on the
 queue's insert notifications, safety tick at its 300 s default) or, as the baseline, by a
 plain loop that wakes the consumer every ``--poll`` seconds with no listener (what the old
@@ -34,17 +34,17 @@ import _common
 import trio
 import trio_asyncio
 
-from daemon import db as dbmod
-from daemon import queues
 from daemon.actors import listener
-from daemon.config import Config, DatabaseConfig
-from daemon.consumer import ConsumerSettings, Wakeups, consume
-from daemon.db import Database
-from daemon.deps import Deps
-from daemon.events import EventBus
-from daemon.health import Health
-from daemon.metrics import Metrics
-from daemon.queues import Message
+from daemon.platform import db as dbmod
+from daemon.platform import queues
+from daemon.platform.config import Config, DatabaseConfig
+from daemon.platform.consumer import ConsumerSettings, Wakeups, consume
+from daemon.platform.db import Database
+from daemon.platform.deps import Deps
+from daemon.platform.events import EventBus
+from daemon.platform.health import Health
+from daemon.platform.metrics import Metrics
+from daemon.platform.queues import Message
 
 Q = queues.UISP_EVENTS
 

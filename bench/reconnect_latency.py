@@ -37,10 +37,13 @@ import _common
 import trio
 import trio_asyncio
 
-from daemon import olt_store
 from daemon.actors.olt_pool import OltPool, OltPoolSettings
 from daemon.app import Running, run_daemon
-from daemon.config import (
+from daemon.fakes import sms_sink, uisp_server
+from daemon.network import devices as olt_store
+from daemon.network.olt import simulator
+from daemon.network.olt.types import OltError, OnuRef
+from daemon.platform.config import (
     Config,
     DaemonConfig,
     DatabaseConfig,
@@ -49,13 +52,10 @@ from daemon.config import (
     SmsConfig,
     UispConfig,
 )
-from daemon.db import Database
-from daemon.events import EventBus
-from daemon.fakes import sms_sink, uisp_server
-from daemon.metrics import Metrics
-from daemon.olt import simulator
-from daemon.olt.types import OltError, OnuRef
-from daemon.secrets import SecretBox, keygen, load_key
+from daemon.platform.db import Database
+from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
+from daemon.platform.secrets import SecretBox, keygen, load_key
 
 WEBHOOK_TOKEN = "bench-hook"
 PHASES = ("warm sequential", "cold sequential", "warm burst", "cold burst")

@@ -26,24 +26,24 @@ from typing import Any
 import trio
 import trio_asyncio
 
-from daemon import queues
 from daemon.actors import http_ingress, listener, payment_processor, sms_sender
 from daemon.actors.olt_pool import OltPool, OltPoolSettings
-from daemon.config import Config
-from daemon.consumer import Wakeups
-from daemon.db import Database
-from daemon.deps import Deps
-from daemon.events import EventBus
-from daemon.health import Health
-from daemon.metrics import Metrics
-from daemon.migrate import migrate
-from daemon.olt_store import load_spec
-from daemon.reconnect import ReconnectDeps
-from daemon.sdnotify import SystemdNotifier, watchdog_loop
-from daemon.secrets import SecretBox, load_key, verify_key
-from daemon.sms import make_provider
-from daemon.supervisor import supervise
-from daemon.uisp import UispClient
+from daemon.network.devices import load_spec
+from daemon.network.reconnect import ReconnectDeps
+from daemon.notifications.sms import make_provider
+from daemon.platform import queues
+from daemon.platform.config import Config
+from daemon.platform.consumer import Wakeups
+from daemon.platform.db import Database
+from daemon.platform.deps import Deps
+from daemon.platform.events import EventBus
+from daemon.platform.health import Health
+from daemon.platform.metrics import Metrics
+from daemon.platform.migrate import migrate
+from daemon.platform.sdnotify import SystemdNotifier, watchdog_loop
+from daemon.platform.secrets import SecretBox, load_key, verify_key
+from daemon.platform.supervisor import supervise
+from daemon.uisp.client import UispClient
 
 log = logging.getLogger("paymentd")
 

@@ -18,9 +18,12 @@ from typing import Any
 import trio
 import trio_asyncio
 
-from daemon import olt_store, uisp
 from daemon.app import Running, run_daemon
-from daemon.config import (
+from daemon.fakes import sms_sink, uisp_server
+from daemon.network import devices as olt_store
+from daemon.network.olt import simulator
+from daemon.network.olt.types import OnuRef
+from daemon.platform.config import (
     Config,
     DatabaseConfig,
     HttpConfig,
@@ -29,12 +32,10 @@ from daemon.config import (
     UispConfig,
     to_toml,
 )
-from daemon.db import Database
-from daemon.fakes import sms_sink, uisp_server
-from daemon.migrate import migrate
-from daemon.olt import simulator
-from daemon.olt.types import OnuRef
-from daemon.secrets import SecretBox, keygen, load_key
+from daemon.platform.db import Database
+from daemon.platform.migrate import migrate
+from daemon.platform.secrets import SecretBox, keygen, load_key
+from daemon.uisp import client as uisp
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trio_asyncio
 
-from daemon.db import Database
+from daemon.platform.db import Database
 from tests.pg import PgServer, pg_server
 
 

@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 import trio
 
-from daemon import olt_store
 from daemon.app import Running, run_daemon
-from daemon.config import (
+from daemon.fakes import sms_sink, uisp_server
+from daemon.network import devices as olt_store
+from daemon.network.olt import simulator
+from daemon.platform.config import (
     Config,
     DaemonConfig,
     DatabaseConfig,
@@ -24,10 +26,8 @@ from daemon.config import (
     SmsConfig,
     UispConfig,
 )
-from daemon.db import Database
-from daemon.fakes import sms_sink, uisp_server
-from daemon.olt import simulator
-from daemon.secrets import SecretBox, keygen, load_key
+from daemon.platform.db import Database
+from daemon.platform.secrets import SecretBox, keygen, load_key
 
 WEBHOOK_TOKEN = "hook-token"
 ADMIN_TOKEN = "admin-token"

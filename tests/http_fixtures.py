@@ -17,12 +17,12 @@ import pytest
 import trio
 
 from daemon.actors import http_ingress
-from daemon.config import Config, HttpConfig, UispConfig
-from daemon.db import Database
-from daemon.deps import Deps
-from daemon.events import EventBus
-from daemon.health import Health
-from daemon.metrics import Metrics
+from daemon.platform.config import Config, HttpConfig, UispConfig
+from daemon.platform.db import Database
+from daemon.platform.deps import Deps
+from daemon.platform.events import EventBus
+from daemon.platform.health import Health
+from daemon.platform.metrics import Metrics
 
 ADMIN_TOKEN = "t"
 WEBHOOK_TOKEN = "s3cret"

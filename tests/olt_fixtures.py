@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from daemon.actors.olt_pool import OltPoolSettings
-from daemon.olt.simulator import SimDevice, serve
-from daemon.olt.types import DeviceSpec
+from daemon.network.olt.simulator import SimDevice, serve
+from daemon.network.olt.types import DeviceSpec
 
 
 @dataclass

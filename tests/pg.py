@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from daemon.migrate import migrate
+from daemon.platform.migrate import migrate
 
 
 def _with_db(url: str, name: str) -> str:
@@ -31,7 +31,7 @@ def _with_db(url: str, name: str) -> str:
 
 def _schema_hash() -> str:
     h = hashlib.sha256()
-    for entry in sorted(files("daemon.migrations").iterdir(), key=lambda e: e.name):
+    for entry in sorted(files("daemon.platform.migrations").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):
             h.update(entry.read_bytes())
     return h.hexdigest()[:10]

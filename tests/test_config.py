@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import config
-from daemon.config import ConfigError
+from daemon.platform import config
+from daemon.platform.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,11 +8,11 @@ from functools import partial
 
 import trio
 
-from daemon import queues
-from daemon.consumer import ConsumerSettings, Handler, Wakeups, consume
-from daemon.db import Conn, Database
-from daemon.metrics import Metrics
-from daemon.queues import Message
+from daemon.platform import queues
+from daemon.platform.consumer import ConsumerSettings, Handler, Wakeups, consume
+from daemon.platform.db import Conn, Database
+from daemon.platform.metrics import Metrics
+from daemon.platform.queues import Message
 
 
 @asynccontextmanager

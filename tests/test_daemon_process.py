@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.config import to_toml
-from daemon.olt.types import OnuRef
+from daemon.network.olt.types import OnuRef
+from daemon.platform.config import to_toml
 from tests.flow_harness import WEBHOOK_TOKEN, World, make_config, register, world
 
 ROOT = Path(__file__).resolve().parent.parent

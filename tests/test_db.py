@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from daemon import queues
-from daemon.db import Database
+from daemon.platform import queues
+from daemon.platform.db import Database
 
 
 async def test_cancelling_a_transaction_rolls_back_and_returns_the_connection(

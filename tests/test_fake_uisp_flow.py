@@ -17,7 +17,7 @@ from quart import request
 from quart_trio import QuartTrio
 
 from daemon.fakes import uisp_server
-from daemon.uisp import SERVICE_ACTIVE, SERVICE_SUSPENDED, UispClient
+from daemon.uisp.client import SERVICE_ACTIVE, SERVICE_SUSPENDED, UispClient
 
 KEY = "flow-key"
 

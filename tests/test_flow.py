@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.olt.types import OnuRef
+from daemon.network.olt.types import OnuRef
 from tests.flow_harness import World, daemon, world
 
 ANA_ONU = OnuRef(0, 1, 3, 7)

@@ -15,13 +15,13 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import queues
 from daemon.actors import http_ingress
-from daemon.config import DaemonConfig, HttpConfig
-from daemon.db import Database
-from daemon.deps import Deps
-from daemon.events import EventBus
-from daemon.http.admin import EventStream
+from daemon.platform import queues
+from daemon.platform.config import DaemonConfig, HttpConfig
+from daemon.platform.db import Database
+from daemon.platform.deps import Deps
+from daemon.platform.events import EventBus
+from daemon.platform.http.admin import EventStream
 from tests.http_fixtures import (
     ADMIN,
     WEBHOOK_PATH,

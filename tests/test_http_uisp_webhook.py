@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import trio
 
-from daemon import queues
-from daemon.config import HttpConfig, UispConfig
-from daemon.db import Database
-from daemon.deps import Deps
+from daemon.platform import queues
+from daemon.platform.config import HttpConfig, UispConfig
+from daemon.platform.db import Database
+from daemon.platform.deps import Deps
 from tests.http_fixtures import (
     WEBHOOK_PATH,
     assert_problem,

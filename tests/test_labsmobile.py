@@ -7,15 +7,15 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from daemon.config import SmsConfig
 from daemon.fakes import sms_sink
-from daemon.sms import (
+from daemon.notifications.sms import (
     LabsMobile,
     SmsPermanentError,
     SmsTransientError,
     make_provider,
     normalise_msisdn,
 )
+from daemon.platform.config import SmsConfig
 
 
 @pytest.fixture

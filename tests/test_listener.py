@@ -8,15 +8,15 @@ from functools import partial
 import pytest
 import trio
 
-from daemon import queues
 from daemon.actors import listener
-from daemon.config import Config, DatabaseConfig
-from daemon.consumer import Wakeups
-from daemon.db import Database
-from daemon.deps import Deps
-from daemon.events import EventBus
-from daemon.health import Health
-from daemon.metrics import Metrics
+from daemon.platform import queues
+from daemon.platform.config import Config, DatabaseConfig
+from daemon.platform.consumer import Wakeups
+from daemon.platform.db import Database
+from daemon.platform.deps import Deps
+from daemon.platform.events import EventBus
+from daemon.platform.health import Health
+from daemon.platform.metrics import Metrics
 
 
 def make_deps(db: Database, **database: object) -> Deps:

@@ -10,9 +10,7 @@ import pytest
 import trio
 
 from daemon.actors.olt_pool import Action, OltPool
-from daemon.events import EventBus
-from daemon.metrics import Metrics
-from daemon.olt.types import (
+from daemon.network.olt.types import (
     OltCircuitOpen,
     OltCommandError,
     OltResult,
@@ -20,6 +18,8 @@ from daemon.olt.types import (
     OltUnknownDevice,
     OnuRef,
 )
+from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
 from tests.olt_fixtures import Sim, eventually, pool_settings, sim
 
 __all__ = ["sim"]

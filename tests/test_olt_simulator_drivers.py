@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from daemon.olt.driver import OltDriver, Transcript, driver_for
-from daemon.olt.ssh import CliSession, open_session
-from daemon.olt.types import DeviceSpec, OltCommandError, OltTransientError, OnuRef
+from daemon.network.olt.driver import OltDriver, Transcript, driver_for
+from daemon.network.olt.ssh import CliSession, open_session
+from daemon.network.olt.types import DeviceSpec, OltCommandError, OltTransientError, OnuRef
 from tests.olt_fixtures import Sim, eventually, sim
 
 __all__ = ["sim"]

@@ -18,7 +18,7 @@ import pytest
 import trio
 from netmiko import BaseConnection, ConnectHandler, redispatch
 
-from daemon.olt.simulator import SimDevice, serve
+from daemon.network.olt.simulator import SimDevice, serve
 from tests.olt_fixtures import eventually
 
 T = TypeVar("T")

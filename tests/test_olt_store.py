@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 import trio
 
-from daemon import olt_store
-from daemon.db import Database
-from daemon.olt.types import DeviceSpec
-from daemon.olt_store import DeviceExists, DeviceInUse, DeviceNotFound, StoreError
-from daemon.secrets import SecretBox, SecretKeyError, verify_key
+from daemon.network import devices as olt_store
+from daemon.network.devices import DeviceExists, DeviceInUse, DeviceNotFound, StoreError
+from daemon.network.olt.types import DeviceSpec
+from daemon.platform.db import Database
+from daemon.platform.secrets import SecretBox, SecretKeyError, verify_key
 
 BOX = SecretBox(bytes(range(32)))
 

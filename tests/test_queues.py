@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from daemon import queues
-from daemon.db import Database
+from daemon.platform import queues
+from daemon.platform.db import Database
 
 
 async def test_send_read_archive_roundtrip(db: Database) -> None:

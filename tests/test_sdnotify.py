@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.sdnotify import SystemdNotifier, watchdog_loop
+from daemon.platform.sdnotify import SystemdNotifier, watchdog_loop
 
 
 @pytest.fixture

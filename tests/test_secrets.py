@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import OltConfig
-from daemon.secrets import SecretBox, SecretKeyError, keygen, load_key, olt_aad
+from daemon.platform.config import OltConfig
+from daemon.platform.secrets import SecretBox, SecretKeyError, keygen, load_key, olt_aad
 
 KEY = bytes(range(32))
 

@@ -8,17 +8,17 @@ from typing import Any
 import pytest
 import trio
 
-from daemon import queues
 from daemon.actors.sms_sender import SmsDeps, SmsSettings, handle_sms, run
-from daemon.config import Config, SmsConfig
-from daemon.consumer import Wakeups
-from daemon.db import Database
-from daemon.deps import Deps
-from daemon.events import EventBus
 from daemon.fakes import sms_sink
-from daemon.health import Health
-from daemon.metrics import Metrics
-from daemon.sms import LabsMobile
+from daemon.notifications.sms import LabsMobile
+from daemon.platform import queues
+from daemon.platform.config import Config, SmsConfig
+from daemon.platform.consumer import Wakeups
+from daemon.platform.db import Database
+from daemon.platform.deps import Deps
+from daemon.platform.events import EventBus
+from daemon.platform.health import Health
+from daemon.platform.metrics import Metrics
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from daemon.health import Health
-from daemon.metrics import Metrics
-from daemon.supervisor import supervise
+from daemon.platform.health import Health
+from daemon.platform.metrics import Metrics
+from daemon.platform.supervisor import supervise
 
 
 async def test_a_boot_error_comes_out_of_start(autojump_clock: trio.testing.MockClock) -> None:

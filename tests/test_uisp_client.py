@@ -8,9 +8,9 @@ import httpx
 import pytest
 import trio
 
-from daemon.config import UispConfig
 from daemon.fakes import uisp_server
-from daemon.uisp import (
+from daemon.platform.config import UispConfig
+from daemon.uisp.client import (
     SERVICE_ACTIVE,
     SERVICE_SUSPENDED,
     UispAuthError,

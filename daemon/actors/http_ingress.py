@@ -1,4 +1,4 @@
-"""The HTTP ingress actor: serves the Quart app (``daemon.http``) with hypercorn on trio.
+"""The HTTP ingress actor: serves the Quart app (``daemon.platform.http``) with hypercorn on trio.
 
 Consumes: HTTP requests on ``http.host:http.port`` (UISP webhooks, the admin API, probes,
 Prometheus scrapes) and the daemon's ``shutdown`` event.
@@ -24,16 +24,16 @@ from hypercorn.logging import Logger as HyperLogger
 from hypercorn.trio import serve
 from hypercorn.typing import ResponseSummary, WWWScope
 
-from daemon.config import Config
-from daemon.deps import Deps
-from daemon.http import create_app
+from daemon.platform.config import Config
+from daemon.platform.deps import Deps
+from daemon.platform.http import create_app
 
 log = logging.getLogger(__name__)
 
 # hypercorn's own messages ("Running on ...", protocol errors) and its access log land in
 # the daemon's logging tree instead of hypercorn's private stderr/stdout handlers.
-ERROR_LOGGER = "daemon.http.server"
-ACCESS_LOGGER = "daemon.http.access"
+ERROR_LOGGER = "daemon.platform.http.server"
+ACCESS_LOGGER = "daemon.platform.http.access"
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
 
 

@@ -26,10 +26,10 @@ from typing import Any
 import asyncpg
 import trio
 
-from daemon import db as dbmod
-from daemon import queues
-from daemon.consumer import Wakeups
-from daemon.deps import Deps
+from daemon.platform import db as dbmod
+from daemon.platform import queues
+from daemon.platform.consumer import Wakeups
+from daemon.platform.deps import Deps
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,9 @@ from typing import Literal
 
 import trio
 
-from daemon.config import OltConfig
-from daemon.events import EventBus
-from daemon.metrics import Metrics
-from daemon.olt.driver import OltDriver, driver_for
-from daemon.olt.ssh import CliSession, open_session
-from daemon.olt.types import (
+from daemon.network.olt.driver import OltDriver, driver_for
+from daemon.network.olt.ssh import CliSession, open_session
+from daemon.network.olt.types import (
     DeviceSpec,
     OltCircuitOpen,
     OltCommandError,
@@ -42,7 +39,10 @@ from daemon.olt.types import (
     OltUnknownDevice,
     OnuRef,
 )
-from daemon.secrets import SecretKeyError
+from daemon.platform.config import OltConfig
+from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
+from daemon.platform.secrets import SecretKeyError
 
 __all__ = ["OltPool", "OltPoolSettings"]
 

@@ -16,16 +16,18 @@ from typing import Any
 
 import trio
 
-from daemon import queues, tasks, uisp
-from daemon.backoff import backoff
-from daemon.consumer import ConsumerSettings, Wakeups, consume
-from daemon.db import Conn
-from daemon.decide import DecisionError, decide
-from daemon.deps import Deps
-from daemon.queues import Message
-from daemon.reconnect import ReconnectDeps
-from daemon.reconnect import handle as handle_reconnect
-from daemon.reconnect import on_poison as reconnect_poison
+from daemon.network import tasks
+from daemon.network.reconnect import ReconnectDeps
+from daemon.network.reconnect import handle as handle_reconnect
+from daemon.network.reconnect import on_poison as reconnect_poison
+from daemon.platform import queues
+from daemon.platform.backoff import backoff
+from daemon.platform.consumer import ConsumerSettings, Wakeups, consume
+from daemon.platform.db import Conn
+from daemon.platform.deps import Deps
+from daemon.platform.queues import Message
+from daemon.uisp import client as uisp
+from daemon.uisp.decide import DecisionError, decide
 
 log = logging.getLogger(__name__)
 

@@ -22,16 +22,17 @@ from typing import Any
 
 import trio
 
-from daemon import queues, tasks
-from daemon.backoff import backoff
-from daemon.config import Config
-from daemon.consumer import ConsumerSettings, Wakeups, consume
-from daemon.db import Conn, Database
-from daemon.deps import Deps
-from daemon.events import EventBus
-from daemon.metrics import Metrics
-from daemon.queues import Message
-from daemon.sms import SmsError, SmsPermanentError, SmsProvider
+from daemon.network import tasks
+from daemon.notifications.sms import SmsError, SmsPermanentError, SmsProvider
+from daemon.platform import queues
+from daemon.platform.backoff import backoff
+from daemon.platform.config import Config
+from daemon.platform.consumer import ConsumerSettings, Wakeups, consume
+from daemon.platform.db import Conn, Database
+from daemon.platform.deps import Deps
+from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
+from daemon.platform.queues import Message
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ async def run(
 ) -> None:
     """Consume the ``sms`` queue until ``stop`` is set (then finish in-flight sends).
 
-    ``provider`` is ``daemon.sms.make_provider(config.sms)``; the caller closes it.
+    ``provider`` is ``daemon.notifications.sms.make_provider(config.sms)``; the caller closes it.
     """
     sms = SmsDeps(
         deps.db, provider, deps.metrics, deps.events, SmsSettings.from_config(deps.config)

@@ -28,7 +28,7 @@ import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from daemon.uisp import SERVICE_ACTIVE, SERVICE_SUSPENDED
+from daemon.uisp.client import SERVICE_ACTIVE, SERVICE_SUSPENDED
 
 __all__ = ["API_PREFIX", "FakeUisp", "demo_state", "serve"]
 

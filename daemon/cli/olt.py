@@ -1,0 +1,212 @@
+"""``paymentd olt …`` and ``paymentd onu …``: the OLT devices and the ONU override table."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from daemon.cli.common import UserError, load, with_config, with_db
+from daemon.platform.config import Config
+
+
+def _read_secret(value: str | None, file: str | None, env: str, prompt: str) -> str | None:
+    if file:
+        return Path(file).read_text().strip()
+    if value is not None:
+        return value
+    if os.environ.get(env):
+        return os.environ[env]
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    return None
+
+
+def cmd_olt(args: argparse.Namespace) -> int:
+    from daemon.network import devices as olt_store
+    from daemon.platform.secrets import SecretBox, load_key
+
+    cfg = load(args)
+    if args.olt_cmd == "list":
+        rows = with_db(cfg, olt_store.list_devices)
+        if args.json:
+            print(json.dumps(rows, default=str, indent=2))
+        elif not rows:
+            print(
+                "no OLTs configured; add one with 'paymentd olt add NAME --vendor ... --host ...'"
+            )
+        else:
+            for r in rows:
+                print(f"{r['name']:<20} {r['vendor']:<7} {r['username']}@{r['host']}:{r['port']}")
+        return 0
+    if args.olt_cmd == "remove":
+        if not with_db(cfg, lambda db: olt_store.remove_device(db, args.name, force=args.force)):
+            raise UserError(f"no OLT named {args.name!r} (see 'paymentd olt list')")
+        print(f"removed {args.name}")
+        return 0
+    box = SecretBox(load_key(cfg.olt))
+    if args.olt_cmd == "add":
+        password = _read_secret(
+            args.password, args.password_file, "PAYMENTD_OLT_PASSWORD", "OLT password: "
+        )
+        if not password:
+            raise UserError("no password: use --password-file, PAYMENTD_OLT_PASSWORD or a terminal")
+        new_password: str = password
+        add_options = {"zte_style": args.zte_style} if args.zte_style else {}
+        with_db(
+            cfg,
+            lambda db: olt_store.add_device(
+                db,
+                box,
+                name=args.name,
+                vendor=args.vendor,
+                host=args.host,
+                port=args.port,
+                username=args.username,
+                password=new_password,
+                enable_password=args.enable_password,
+                options=add_options,
+            ),
+        )
+        print(f"added {args.name} ({args.vendor} {args.host}:{args.port})")
+        print(f"check it with: paymentd olt test {args.name}")
+        return 0
+    if args.olt_cmd == "update":
+        password = None
+        if args.password_file or args.new_password:
+            password = _read_secret(
+                None, args.password_file, "PAYMENTD_OLT_PASSWORD", "new OLT password: "
+            )
+            if not password:
+                raise UserError(
+                    "--new-password: no password given (use --password-file, "
+                    "PAYMENTD_OLT_PASSWORD or a terminal)"
+                )
+        options = {"zte_style": args.zte_style} if args.zte_style else None
+        with_db(
+            cfg,
+            lambda db: olt_store.update_device(
+                db,
+                box,
+                args.name,
+                host=args.host,
+                port=args.port,
+                username=args.username,
+                password=password,
+                options=options,
+                **(
+                    {"enable_password": args.enable_password}
+                    if args.enable_password is not None
+                    else {}
+                ),
+            ),
+        )
+        print(f"updated {args.name}; the daemon picks it up when the device's session next opens")
+        return 0
+    if args.olt_cmd == "test":
+        print(with_db(cfg, _test_olt, cfg, box, args.name))
+        return 0
+    raise AssertionError(args.olt_cmd)
+
+
+async def _test_olt(db: Any, cfg: Config, box: Any, name: str) -> str:
+    from daemon.actors.olt_pool import OltPool, OltPoolSettings
+    from daemon.network.devices import load_spec
+    from daemon.platform.events import EventBus
+    from daemon.platform.metrics import Metrics
+
+    pool = OltPool(
+        OltPoolSettings.from_config(cfg.olt),
+        lambda n: load_spec(db, box, n),
+        Metrics(),
+        EventBus(),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        try:
+            result = await pool.test_device(name)
+        finally:
+            nursery.cancel_scope.cancel()
+    return f"{name}: OK\n{result}"
+
+
+def cmd_onu(args: argparse.Namespace) -> int:
+    from daemon.network import devices as olt_store
+
+    cfg = load(args)
+    if args.onu_cmd == "set":
+        with_db(cfg, olt_store.set_override, args.service_id, args.olt, args.onu)
+        print(f"service {args.service_id} -> {args.olt} {args.onu}")
+    elif args.onu_cmd == "remove":
+        if not with_db(cfg, olt_store.remove_override, args.service_id):
+            raise UserError(f"no override for service {args.service_id}")
+        print(f"removed override for service {args.service_id}")
+    else:
+        for r in with_db(cfg, olt_store.list_overrides):
+            print(f"{r['service_id']:<10} {r['olt_name']:<20} {r['onu']}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    olt = sub.add_parser("olt", help="manage OLT devices")
+    olt_sub = olt.add_subparsers(dest="olt_cmd", required=True, metavar="ACTION")
+    add = with_config(olt_sub.add_parser("add", help="add an OLT"))
+    add.add_argument("name")
+    add.add_argument("--vendor", required=True, choices=["huawei", "zte"])
+    add.add_argument("--host", required=True)
+    add.add_argument("--port", type=int, default=22)
+    add.add_argument("--username", required=True)
+    add.add_argument(
+        "--password", help="prefer --password-file or $PAYMENTD_OLT_PASSWORD (not in shell history)"
+    )
+    add.add_argument("--password-file")
+    add.add_argument("--enable-password", help="ZTE enable password, if the device asks for one")
+    add.add_argument(
+        "--zte-style",
+        choices=["onu_state", "admin"],
+        help="ZTE command style (C300/C320: onu_state; C600: admin)",
+    )
+    lst = with_config(olt_sub.add_parser("list", help="list OLTs (never shows passwords)"))
+    lst.add_argument("--json", action="store_true")
+    upd = with_config(
+        olt_sub.add_parser("update", help="change an OLT's address, user or password")
+    )
+    upd.add_argument("name")
+    upd.add_argument("--host")
+    upd.add_argument("--port", type=int)
+    upd.add_argument("--username")
+    upd.add_argument(
+        "--new-password",
+        action="store_true",
+        help="ask for a new password (or $PAYMENTD_OLT_PASSWORD)",
+    )
+    upd.add_argument("--password-file", help="read the new password from this file")
+    upd.add_argument("--enable-password")
+    upd.add_argument("--zte-style", choices=["onu_state", "admin"])
+    rm = with_config(olt_sub.add_parser("remove", help="remove an OLT"))
+    rm.add_argument("name")
+    rm.add_argument(
+        "--force", action="store_true", help="also remove ONU overrides that point at it"
+    )
+    tst = with_config(
+        olt_sub.add_parser("test", help="log in to an OLT and run a harmless command")
+    )
+    tst.add_argument("name")
+    olt.set_defaults(fn=cmd_olt)
+
+    onu = sub.add_parser("onu", help="local overrides: which ONU serves a UISP service")
+    onu_sub = onu.add_subparsers(dest="onu_cmd", required=True, metavar="ACTION")
+    s = with_config(onu_sub.add_parser("set", help="set the ONU of a service"))
+    s.add_argument("service_id", type=int)
+    s.add_argument("olt", help="OLT name")
+    s.add_argument("onu", help="frame/slot/port:onu, e.g. 0/1/3:12")
+    r = with_config(onu_sub.add_parser("remove", help="remove a service's override"))
+    r.add_argument("service_id", type=int)
+    with_config(onu_sub.add_parser("list", help="list overrides"))
+    onu.set_defaults(fn=cmd_onu)

@@ -1,0 +1,91 @@
+"""``paymentd run | migrate | check-config | keygen``: running and preparing the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import trio
+
+from daemon import __version__
+from daemon.cli.common import load, setup_logging, with_config, with_db
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.app import run_daemon
+    from daemon.platform.instrument import SlowStepLogger
+
+    cfg = load(args)
+    setup_logging(cfg.daemon.log_level)
+    logging.getLogger("paymentd").info("paymentd %s starting (config %s)", __version__, cfg.source)
+    trio.run(run_daemon, cfg, instruments=[SlowStepLogger()])
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from daemon.platform.migrate import migrate
+
+    cfg = load(args)
+    report = migrate(cfg.database.url, notify_throttle_ms=cfg.database.notify_throttle_ms)
+    print(f"migrations applied: {', '.join(report.applied) or 'none (up to date)'}")
+    print(f"pgmq: {report.pgmq}; queues: {', '.join(report.queues)}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon.platform.db import DatabaseError
+    from daemon.platform.secrets import SecretBox, load_key, verify_key
+
+    cfg = load(args)
+    box = SecretBox(load_key(cfg.olt))
+    warnings = []
+    try:
+        # The key must open the secrets already stored (a wrong key is caught here, not
+        # at the first reconnection).
+        with_db(cfg, verify_key, box)
+    except DatabaseError as exc:
+        warnings.append(
+            f"database.url: cannot connect ({exc}); key not checked against stored secrets"
+        )
+    if not cfg.uisp.webhook_token:
+        warnings.append("uisp.webhook_token is empty: the UISP webhook endpoint is disabled")
+    if not cfg.http.admin_token:
+        warnings.append("http.admin_token is empty: the admin API is disabled")
+    if cfg.sms.provider == "labsmobile" and not (cfg.sms.username and cfg.sms.token):
+        warnings.append("sms.username / sms.token are empty: LabsMobile will refuse every SMS")
+    for w in warnings:
+        print(f"warning: {w}")
+    print(f"{cfg.source}: OK")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from daemon.platform.secrets import keygen
+
+    path = Path(args.out)
+    keygen(path, force=args.force)
+    print(f'wrote a new 256-bit key to {path} (mode 0600); set olt.key_file = "{path}"')
+    print("keep a copy somewhere safe: without it the stored OLT passwords cannot be read")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    with_config(sub.add_parser("run", help="run the daemon")).set_defaults(fn=cmd_run)
+    with_config(
+        sub.add_parser("migrate", help="create/upgrade the schema, PGMQ and queues")
+    ).set_defaults(fn=cmd_migrate)
+    with_config(
+        sub.add_parser("check-config", help="validate the config and key, then exit")
+    ).set_defaults(fn=cmd_check_config)
+
+    kg = sub.add_parser("keygen", help="create the key that encrypts OLT passwords (mode 0600)")
+    kg.add_argument(
+        "--out", required=True, help="where to write the key, e.g. /etc/paymentd/secret.key"
+    )
+    kg.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing key (stored secrets become unreadable)",
+    )
+    kg.set_defaults(fn=cmd_keygen)

@@ -1,8 +1,0 @@
-"""The HTTP side of paymentd: one Quart (trio) app served by the ``http_ingress`` actor.
-
-``create_app(deps)`` builds it; ``daemon.actors.http_ingress.run`` serves it with hypercorn.
-"""
-
-from daemon.http.app import create_app
-
-__all__ = ["create_app"]

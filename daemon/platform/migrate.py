@@ -1,0 +1,95 @@
+"""Schema set-up with psycopg (sync, one-shot): versioned migrations, PGMQ, queues.
+
+Run by ``paymentd migrate`` and, unless disabled, at every daemon start. Safe to run
+concurrently: a transaction-level advisory lock serialises runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib.resources import files
+
+import psycopg
+from pgmq.install import install_pgmq_from_sql
+
+from daemon.platform import queues
+
+log = logging.getLogger(__name__)
+
+# Arbitrary constant: the advisory lock key for migrations ("paymentd" in ASCII, truncated).
+_MIGRATION_LOCK = 0x7061796D656E74
+
+
+class MigrationError(Exception):
+    """The database could not be prepared; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    applied: list[str]
+    pgmq: str  # "extension", "sql <version>", or "present"
+    queues: list[str]
+
+
+def _migration_files() -> list[tuple[int, str, str]]:
+    out = []
+    for entry in files("daemon.platform.migrations").iterdir():
+        m = re.fullmatch(r"(\d{3})_(\w+)\.sql", entry.name)
+        if m:
+            out.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def _install_pgmq(conn: psycopg.Connection) -> str:
+    present = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'pgmq'").fetchone()
+    if present:
+        return "present"
+    available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pgmq'").fetchone()
+    if available:
+        conn.execute("CREATE EXTENSION pgmq")
+        return "extension"
+    # The bundled SQL opens its own transaction block on the connection we pass.
+    version = install_pgmq_from_sql(conn=conn)
+    return f"sql {version}"
+
+
+def migrate(url: str, *, notify_throttle_ms: int = 100) -> MigrationReport:
+    try:
+        conn = psycopg.connect(url, autocommit=False, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise MigrationError(f"cannot connect to database.url: {exc}".strip()) from None
+    try:
+        with conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS paymentd_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM paymentd_migrations")}
+            applied = []
+            for version, name, sql in _migration_files():
+                if version in done:
+                    continue
+                log.info("applying migration %s", name)
+                conn.execute(sql.encode())
+                conn.execute(
+                    "INSERT INTO paymentd_migrations (version, name) VALUES (%s, %s)",
+                    (version, name),
+                )
+                applied.append(name)
+            pgmq_how = _install_pgmq(conn)
+            existing = {r[0] for r in conn.execute("SELECT queue_name FROM pgmq.list_queues()")}
+            for q in queues.ALL:
+                if q not in existing:
+                    conn.execute("SELECT pgmq.create(%s)", (q,))
+                # The throttle state table is UNLOGGED (empty after a crash):
+                # re-enable at every start.
+                conn.execute("SELECT pgmq.enable_notify_insert(%s, %s)", (q, notify_throttle_ms))
+        return MigrationReport(applied, pgmq_how, list(queues.ALL))
+    except psycopg.Error as exc:
+        raise MigrationError(f"database migration failed: {exc}".strip()) from exc
+    finally:
+        conn.close()
