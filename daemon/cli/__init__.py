@@ -10,11 +10,11 @@ import argparse
 import sys
 
 from daemon import __version__
-from daemon.cli import olt, service, sim
+from daemon.cli import apikeys, olt, service, sim
 from daemon.cli.common import UserError
 from daemon.platform.config import ConfigError
 
-GROUPS = (service, olt, sim)
+GROUPS = (service, olt, sim, apikeys)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from daemon.actors.listener import InstanceLockError
         from daemon.network.devices import StoreError
         from daemon.network.olt.types import OltError
+        from daemon.platform.auth import ApiKeyError
         from daemon.platform.secrets import SecretKeyError
 
-        user_errors += (SecretKeyError, InstanceLockError, StoreError, OltError)
+        user_errors += (SecretKeyError, InstanceLockError, StoreError, OltError, ApiKeyError)
     except ImportError:  # pragma: no cover - partial installs
         pass
     args = build_parser().parse_args(argv)

@@ -15,21 +15,31 @@ disabled endpoint) answers exactly like an unknown URL, whatever the method.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from quart import Blueprint, Response, request
+from quart_schema import hide
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from daemon.platform import queues
 from daemon.platform.db import BIGINT_MAX, DatabaseError
 from daemon.platform.deps import Deps
+from daemon.platform.http import schema
 from daemon.platform.http.problem import (
     JSON_TYPE,
+    Problem,
     database_unavailable,
     dumps,
     json_response,
@@ -41,17 +51,47 @@ log = logging.getLogger(__name__)
 
 SOURCE = "uisp"
 _DIGITS = re.compile(r"[0-9]{1,19}")
-# Every method is routed here so that a wrong token gives 404 rather than a 405 that
-# would confirm the path exists.
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# Every other method is routed to a hidden twin of the route, so that a wrong token gives
+# 404 rather than a 405 that would confirm the path exists.
+_OTHER_METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"]
+Text = Annotated[str, StringConstraints(strict=True, min_length=1)]
 
 
-class BadWebhook(ValueError):
-    """The body is not a UISP webhook; ``field`` names the offending member (or "body")."""
+class UispWebhookBody(BaseModel):
+    """A UISP CRM webhook (shared/reference/uisp.md); other members are kept as sent."""
 
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(detail)
-        self.field = field
+    model_config = ConfigDict(extra="allow")
+
+    uuid: uuid.UUID
+    eventName: Text
+    entity: Text
+    changeType: Text
+    # Declared after eventName and changeType: its validator reads them (test events).
+    entityId: Annotated[int | None, Field(strict=True, ge=0, le=BIGINT_MAX)] = Field(
+        default=None,
+        description="UISP sends an integer; some emulators a string of digits."
+        " Only the test event may omit it.",
+    )
+    extraData: dict[str, Any] | None = None
+
+    @field_validator("entityId", mode="before")
+    @classmethod
+    def _entity_id(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str) and _DIGITS.fullmatch(value):
+            return int(value)
+        if value is None and not _is_test(info.data.get("eventName"), info.data.get("changeType")):
+            raise ValueError("entityId must be an integer or a string of digits")
+        return value
+
+
+class WebhookAnswer(BaseModel):
+    """What the endpoint did with the event: queued (new), duplicate (seen) or test."""
+
+    status: Literal["queued", "duplicate", "test"]
+
+
+def _is_test(event_name: Any, change_type: Any) -> bool:
+    return bool(event_name == "test" or change_type == "test")
 
 
 @dataclass(frozen=True)
@@ -66,75 +106,21 @@ class UispWebhook:
     @property
     def is_test(self) -> bool:
         """UISP's "Test Endpoint" button: answer 200 and do nothing else."""
-        return self.event_name == "test" or self.change_type == "test"
-
-
-def _reject_constant(name: str) -> Any:
-    raise BadWebhook("body", f"{name} is not valid JSON")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise BadWebhook(key, f"duplicate key {key!r}")
-        obj[key] = value
-    return obj
-
-
-# What ``json.loads(text, object_pairs_hook=..., parse_constant=...)`` builds on every call,
-# built once.
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+        return _is_test(self.event_name, self.change_type)
 
 
 def parse(raw: bytes) -> UispWebhook:
-    """Validate a webhook body strictly; raises ``BadWebhook`` naming the bad field."""
+    """Validate a webhook body strictly; raises ``Problem(400)`` naming the bad field."""
     try:
-        text = raw.decode("utf-8")
-        if text.startswith("\ufeff"):  # as json.loads does for str
-            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        body = _DECODER.decode(text)
-    except UnicodeDecodeError:
-        raise BadWebhook("body", "the body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise BadWebhook("body", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadWebhook("body", "the body must be a JSON object")
-
-    def text_field(name: str) -> str:
-        value = body.get(name)
-        if not isinstance(value, str) or not value:
-            raise BadWebhook(name, f"{name} must be a non-empty string")
-        return value
-
-    raw_uuid = text_field("uuid")
-    try:
-        event_uuid = uuid.UUID(raw_uuid)
-    except ValueError:
-        raise BadWebhook("uuid", "uuid must be a UUID") from None
-    event_name = text_field("eventName")
-    entity = text_field("entity")
-    change_type = text_field("changeType")
-
-    is_test = event_name == "test" or change_type == "test"
-    entity_id = body.get("entityId")
-    if entity_id is None and is_test:
-        pass  # the test event names no entity (or the endpoint's id)
-    elif isinstance(entity_id, int) and not isinstance(entity_id, bool):
-        if not 0 <= entity_id <= BIGINT_MAX:
-            raise BadWebhook("entityId", "entityId is out of range")
-    elif isinstance(entity_id, str) and _DIGITS.fullmatch(entity_id):
-        # Some UISP emulators send the id as a string; UISP itself sends an integer.
-        entity_id = int(entity_id)
-        if entity_id > BIGINT_MAX:
-            raise BadWebhook("entityId", "entityId is out of range")
-    else:
-        raise BadWebhook("entityId", "entityId must be an integer or a string of digits")
-
-    extra = body.get("extraData")
-    if extra is not None and not isinstance(extra, dict):
-        raise BadWebhook("extraData", "extraData must be an object")
-    return UispWebhook(event_uuid, event_name, entity, change_type, entity_id, body)
+        document = schema.parse_json(raw)
+    except schema.BadBody as exc:
+        raise exc.problem() from None
+    if not isinstance(document, dict):
+        raise Problem(400, "the body must be a JSON object", field="body")
+    body = schema.load(UispWebhookBody, document)
+    return UispWebhook(
+        body.uuid, body.eventName, body.entity, body.changeType, body.entityId, document
+    )
 
 
 async def store(deps: Deps, hook: UispWebhook) -> bool:
@@ -188,16 +174,50 @@ def blueprint(deps: Deps) -> Blueprint:
             outcome=outcome,
         )
 
-    @bp.route("/webhooks/uisp/<token>", methods=_METHODS, provide_automatic_options=False)
-    async def uisp_webhook(token: str) -> Response:
+    def token_ok(token: str) -> bool:
         expected = deps.config.uisp.webhook_token
         # Compare bytes: compare_digest refuses non-ASCII str, and the path is user input.
-        if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
-            count("not_found")
-            return not_found()
-        if request.method != "POST":
-            return problem(405, f"{request.method} is not allowed here", headers={"Allow": "POST"})
+        if expected and hmac.compare_digest(token.encode(), expected.encode()):
+            return True
+        count("not_found")
+        return False
 
+    @bp.route(
+        "/webhooks/uisp/<token>",
+        methods=_OTHER_METHODS,
+        provide_automatic_options=False,
+        endpoint="uisp_webhook_other_methods",
+    )
+    @hide  # not an operation: only there to answer like an unknown URL
+    async def other_methods(token: str) -> Response:
+        if not token_ok(token):
+            return not_found()
+        return problem(405, f"{request.method} is not allowed here", headers={"Allow": "POST"})
+
+    @bp.post("/webhooks/uisp/<token>")
+    @schema.declare(
+        request=UispWebhookBody,
+        responses={
+            200: WebhookAnswer,
+            400: schema.ProblemDocument,
+            404: schema.ProblemDocument,
+            413: schema.ProblemDocument,
+            415: schema.ProblemDocument,
+            503: schema.ProblemDocument,
+        },
+    )
+    async def uisp_webhook(token: str) -> Response:
+        """Receive one UISP CRM event; the path token is the only authentication."""
+        if not token_ok(token):
+            return not_found()
+        try:
+            schema.require_json_type()
+        except Problem:
+            count("unsupported_media_type")
+            log.warning(
+                "UISP webhook refused: Content-Type %r", request.headers.get("Content-Type")
+            )
+            raise
         try:
             data = await request.get_data(cache=False, as_text=False)
         except RequestEntityTooLarge:
@@ -206,10 +226,10 @@ def blueprint(deps: Deps) -> Blueprint:
             raise  # the app's handler renders the 413 problem
         try:
             hook = parse(data if isinstance(data, bytes) else data.encode())
-        except BadWebhook as exc:
+        except Problem as exc:
             count("bad_request")
             log.warning("UISP webhook refused: %s", exc)
-            return problem(400, str(exc), field=exc.field)
+            raise
 
         if hook.is_test:
             count("test")

@@ -1,89 +1,148 @@
-"""``/api/v1/*``: the admin API (task log, queues, live events) behind a Bearer token.
+"""``/api/v1/*``: the admin API (task log, queues, live events) behind the ``admin`` scope.
 
 Consumes ``Deps``: the task log (``daemon.network.tasks``), PGMQ statistics
 (``daemon.platform.queues``) and
 the in-process ``EventBus``. Produces JSON documents (datetimes as ISO 8601, UUIDs as
-strings), RFC 9457 problems for every error, and a ``text/event-stream`` of bus events.
+strings) shaped by the models below (``/openapi.json`` is generated from them, and each
+answer is validated against them), RFC 9457 problems for every error, and a
+``text/event-stream`` of bus events.
 
-Authentication is ``Authorization: Bearer <http.admin_token>`` compared in constant time;
-an empty configured token disables the whole API (503), so it is never open by accident.
+Authentication (``daemon.platform.auth``): ``Authorization: Bearer <http.admin_token>``
+or an API key with the ``admin`` scope; with an empty admin token only API keys get in.
 """
 
 from __future__ import annotations
 
-import hmac
+import datetime as dt
 import logging
+import uuid
 from contextlib import ExitStack, suppress
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import trio
-from quart import Blueprint, Response, request
+from pydantic import BaseModel, ConfigDict, Field
+from quart import Blueprint, Response
 from quart.wrappers.response import ResponseBody
+from quart_schema import validate_querystring, validate_response
 
 from daemon.network import tasks
+from daemon.platform import auth
 from daemon.platform.db import BIGINT_MAX
 from daemon.platform.deps import Deps
 from daemon.platform.events import Event, EventBus
+from daemon.platform.http import schema
 from daemon.platform.http.health import queue_stats
-from daemon.platform.http.problem import Problem, dumps, json_response
+from daemon.platform.http.problem import Problem, dumps
 
 log = logging.getLogger(__name__)
 
-TASK_STATES = ("queued", "running", "succeeded", "failed", "superseded")
+TaskState = Literal["queued", "running", "succeeded", "failed", "superseded"]
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
-_LIST_PARAMS = frozenset({"state", "limit", "before_id"})
 # A comment line this often keeps proxies and clients from timing an idle stream out.
 KEEPALIVE_SECONDS = 15.0
 
 
-def check_bearer(deps: Deps, authorization: str | None) -> None:
-    """Raise a 401/503 ``Problem`` unless ``authorization`` carries the admin token."""
-    expected = deps.config.http.admin_token
-    if not expected:
-        raise Problem(503, "admin API disabled: set http.admin_token")
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Problem(
-            401,
-            "send Authorization: Bearer <http.admin_token>",
-            headers={"WWW-Authenticate": 'Bearer realm="paymentd"'},
-        )
-    # Bytes, because compare_digest refuses non-ASCII str and headers are user input.
-    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise Problem(
-            401,
-            "the bearer token is not valid",
-            headers={"WWW-Authenticate": 'Bearer realm="paymentd", error="invalid_token"'},
-        )
+class TaskQuery(BaseModel):
+    """``GET /api/v1/tasks``: newest first, a page at a time (keyset on ``before_id``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: TaskState | None = None
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    before_id: int | None = Field(
+        None, ge=1, le=BIGINT_MAX, description="next_before_id of the previous page"
+    )
 
 
-def _int_param(name: str, raw: str, low: int, high: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Problem(400, f"{name} must be an integer", field=name) from None
-    if not low <= value <= high:
-        raise Problem(400, f"{name} must be between {low} and {high}", field=name)
-    return value
+class Task(BaseModel):
+    """One reconnection (or disconnection) and where it stands."""
+
+    id: int
+    dedupe_key: str
+    webhook_uuid: uuid.UUID | None
+    action: Literal["activate", "deactivate"]
+    client_id: int | None
+    client_name: str | None
+    phone: str | None
+    service_id: int
+    service_name: str | None
+    olt_name: str
+    onu: str
+    state: TaskState
+    attempts: int
+    last_error: str | None
+    olt_output: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    updated_at: dt.datetime
 
 
-def parse_list_query(args: Any) -> tuple[str | None, int, int | None]:
-    """``state``, ``limit`` and ``before_id`` from a query string; ``Problem(400)`` if bad."""
-    unknown = sorted(set(args.keys()) - _LIST_PARAMS)
-    if unknown:
-        raise Problem(400, f"unknown query parameter {unknown[0]!r}", field=unknown[0])
-    state = args.get("state")
-    if state is not None and state not in TASK_STATES:
-        raise Problem(400, f"state must be one of {', '.join(TASK_STATES)}", field="state")
-    limit = DEFAULT_LIMIT
-    if "limit" in args:
-        limit = _int_param("limit", args["limit"], 1, MAX_LIMIT)
-    before_id = None
-    if "before_id" in args:
-        before_id = _int_param("before_id", args["before_id"], 1, BIGINT_MAX)
-    return state, limit, before_id
+class TaskEvent(BaseModel):
+    at: dt.datetime
+    kind: str
+    detail: Any
+
+
+class Sms(BaseModel):
+    id: int
+    phone: str
+    state: Literal["queued", "sending", "sent", "failed", "skipped"]
+    attempts: int
+    last_error: str | None
+    provider: str | None
+    provider_ref: str | None
+    created_at: dt.datetime
+    sent_at: dt.datetime | None
+
+
+class TaskDetail(Task):
+    """A task with its timeline and its SMS (if one was sent or queued)."""
+
+    events: list[TaskEvent]
+    sms: Sms | None
+
+
+class TaskPage(BaseModel):
+    tasks: list[Task]
+    next_before_id: int | None = Field(description="pass as before_id for the next page")
+
+
+class QueueStats(BaseModel):
+    queue: str
+    depth: int
+    oldest_age_seconds: float | None
+    total_messages: int
+
+
+class Queues(BaseModel):
+    queues: list[QueueStats]
+
+
+class RetryRefused(schema.ProblemDocument):
+    """Only a failed task can be retried; ``state`` says where it is."""
+
+    state: str
+
+
+class EventMessage(BaseModel):
+    """Each SSE message: ``id``, ``event`` (the kind) and this object as its ``data`` line."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    kind: str
+    at: dt.datetime
+
+
+# Every admin operation can answer these.
+_AUTH_PROBLEMS: dict[int, type[BaseModel]] = {
+    401: schema.ProblemDocument,
+    403: schema.ProblemDocument,
+    503: schema.ProblemDocument,
+}
 
 
 def format_event(event: Event) -> bytes:
@@ -161,30 +220,39 @@ def _task_not_found(task_id: int) -> Problem:
 def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
     """The admin routes bound to ``deps``; ``shutdown`` ends open event streams."""
     bp = Blueprint("admin", __name__, url_prefix="/api/v1")
-
-    @bp.before_request
-    async def _authenticate() -> None:
-        check_bearer(deps, request.headers.get("Authorization"))
+    auth.Guard(deps).protect(bp, auth.ADMIN)
 
     @bp.get("/tasks")
-    async def list_tasks() -> Response:
-        state, limit, before_id = parse_list_query(request.args)
-        rows = await tasks.list_recent(deps.db, state=state, limit=limit, before_id=before_id)
+    @schema.declare(responses={400: schema.ProblemDocument, **_AUTH_PROBLEMS})
+    @validate_querystring(TaskQuery)
+    @validate_response(TaskPage)
+    async def list_tasks(query_args: TaskQuery) -> dict[str, Any]:
+        """The task log, newest first."""
+        limit = query_args.limit
+        rows = await tasks.list_recent(
+            deps.db, state=query_args.state, limit=limit, before_id=query_args.before_id
+        )
         # Keyset pagination: pass next_before_id back as before_id for the next page.
         next_before_id = rows[-1]["id"] if len(rows) == limit else None
-        return json_response({"tasks": rows, "next_before_id": next_before_id})
+        return {"tasks": rows, "next_before_id": next_before_id}
 
     @bp.get("/tasks/<int:task_id>")
-    async def get_task(task_id: int) -> Response:
+    @schema.declare(responses={404: schema.ProblemDocument, **_AUTH_PROBLEMS})
+    @validate_response(TaskDetail)
+    async def get_task(task_id: int) -> dict[str, Any]:
+        """One task with its events and SMS."""
         if task_id > BIGINT_MAX:
             raise _task_not_found(task_id)
         task = await tasks.get(deps.db, task_id)
         if task is None:
             raise _task_not_found(task_id)
-        return json_response(task)
+        return task
 
     @bp.post("/tasks/<int:task_id>/retry")
-    async def retry_task(task_id: int) -> Response:
+    @schema.declare(responses={404: schema.ProblemDocument, 409: RetryRefused, **_AUTH_PROBLEMS})
+    @validate_response(Task, 202)
+    async def retry_task(task_id: int) -> tuple[dict[str, Any], int]:
+        """Put a failed task back in the queue (attempts start again from 0)."""
         if task_id > BIGINT_MAX:
             raise _task_not_found(task_id)
         try:
@@ -193,17 +261,24 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
             raise _task_not_found(task_id) from None
         except tasks.TaskNotRetryable as exc:
             raise Problem(409, str(exc), state=exc.state) from None
-        log.info("task %d put back in the queue by an admin", task_id)
+        log.info("task %d put back in the queue by %s", task_id, auth.current_principal())
         deps.events.publish("task.retry_requested", task_id=task_id)
-        return json_response(dict(row), status=202)
+        return dict(row), 202
 
     @bp.get("/queues")
-    async def list_queues() -> Response:
-        stats = await queue_stats(deps)
-        return json_response({"queues": stats})
+    @schema.declare(responses=_AUTH_PROBLEMS)
+    @validate_response(Queues)
+    async def list_queues() -> dict[str, Any]:
+        """Depth, oldest message age and total count of every queue."""
+        return {"queues": await queue_stats(deps)}
 
     @bp.get("/events")
+    @schema.declare(
+        responses={200: EventMessage, **_AUTH_PROBLEMS},
+        media_types={200: "text/event-stream"},
+    )
     async def events() -> Response:
+        """Live events (webhooks, tasks, SMS) as Server-Sent Events."""
         stream = EventStream(deps.events, shutdown)
         response = Response(stream, mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-store"

@@ -6,31 +6,40 @@ app with three groups of routes:
 
 - ``daemon.uisp.intake``: ``POST /webhooks/uisp/<token>`` (UISP CRM events in);
 - ``daemon.platform.http.admin``: ``/api/v1/*`` behind a Bearer token (tasks, queues, events);
-- ``daemon.platform.http.health``: ``/healthz``, ``/readyz``, ``/metrics`` (open).
+- ``daemon.platform.http.health``: ``/healthz``, ``/readyz``, ``/metrics`` (open);
+- ``/openapi.json``: the OpenAPI 3.1 document quart-schema builds from the shapes each
+  route declares (``daemon.platform.http.schema``).
 
-Every error, Quart's own 404/405/413/500 included, answers ``application/problem+json``;
-nothing here ever renders HTML.
+Every error, Quart's own 404/405/413/500 and validation failures included, answers
+``application/problem+json``; nothing here ever renders HTML (quart-schema's HTML doc
+pages are off). Every response carries ``X-Request-ID`` (``requestid``).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 from quart import Response, request
+from quart_schema import OpenAPIProvider, QuartSchema
+from quart_schema.validation import RequestSchemaValidationError
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
+from daemon import __version__
 from daemon.platform.db import DatabaseError
 from daemon.platform.deps import Deps
-from daemon.platform.http import admin, health
+from daemon.platform.http import admin, health, schema
 from daemon.platform.http.problem import (
+    PROBLEM_TYPE,
     JSONProvider,
     Problem,
     database_unavailable,
     not_found,
     problem,
 )
+from daemon.platform.http.requestid import RequestIdMiddleware
 from daemon.uisp import intake
 
 log = logging.getLogger(__name__)
@@ -51,12 +60,49 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
 
+    QuartSchema(
+        app,
+        # No HTML pages: they pull JavaScript from CDNs and we never render HTML.
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        swagger_ui_path=None,
+        info={
+            "title": "paymentd",
+            "version": __version__,
+            "description": "Bearer credentials are http.admin_token, or an API key"
+            " (pd_<id>_<secret>) holding the scopes the operation lists.",
+        },
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        conversion_preference="pydantic",
+        openapi_provider_class=Provider,
+    )
+    # After QuartSchema, which installs its own provider: ours knows our row types.
+    app.json = JSONProvider(app)
+
     stop = shutdown if shutdown is not None else trio.Event()
     app.register_blueprint(intake.blueprint(deps))
     app.register_blueprint(admin.blueprint(deps, stop))
     app.register_blueprint(health.blueprint(deps))
     _register_error_handlers(app)
+    app.asgi_app = RequestIdMiddleware(app.asgi_app)  # type: ignore[method-assign]
     return app
+
+
+class Provider(OpenAPIProvider):
+    """quart-schema's document, with our media types: problems for every 4xx/5xx."""
+
+    def build_paths(self, rule: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        paths, components = super().build_paths(rule)
+        media = schema.media_types_of(self._app.view_functions[rule.endpoint])
+        for operations in paths.values():
+            for operation in operations.values():
+                for code, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    status = int(code)
+                    kind = media.get(status, PROBLEM_TYPE if status >= 400 else None)
+                    if kind is not None and "application/json" in content:
+                        content[kind] = content.pop("application/json")
+        return paths, components
 
 
 def _register_error_handlers(app: QuartTrio) -> None:
@@ -85,6 +131,10 @@ def _register_error_handlers(app: QuartTrio) -> None:
             f"the request body is larger than {limit} bytes",
             headers={"Connection": "close"},
         )
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def _invalid(error: RequestSchemaValidationError) -> Response:
+        return schema.schema_problem(error).response()
 
     @app.errorhandler(HTTPException)
     async def _http_exception(error: HTTPException) -> Response:

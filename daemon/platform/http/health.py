@@ -5,20 +5,23 @@ Consumes ``Deps``: the supervisor's ``Health`` view of the actors, the database 
 probes (a problem document when not ready) and the Prometheus text exposition.
 
 These routes need no token: a load balancer, systemd helper or Prometheus must reach
-them, and they reveal nothing beyond actor names, states and queue sizes.
+them, so they reveal nothing beyond actor names, states and queue sizes. What went wrong
+(a database error, an actor's last error) goes to the log, never into the answer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import trio
+from pydantic import BaseModel
 from quart import Blueprint, Response
 
 from daemon.platform import queues
 from daemon.platform.deps import Deps
+from daemon.platform.http import schema
 from daemon.platform.http.problem import json_response, problem
 from daemon.platform.metrics import CONTENT_TYPE_LATEST
 
@@ -47,6 +50,46 @@ async def queue_stats(deps: Deps) -> list[dict[str, Any]]:
     return result
 
 
+class Alive(BaseModel):
+    status: Literal["ok"]
+
+
+class ActorState(BaseModel):
+    state: str
+
+
+class HealthView(BaseModel):
+    ready: bool
+    status: str
+    actors: dict[str, ActorState]
+
+
+class Ready(BaseModel):
+    """Every actor runs and the database answers."""
+
+    status: Literal["ready"]
+    database: Literal["ok"]
+    health: HealthView
+
+
+class NotReady(schema.ProblemDocument):
+    """Some actor is not running, or the database did not answer in time."""
+
+    database: Literal["ok", "unavailable"]
+    health: HealthView
+
+
+class MetricsText(BaseModel):
+    """The Prometheus text exposition format."""
+
+
+def public_health(deps: Deps) -> dict[str, Any]:
+    """The supervisor's view without restarts or last errors: those stay in the log."""
+    snapshot = deps.health.snapshot()
+    actors = {name: {"state": actor["state"]} for name, actor in snapshot["actors"].items()}
+    return {"ready": snapshot["ready"], "status": snapshot["status"], "actors": actors}
+
+
 async def database_check(deps: Deps, within: float = READY_DB_TIMEOUT_SECONDS) -> str | None:
     """None when ``SELECT 1`` answers within ``within`` seconds, else what went wrong."""
     with trio.move_on_after(within):
@@ -65,29 +108,37 @@ def blueprint(deps: Deps) -> Blueprint:
     last_refresh: list[float] = [-float("inf")]
 
     @bp.get("/healthz")
+    @schema.declare(responses={200: Alive})
     async def healthz() -> Response:
-        # Liveness only: if this answers, the process and its event loop are serving.
+        """Liveness: the process and its event loop are serving."""
         return json_response({"status": "ok"})
 
     @bp.get("/readyz")
+    @schema.declare(responses={200: Ready, 503: NotReady})
     async def readyz() -> Response:
+        """Readiness: every actor runs and the database answers within 2 s."""
         ready = deps.health.ready
         db_error = await database_check(deps)
-        snapshot = deps.health.snapshot()
-        database = db_error or "ok"
+        view = public_health(deps)
         if ready and db_error is None:
-            return json_response({"status": "ready", "database": database, "health": snapshot})
+            return json_response({"status": "ready", "database": "ok", "health": view})
         reasons = []
         if not ready:
-            reasons.append(f"actors: {snapshot['status']}")
+            reasons.append(f"actors: {view['status']}")
         if db_error is not None:
-            reasons.append(f"database: {db_error}")
+            # The error text can name hosts, roles and databases: the log gets it, an
+            # unauthenticated probe does not.
+            log.warning("/readyz: database check failed: %s", db_error)
+            reasons.append("database: unavailable")
         # Extension member "health" rather than the snapshot's keys at the top level:
         # its "status" (a text line) would clash with the problem's numeric "status".
-        return problem(503, "not ready; " + "; ".join(reasons), database=database, health=snapshot)
+        database = "ok" if db_error is None else "unavailable"
+        return problem(503, "not ready; " + "; ".join(reasons), database=database, health=view)
 
     @bp.get("/metrics")
+    @schema.declare(responses={200: MetricsText}, media_types={200: CONTENT_TYPE_LATEST})
     async def metrics() -> Response:
+        """Prometheus metrics: webhooks, queues, actors, restarts."""
         now = trio.current_time()
         if now - last_refresh[0] >= METRICS_REFRESH_INTERVAL_SECONDS:
             last_refresh[0] = now

@@ -1,0 +1,75 @@
+"""``paymentd apikey …``: API keys for the HTTP APIs (``daemon.platform.auth``).
+
+``create`` prints the key once (only its hash is stored, so it cannot be shown again);
+``list`` shows ids, names, scopes and dates, never a secret; ``revoke`` ends a key for good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from daemon.cli.common import load, with_config, with_db
+
+
+def _fmt(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    from daemon.platform import auth
+
+    cfg = load(args)
+    if args.apikey_cmd == "create":
+        scopes = auth.check_scopes(args.scope)
+        created = with_db(cfg, lambda db: auth.create_key(db, args.name, scopes))
+        print(created.key)
+        print(
+            f"API key {created.id} ({created.name}) with scopes {', '.join(created.scopes)};"
+            " keep it now, it cannot be shown again",
+            file=sys.stderr,
+        )
+        return 0
+    if args.apikey_cmd == "list":
+        rows = with_db(cfg, auth.list_keys)
+        if args.json:
+            print(json.dumps(rows, default=str, indent=2))
+        elif not rows:
+            print("no API keys; create one with 'paymentd apikey create --name N --scope S'")
+        else:
+            for r in rows:
+                state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
+                print(
+                    f"{r['id']}  {r['name']:<20} {','.join(r['scopes']):<30} {state:<18}"
+                    f" last used {_fmt(r['last_used_at'])}"
+                )
+        return 0
+    with_db(cfg, lambda db: auth.revoke_key(db, args.id))
+    print(f"revoked {args.id}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from daemon.platform.auth import SCOPES
+
+    p = sub.add_parser("apikey", help="API keys for the HTTP APIs", allow_abbrev=False)
+    actions = p.add_subparsers(dest="apikey_cmd", required=True, metavar="ACTION")
+    create = with_config(
+        actions.add_parser("create", help="create a key; prints it once", allow_abbrev=False)
+    )
+    create.add_argument("--name", required=True, help="who or what uses it, e.g. 'billing'")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=SCOPES,
+        help="what it may do; repeat for several",
+    )
+    lst = with_config(
+        actions.add_parser("list", help="list keys (never shows secrets)", allow_abbrev=False)
+    )
+    lst.add_argument("--json", action="store_true")
+    rev = with_config(actions.add_parser("revoke", help="revoke a key", allow_abbrev=False))
+    rev.add_argument("id", help="the key id (the hex part after pd_), see 'paymentd apikey list'")
+    p.set_defaults(fn=cmd_apikey)
