@@ -301,6 +301,18 @@ async def test_probes(deps: Deps, db: Database) -> None:
         assert ready.json()["health"]["actors"]["http_ingress"]["state"] == "running"
 
 
+async def test_readyz_reveals_no_error_text(deps: Deps, db: Database) -> None:
+    """Defect 9: an actor's last error (a DSN, a host, a password prompt) stayed public."""
+    with trio.fail_after(20):
+        deps.health.set_state("listener", "backoff")
+        deps.health.record_crash("listener", "connect to db.internal:5432 as paymentd failed")
+        async with serving(deps) as client:
+            response = await client.get("/readyz")
+        problem = assert_problem(response, 503)
+        assert problem["health"]["actors"] == {"listener": {"state": "backoff"}}
+        assert "db.internal" not in response.text
+
+
 async def test_metrics_show_the_webhook_counter(deps: Deps, db: Database) -> None:
     with trio.fail_after(20):
         async with serving(deps) as client:

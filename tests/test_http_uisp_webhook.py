@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -173,6 +174,84 @@ async def test_malformed_bodies_are_refused_and_nothing_is_stored(
         assert webhook_count(deps, "bad_request") == 1
 
 
+def _extra(raw_value: str) -> bytes:
+    """A valid event whose extraData carries ``raw_value`` as written (raw JSON text)."""
+    body = json.dumps({**uisp_event(), "extraData": None})
+    return body.replace('"extraData": null', f'"extraData": {{"x": {raw_value}}}').encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        pytest.param(_with("eventName", "pay\x00ment.add"), "eventName", id="nul-in-a-field"),
+        pytest.param(_extra('"a\\u0000b"'), "extraData", id="nul-deep-inside"),
+        pytest.param(_extra('{"k\\u0000": 1}'), "body", id="nul-in-a-key"),
+        pytest.param(_with("entity", "\ud800"), "entity", id="lone-surrogate"),
+        pytest.param(_extra('"\\udfff"'), "extraData", id="lone-low-surrogate-deep"),
+        pytest.param(_extra("1e400"), "body", id="float-overflow"),
+        pytest.param(_extra("-1e400"), "body", id="float-overflow-negative"),
+        pytest.param(_extra("1" * 4301), "body", id="integer-of-4301-digits"),
+        pytest.param(_extra("[" * 5000 + "]" * 5000), "body", id="nested-5000-deep"),
+        pytest.param(_extra("[" * 40 + "]" * 40), "body", id="nested-past-the-limit"),
+    ],
+)
+async def test_bodies_the_database_cannot_store_are_400_not_500(
+    deps: Deps, db: Database, raw: bytes, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 18: these answered 500 with an ERROR traceback."""
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            response = await client.post(
+                WEBHOOK_PATH, content=raw, headers={"Content-Type": "application/json"}
+            )
+        assert assert_problem(response, 400)["field"] == field
+        assert await stored_webhooks(db) == []
+        assert await queued_messages(db) == []
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx", "json"],
+)
+async def test_a_body_that_is_not_declared_json_is_415(
+    deps: Deps, db: Database, content_type: str | None
+) -> None:
+    with trio.fail_after(20):
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        async with serving(deps) as client:
+            response = await client.post(
+                WEBHOOK_PATH, content=json.dumps(uisp_event()).encode(), headers=headers
+            )
+        assert_problem(response, 415)
+        assert response.headers["accept-post"] == "application/json"
+        assert await stored_webhooks(db) == []
+        assert webhook_count(deps, "unsupported_media_type") == 1
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/x+json",
+    ],
+)
+async def test_json_with_or_without_charset_is_accepted(
+    deps: Deps, db: Database, content_type: str
+) -> None:
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            response = await client.post(
+                WEBHOOK_PATH,
+                content=json.dumps(uisp_event()).encode(),
+                headers={"Content-Type": content_type},
+            )
+        assert response.json() == {"status": "queued"}
+        assert len(await stored_webhooks(db)) == 1
+
+
 async def read_response(stream: trio.SocketStream) -> bytes:
     """One HTTP/1.1 response with a Content-Length body, read off a raw stream."""
     raw = b""
@@ -247,7 +326,9 @@ async def test_an_empty_configured_token_disables_the_endpoint(db: Database) -> 
         assert await stored_webhooks(db) == []
 
 
-async def test_an_unreachable_database_answers_503_with_retry_after(db: Database) -> None:
+async def test_an_unreachable_database_answers_503_with_retry_after(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
     with trio.fail_after(20):
         # A pool with no connections yet, pointing at a port nobody listens on: the first
         # acquire fails the way a stopped PostgreSQL does.
@@ -264,4 +345,11 @@ async def test_an_unreachable_database_answers_503_with_retry_after(db: Database
         assert int(response.headers["retry-after"]) > 0
         assert webhook_count(deps, "unavailable") == 1
         problem = assert_problem(ready, 503)
-        assert problem["database"] != "ok"
+        # Defect 9: the unauthenticated probe said what the driver said (host, port,
+        # errno); now that goes to the log only.
+        assert problem["database"] == "unavailable"
+        assert str(port) not in ready.text
+        assert "onnect" not in ready.text
+        assert any(
+            "/readyz" in r.getMessage() and str(port) in r.getMessage() for r in caplog.records
+        )
