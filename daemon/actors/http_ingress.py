@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 ERROR_LOGGER = "daemon.platform.http.server"
 ACCESS_LOGGER = "daemon.platform.http.access"
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
+# How long a new or kept-alive connection may take to send a complete set of headers,
+# and how large they may be (hypercorn's defaults, pinned because defect 19 relies on them).
+HEADER_TIMEOUT_SECONDS = 5.0
+MAX_HEADER_BYTES = 16 * 1024
 
 
 class AccessLogger(HyperLogger):
@@ -70,7 +74,11 @@ def hypercorn_config(config: Config) -> HyperConfig:
     hyper.errorlog = logging.getLogger(ERROR_LOGGER)
     hyper.logger_class = AccessLogger
     # No read_timeout: it would also cut SSE clients, which send nothing while listening.
-    # Quart enforces http.max_body_bytes (413 problem) and its own body timeout.
+    # Headers are bounded by these two instead (a connection stays "idle", and so subject
+    # to keep_alive_timeout, until its request's headers are complete); bodies by Quart
+    # (http.max_body_bytes, BODY_TIMEOUT) and daemon.platform.http.slowclients.
+    hyper.keep_alive_timeout = HEADER_TIMEOUT_SECONDS
+    hyper.h11_max_incomplete_size = MAX_HEADER_BYTES
     hyper.include_server_header = False  # no version banner for scanners
     return hyper
 

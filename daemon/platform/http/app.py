@@ -40,6 +40,7 @@ from daemon.platform.http.problem import (
     problem,
 )
 from daemon.platform.http.requestid import RequestIdMiddleware
+from daemon.platform.http.slowclients import BODY_TIMEOUT_SECONDS, ShieldFinalSend
 from daemon.uisp import intake
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     app = QuartTrio("paymentd", static_folder=None)
     app.json = JSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = deps.config.http.max_body_bytes
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_SECONDS
     # Trailing-slash and double-slash "fixes" answer with HTML redirects; we want plain 404s.
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
@@ -84,7 +86,8 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     app.register_blueprint(admin.blueprint(deps, stop))
     app.register_blueprint(health.blueprint(deps))
     _register_error_handlers(app)
-    app.asgi_app = RequestIdMiddleware(app.asgi_app)  # type: ignore[method-assign]
+    # Outermost: the request id, so even the shielded final send carries it.
+    app.asgi_app = RequestIdMiddleware(ShieldFinalSend(app.asgi_app))  # type: ignore[method-assign]
     return app
 
 
