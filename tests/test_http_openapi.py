@@ -83,6 +83,7 @@ async def test_the_document_shows_shapes_scopes_and_problem_types(deps: Deps) ->
         body = document["components"]["schemas"].get(body.get("$ref", "").rsplit("/", 1)[-1], body)
         assert {"uuid", "eventName", "entity", "changeType"} <= set(body["required"])
         assert "415" in webhook["post"]["responses"]
+        assert webhook["post"]["requestBody"]["required"] is True
         assert "security" not in webhook["post"]
 
         events = document["paths"]["/api/v1/events"]["get"]["responses"]["200"]["content"]

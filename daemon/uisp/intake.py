@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 from quart import Blueprint, Response, request
@@ -50,28 +51,49 @@ from daemon.platform.http.problem import (
 log = logging.getLogger(__name__)
 
 SOURCE = "uisp"
-_DIGITS = re.compile(r"[0-9]{1,19}")
+_DIGITS = re.compile(r"[0-9]{1,18}")
 # Every other method is routed to a hidden twin of the route, so that a wrong token gives
 # 404 rather than a 405 that would confirm the path exists.
 _OTHER_METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"]
 Text = Annotated[str, StringConstraints(strict=True, min_length=1)]
+# What entityId accepts, for the document (the validator below says the same in code):
+# UISP sends an integer; some emulators a string of digits (at most 18, so that any such
+# string fits a bigint); only the test event may leave it out or send null.
+_ENTITY_ID_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": BIGINT_MAX},
+        {"type": "string", "pattern": f"^{_DIGITS.pattern}$"},
+        {"type": "null"},
+    ]
+}
+_NOT_TEST = {"not": {"const": "test"}}
+_ENTITY_ID_UNLESS_TEST: dict[str, Any] = {
+    "if": {
+        "properties": {"eventName": _NOT_TEST, "changeType": _NOT_TEST},
+        "required": ["eventName", "changeType"],
+    },
+    "then": {
+        "required": ["entityId"],
+        "properties": {"entityId": {"anyOf": _ENTITY_ID_SCHEMA["anyOf"][:2]}},
+    },
+}
 
 
 class UispWebhookBody(BaseModel):
     """A UISP CRM webhook (shared/reference/uisp.md); other members are kept as sent."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_ENTITY_ID_UNLESS_TEST)
 
     uuid: uuid.UUID
     eventName: Text
     entity: Text
     changeType: Text
     # Declared after eventName and changeType: its validator reads them (test events).
-    entityId: Annotated[int | None, Field(strict=True, ge=0, le=BIGINT_MAX)] = Field(
-        default=None,
-        description="UISP sends an integer; some emulators a string of digits."
-        " Only the test event may omit it.",
-    )
+    entityId: Annotated[
+        int | None,
+        Field(strict=True, ge=0, le=BIGINT_MAX),
+        WithJsonSchema(_ENTITY_ID_SCHEMA),
+    ] = None
     extraData: dict[str, Any] | None = None
 
     @field_validator("entityId", mode="before")

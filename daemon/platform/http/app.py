@@ -99,6 +99,9 @@ class Provider(OpenAPIProvider):
         media = schema.media_types_of(self._app.view_functions[rule.endpoint])
         for operations in paths.values():
             for operation in operations.values():
+                if "requestBody" in operation:
+                    # Every body we declare is required; quart-schema leaves that out.
+                    operation["requestBody"]["required"] = True
                 for code, response in operation.get("responses", {}).items():
                     content = response.get("content", {})
                     status = int(code)
