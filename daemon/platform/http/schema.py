@@ -129,7 +129,11 @@ def parse_json(raw: bytes) -> Any:
         raise BadBody("body", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadBody("body", f"the body is nested more than {MAX_DEPTH} levels deep") from None
-    _check_tree(document)
+    # The walk is only needed when the text could hold what it looks for: \u0000 and lone
+    # surrogates can only arrive as \u escapes (raw ones are not valid JSON or UTF-8),
+    # and a document cannot nest deeper than it has brackets. Most bodies skip it.
+    if "\\u" in text or text.count("{") + text.count("[") > MAX_DEPTH:
+        _check_tree(document)
     return document
 
 
