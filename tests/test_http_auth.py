@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+from quart import Blueprint
 
 from daemon.cli import main
 from daemon.platform import auth
 from daemon.platform.config import HttpConfig
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
+from daemon.platform.http import create_app
 from tests.http_fixtures import (
     ADMIN,
     assert_problem,
@@ -142,3 +148,47 @@ def test_the_cli_creates_lists_and_revokes_keys(
         main(["apikey", "create", "--config", config, "--name", "x", "--scope", "root"])
     assert exit_.value.code == 2
     assert "invalid choice: 'root'" in capsys.readouterr().err
+
+
+async def test_a_route_declares_its_scope_and_gets_only_callers_holding_it(
+    deps: Deps, db: Database
+) -> None:
+    """``Guard.require``, as the payments API will use it, on the real app over HTTP."""
+    app = create_app(deps)
+    guard = auth.Guard(deps)
+    bp = Blueprint("payments_probe", __name__)
+
+    @bp.get("/api/v1/payments-probe")
+    @guard.require(auth.PAYMENTS_READ)
+    async def probe() -> dict[str, str]:
+        return {"caller": str(auth.current_principal())}
+
+    app.register_blueprint(bp)
+    reader = await auth.create_key(db, "reader", [auth.PAYMENTS_READ])
+    admin = await auth.create_key(db, "admin", [auth.ADMIN])
+    config = HyperConfig()
+    config.bind = ["127.0.0.1:0"]
+    shutdown = trio.Event()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            [base] = await nursery.start(
+                partial(serve, app, config, shutdown_trigger=shutdown.wait)
+            )
+            async with httpx.AsyncClient(base_url=base) as client:
+                ok = await client.get("/api/v1/payments-probe", headers=bearer(reader.key))
+                wrong_scope = await client.get("/api/v1/payments-probe", headers=bearer(admin.key))
+                token = await client.get("/api/v1/payments-probe", headers=ADMIN)
+                anonymous = await client.get("/api/v1/payments-probe")
+                document = (await client.get("/openapi.json")).json()
+            shutdown.set()
+    assert ok.json() == {"caller": f"API key {reader.id} (reader)"}
+    assert assert_problem(wrong_scope, 403)["scope"] == "payments:read"
+    assert token.json() == {"caller": "the admin token"}
+    assert_problem(anonymous, 401)
+    operation = document["paths"]["/api/v1/payments-probe"]["get"]
+    assert operation["security"] == [{"bearer": ["payments:read"]}]
+
+
+def test_a_created_key_never_shows_in_a_repr() -> None:
+    created = auth.CreatedKey("0123456789ab", "n", ["admin"], "pd_0123456789ab_" + "s" * 43)
+    assert "s" * 43 not in repr(created)

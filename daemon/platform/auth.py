@@ -29,7 +29,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar, cast
 
@@ -80,7 +80,7 @@ class CreatedKey:
     id: str
     name: str
     scopes: list[str]
-    key: str  # shown once, never stored
+    key: str = field(repr=False)  # shown once, never stored, never in a repr
 
 
 def _digest(secret: str) -> bytes:

@@ -216,7 +216,7 @@ def blueprint(deps: Deps) -> Blueprint:
             return not_found()
         return problem(405, f"{request.method} is not allowed here", headers={"Allow": "POST"})
 
-    @bp.post("/webhooks/uisp/<token>")
+    @bp.post("/webhooks/uisp/<token>", provide_automatic_options=False)
     @schema.declare(
         request=UispWebhookBody,
         responses={
