@@ -57,7 +57,8 @@ def make_config(
     return Config().replace(
         daemon=DaemonConfig(shutdown_grace_seconds=3, restart_backoff_min_seconds=0.1),
         # The default notify throttle: the consumers' re-read after it is exercised too.
-        database=DatabaseConfig(url=db_url, pool_min=1, pool_max=6),
+        # A short lease: a SIGKILLed daemon's messages run again 3 s later.
+        database=DatabaseConfig(url=db_url, pool_min=1, pool_max=6, visibility_timeout_seconds=3),
         http=HttpConfig(port=port, admin_token=ADMIN_TOKEN),
         uisp=UispConfig(base_url=fake_url, app_key="app-key", webhook_token=WEBHOOK_TOKEN, **uisp),
         olt=OltConfig(

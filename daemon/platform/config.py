@@ -83,6 +83,9 @@ class UispConfig:
     # Service custom attribute keys that say where the subscriber's ONU is.
     olt_attribute: str = "oltName"
     onu_attribute: str = "onuPort"  # value "frame/slot/port:onu", e.g. "0/1/3:12"
+    # While UISP is unreachable a webhook is retried (5 s doubling to 30 min) this long
+    # after it was queued before it is marked failed (a redelivery or replay re-queues it).
+    retry_for_seconds: float = 3 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,14 @@ class SmsConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    # Stored webhooks, task history, dead letters and PGMQ archives older than this go.
+    keep_days: int = 90
+    batch_size: int = 1000  # rows per DELETE, so no statement holds locks for long
+    interval_seconds: float = 3600.0  # how often the retention job runs
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -132,6 +143,7 @@ class Config:
     uisp: UispConfig = field(default_factory=UispConfig)
     olt: OltConfig = field(default_factory=OltConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: str = "<defaults>"
 
     def replace(self, **sections: Any) -> Config:
@@ -146,6 +158,7 @@ SECTIONS: dict[str, type[Any]] = {
     "uisp": UispConfig,
     "olt": OltConfig,
     "sms": SmsConfig,
+    "retention": RetentionConfig,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -248,6 +261,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError("database.visibility_timeout_seconds: must be at least 1")
     if cfg.olt.idle_close_seconds <= 0:
         raise ConfigError("olt.idle_close_seconds: must be more than 0")
+    if cfg.retention.keep_days < 1 or cfg.retention.batch_size < 1:
+        raise ConfigError("retention.keep_days / retention.batch_size: must be at least 1")
+    if cfg.retention.interval_seconds <= 0 or cfg.uisp.retry_for_seconds <= 0:
+        raise ConfigError("retention.interval_seconds / uisp.retry_for_seconds: must be > 0")
     if cfg.olt.max_attempts < 1 or cfg.sms.max_attempts < 1:
         raise ConfigError("olt.max_attempts / sms.max_attempts: must be at least 1")
     try:

@@ -171,7 +171,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
         state, limit, before_id = parse_list_query(request.args)
         rows = await tasks.list_recent(deps.db, state=state, limit=limit, before_id=before_id)
         # Keyset pagination: pass next_before_id back as before_id for the next page.
-        next_before_id = rows[-1]["id"] if len(rows) == limit else None
+        next_before_id = rows[-1].id if len(rows) == limit else None
         return json_response({"tasks": rows, "next_before_id": next_before_id})
 
     @bp.get("/tasks/<int:task_id>")
@@ -181,7 +181,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
         task = await tasks.get(deps.db, task_id)
         if task is None:
             raise _task_not_found(task_id)
-        return json_response(task)
+        return json_response(task.as_json())
 
     @bp.post("/tasks/<int:task_id>/retry")
     async def retry_task(task_id: int) -> Response:
@@ -195,7 +195,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
             raise Problem(409, str(exc), state=exc.state) from None
         log.info("task %d put back in the queue by an admin", task_id)
         deps.events.publish("task.retry_requested", task_id=task_id)
-        return json_response(dict(row), status=202)
+        return json_response(row, status=202)
 
     @bp.get("/queues")
     async def list_queues() -> Response:

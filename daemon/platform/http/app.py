@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 
 from daemon.platform.db import DatabaseError
 from daemon.platform.deps import Deps
-from daemon.platform.http import admin, health
+from daemon.platform.http import admin, health, operations
 from daemon.platform.http.problem import (
     JSONProvider,
     Problem,
@@ -54,6 +54,7 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     stop = shutdown if shutdown is not None else trio.Event()
     app.register_blueprint(intake.blueprint(deps))
     app.register_blueprint(admin.blueprint(deps, stop))
+    app.register_blueprint(operations.blueprint(deps))
     app.register_blueprint(health.blueprint(deps))
     _register_error_handlers(app)
     return app
