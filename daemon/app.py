@@ -41,7 +41,7 @@ from daemon.platform.health import Health
 from daemon.platform.metrics import Metrics
 from daemon.platform.migrate import migrate
 from daemon.platform.sdnotify import SystemdNotifier, watchdog_loop
-from daemon.platform.secrets import SecretBox, load_key, verify_key
+from daemon.platform.secrets import SecretBox, load_keyring, verify_key
 from daemon.platform.supervisor import supervise
 from daemon.uisp.client import UispClient
 
@@ -68,10 +68,14 @@ async def run_daemon(
 ) -> None:
     env = os.environ if env is None else env
     shutdown = shutdown or trio.Event()
-    box = SecretBox(load_key(cfg.olt))
+    box = load_keyring(cfg.secrets)
     if cfg.daemon.migrate_on_start:
         report = await trio.to_thread.run_sync(
-            partial(migrate, cfg.database.url, notify_throttle_ms=cfg.database.notify_throttle_ms)
+            partial(
+                migrate,
+                cfg.database.url.reveal(),
+                notify_throttle_ms=cfg.database.notify_throttle_ms,
+            )
         )
         log.info(
             "database ready: migrations %s, pgmq %s", report.applied or "up to date", report.pgmq
@@ -93,7 +97,7 @@ async def _with_bridge(
         # an asyncssh channel) would otherwise tear down the whole bridge: log it instead.
         loop.set_exception_handler(_log_asyncio_error)
         async with Database.open(
-            cfg.database.url,
+            cfg.database.url.reveal(),
             min_size=cfg.database.pool_min,
             max_size=cfg.database.pool_max,
             command_timeout=cfg.database.command_timeout_seconds,

@@ -76,7 +76,7 @@ async def run(
     while True:
         lost_send, lost_recv = trio.open_memory_channel[str](1)
         try:
-            conn = await dbmod.connect(cfg.url)
+            conn = await dbmod.connect(cfg.url.reveal())
         except dbmod.DatabaseError as exc:
             if not started:
                 raise

@@ -10,11 +10,11 @@ import argparse
 import sys
 
 from daemon import __version__
-from daemon.cli import olt, service, sim
+from daemon.cli import olt, secrets, service, sim
 from daemon.cli.common import UserError
 from daemon.platform.config import ConfigError
 
-GROUPS = (service, olt, sim)
+GROUPS = (service, olt, secrets, sim)
 
 
 def build_parser() -> argparse.ArgumentParser:
