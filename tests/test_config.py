@@ -197,6 +197,13 @@ def test_the_old_olt_key_settings_still_work_with_a_notice(tmp_path: Path) -> No
             {"secrets": {"key_file": "/etc/paymentd/secret.key"}},
             env={"PAYMENTD_OLT_KEY_FILE": "/run/k"},
         )
+    # The old example's lines (defaults) do not contradict a [secrets] key set elsewhere.
+    cfg = config.from_mapping(
+        {"olt": {"key_file": "/etc/paymentd/secret.key", "key": ""}},
+        env={"PAYMENTD_SECRETS_KEY_FILE": "/run/new.key"},
+    )
+    assert cfg.secrets.key_file == "/run/new.key" and not cfg.secrets.key
+    assert len(cfg.notices) == 2
     assert config.from_mapping({}, env={}).notices == ()
 
 

@@ -193,3 +193,6 @@ async def test_cli_secrets_rotate_and_status(db: Database, db_url: str, tmp_path
         assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
         assert key_id(KEY_B) in wrong.stderr and "secrets.old_key_files" in wrong.stderr
         assert KEY_A.hex() not in wrong.stderr + wrong.stdout
+        status = await trio.to_thread.run_sync(_cli, "secrets", "status", "--config", str(cfg))
+        assert status.returncode == 2
+        assert f"key id {key_id(KEY_B)} (NOT IN THE KEYRING)" in status.stdout

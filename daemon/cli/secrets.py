@@ -57,7 +57,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     stale = sum(n for k, n in totals.items() if k != ring.key_id)
     if missing:
         print(f"missing keys: {', '.join(missing)}: add them to secrets.old_key_files")
-        return 1
+        return 2
     if stale:
         print(f"{stale} secret(s) not under the current key: run 'paymentd secrets rotate'")
     return 0

@@ -454,12 +454,18 @@ def _merge(
             new = _DEPRECATED[old]
             new_key = new.split(".")[1]
             how = sources.origin.get(old, f"[olt] {old.split('.')[1]}")
-            if new_key in secrets and secrets[new_key] != value:
+            # Configs copied from the old example list [olt] key_file / key with their
+            # defaults: those say nothing, so they cannot contradict the [secrets] ones.
+            default = getattr(SecretsConfig(), new_key)
+            default_text = default.reveal() if isinstance(default, Secret) else default
+            says_nothing = value in ("", default_text)
+            if new_key in secrets and secrets[new_key] != value and not says_nothing:
                 raise ConfigError(
                     f"{old}{sources.suffix(old)}: deprecated, and {new}"
                     f"{sources.suffix(new)} is set to something else; keep only {new}"
                 )
-            secrets[new_key] = value
+            if new_key not in secrets:
+                secrets[new_key] = value
             if old in sources.origin:
                 sources.origin[new] = sources.origin[old]
             notices.append(
