@@ -43,7 +43,7 @@ from daemon.platform.health import Health
 from daemon.platform.metrics import Metrics
 from daemon.platform.migrate import migrate
 from daemon.platform.sdnotify import SystemdNotifier, watchdog_loop
-from daemon.platform.secrets import SecretBox, load_key, verify_key
+from daemon.platform.secrets import load_keyring, verify_key
 from daemon.platform.supervisor import supervise
 
 log = logging.getLogger("paymentd")
@@ -75,12 +75,12 @@ async def run_daemon(
 ) -> None:
     env = os.environ if env is None else env
     shutdown = shutdown or trio.Event()
-    box = SecretBox(load_key(cfg.olt))
+    box = load_keyring(cfg.secrets)
     if cfg.daemon.migrate_on_start:
         report = await trio.to_thread.run_sync(
             partial(
                 migrate,
-                cfg.database.url,
+                cfg.database.url.reveal(),
                 queue_names=wiring.QUEUE_NAMES,
                 notify_throttle_ms=cfg.database.notify_throttle_ms,
             )
@@ -94,7 +94,7 @@ async def run_daemon(
             # an asyncssh channel) would otherwise tear down the whole bridge: log it.
             loop.set_exception_handler(_log_asyncio_error)
             async with Database.open(
-                cfg.database.url,
+                cfg.database.url.reveal(),
                 min_size=cfg.database.pool_min,
                 max_size=cfg.database.pool_max,
                 command_timeout=cfg.database.command_timeout_seconds,
@@ -169,7 +169,8 @@ async def _worker_group(
     while True:
         wait = LOCK_WAIT_AGAIN_SECONDS if started else LOCK_WAIT_START_SECONDS
         try:
-            async with instance_lock.hold(cfg.database.url, wait_seconds=wait) as lost:
+            url = cfg.database.url.reveal()
+            async with instance_lock.hold(url, wait_seconds=wait) as lost:
                 async with trio.open_nursery() as group:
                     group.start_soon(_cancel_when_set, lost, group.cancel_scope)
                     await group.start(
@@ -178,7 +179,7 @@ async def _worker_group(
                         partial(
                             listener.run,
                             listener.ListenerDeps(
-                                cfg.database.url,
+                                url,
                                 wiring.QUEUE_NAMES,
                                 wakeups,
                                 deps.metrics,

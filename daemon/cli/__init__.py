@@ -10,11 +10,11 @@ import argparse
 import sys
 
 from daemon import __version__
-from daemon.cli import olt, operations, service, sim
+from daemon.cli import olt, operations, secrets, service, sim
 from daemon.cli.common import UserError
 from daemon.platform.config import ConfigError
 
-GROUPS = (service, olt, operations, sim)
+GROUPS = (service, olt, secrets, operations, sim)
 
 
 def build_parser() -> argparse.ArgumentParser:

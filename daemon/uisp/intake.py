@@ -175,7 +175,7 @@ def blueprint(deps: Deps) -> Blueprint:
 
     @bp.route("/webhooks/uisp/<token>", methods=_METHODS, provide_automatic_options=False)
     async def uisp_webhook(token: str) -> Response:
-        expected = deps.config.uisp.webhook_token
+        expected = deps.config.uisp.webhook_token.reveal()
         # Compare bytes: compare_digest refuses non-ASCII str, and the path is user input.
         if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
             count("not_found")

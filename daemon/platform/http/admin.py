@@ -40,7 +40,7 @@ KEEPALIVE_SECONDS = 15.0
 
 def check_bearer(deps: Deps, authorization: str | None) -> None:
     """Raise a 401/503 ``Problem`` unless ``authorization`` carries the admin token."""
-    expected = deps.config.http.admin_token
+    expected = deps.config.http.admin_token.reveal()
     if not expected:
         raise Problem(503, "admin API disabled: set http.admin_token")
     scheme, _, token = (authorization or "").partition(" ")
