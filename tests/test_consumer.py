@@ -148,3 +148,58 @@ async def test_a_poison_message_is_archived_with_its_outcome_recorded(db: Databa
     assert not called
     assert recorded == [31]
     assert await db.fetchval("SELECT count(*) FROM pgmq.a_sms WHERE msg_id = $1", msg_id) == 1
+
+
+async def test_an_unexpected_exception_costs_a_short_backoff_not_the_lease(db: Database) -> None:
+    """Was 1,500 s for the reconnect queue: a crash now costs about a second."""
+    await queues.send(db, SMS_QUEUE, {"n": 1})
+    seen: list[float] = []
+    done = trio.Event()
+
+    async def handler(msg: Message, lease: Lease) -> None:
+        seen.append(trio.current_time())
+        if msg.read_ct == 1:
+            raise RuntimeError("unexpected")
+        await queues.archive(db, SMS_QUEUE, msg.msg_id)
+        done.set()
+
+    # A 60 s lease: if the crash left the message invisible for the lease, this times out.
+    with trio.fail_after(15):
+        async with consuming(db, ConsumerSettings(SMS_QUEUE, lease_seconds=60), handler, Metrics()):
+            await done.wait()
+    assert len(seen) == 2
+
+
+async def test_a_handler_longer_than_its_lease_keeps_its_message(db: Database) -> None:
+    """The keeper extends the lease: no second delivery while the first still works."""
+    await queues.send(db, SMS_QUEUE, {"n": 1})
+    deliveries: list[int] = []
+
+    async def handler(msg: Message, lease: Lease) -> None:
+        deliveries.append(msg.read_ct)
+        await trio.sleep(3.5)  # more than three leases of 1 s
+        await queues.archive(db, SMS_QUEUE, msg.msg_id)
+
+    with trio.fail_after(15):
+        async with consuming(db, ConsumerSettings(SMS_QUEUE, lease_seconds=1), handler, Metrics()):
+            await trio.sleep(4.5)
+    assert deliveries == [1]
+    assert await db.fetchval("SELECT count(*) FROM pgmq.q_sms") == 0
+
+
+async def test_a_message_held_by_a_killed_consumer_runs_again_one_lease_later(
+    db: Database,
+) -> None:
+    """SIGKILL after the read, before the handler touched its row: one lease, not more."""
+    await queues.send(db, SMS_QUEUE, {"n": 1})
+    [orphan] = await queues.read(db, SMS_QUEUE, 2, 1)  # the dead process's read
+    done = trio.Event()
+
+    async def handler(msg: Message, lease: Lease) -> None:
+        await queues.archive(db, SMS_QUEUE, msg.msg_id)
+        done.set()
+
+    with trio.fail_after(10):
+        async with consuming(db, ConsumerSettings(SMS_QUEUE, lease_seconds=2), handler, Metrics()):
+            await done.wait()
+    assert orphan.read_ct == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -27,6 +28,12 @@ ANA_ONU = OnuRef(0, 1, 3, 7)
 async def w(db_url: str, tmp_path: Path, aio_loop: None) -> AsyncIterator[World]:
     async with world(db_url, tmp_path) as running_world:
         yield running_world
+
+
+def _suspend_cancel(w: World) -> dict[str, Any]:
+    bodies = [d["body"] for d in w.fake.deliveries]
+    body: dict[str, Any] = next(b for b in bodies if b["eventName"] == "service.suspend_cancel")
+    return body
 
 
 async def _webhook_state(db: Database, uuid: str) -> str | None:
