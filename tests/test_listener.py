@@ -17,8 +17,10 @@ from daemon.platform.consumer import Wakeups
 from daemon.platform.db import Database
 from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
+from daemon.platform.migrate import migrate
 from daemon.uisp.webhooks import QUEUE as UISP_QUEUE
 from daemon.wiring import QUEUE_NAMES
+from tests.private_pg import private_pg
 
 
 def make_deps(db: Database, wakeups: Wakeups, safety_poll_seconds: float = 300.0) -> ListenerDeps:
@@ -129,3 +131,31 @@ async def test_safety_tick_wakes_only_the_queue_with_unannounced_work(db: Databa
     # Nobody else was woken by the ticks.
     with pytest.raises(trio.WouldBlock):
         wakeups.receiver(RECONNECT_QUEUE).receive_nowait()
+
+
+async def test_after_a_real_server_crash_inserts_notify_again(aio_loop: None) -> None:
+    """PostgreSQL crash-restarts: PGMQ's UNLOGGED throttle table comes back empty and its
+    trigger would never notify again; the listener re-arms it when it reconnects."""
+    with private_pg() as server:
+        migrate(server.url, notify_throttle_ms=0)
+        wakeups = Wakeups(QUEUE_NAMES)
+        metrics = Metrics()
+        deps = ListenerDeps(server.url, QUEUE_NAMES, wakeups, metrics, EventBus(), 300.0, 0)
+        async with Database.open(server.url, min_size=1, max_size=2) as db:
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(partial(listener.run, deps))
+                    await trio.to_thread.run_sync(server.crash_restart)
+                    while metrics.listener_reconnects._value.get() < 1:  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                    await drain_wake(wakeups, SMS_QUEUE)
+                    wakeups.take_notified(SMS_QUEUE)
+                    t0 = trio.current_time()
+                    await queues.send(db, SMS_QUEUE, {"sms_id": 1})
+                    # A NOTIFY, within the bound; the safety tick is 300 s away.
+                    with trio.fail_after(10):
+                        await wakeups.receiver(SMS_QUEUE).receive()
+                    latency = trio.current_time() - t0
+                    assert wakeups.take_notified(SMS_QUEUE)
+                    nursery.cancel_scope.cancel()
+    print(f"wake-up after the crash restart: {latency * 1000:.1f} ms")
