@@ -47,7 +47,7 @@ from daemon.platform.config import (
     DaemonConfig,
     DatabaseConfig,
     HttpConfig,
-    OltConfig,
+    SecretsConfig,
     SmsConfig,
 )
 from daemon.platform.secrets import keygen
@@ -93,7 +93,7 @@ async def bench(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]
         daemon=DaemonConfig(shutdown_grace_seconds=3),
         database=DatabaseConfig(url=url, safety_poll_seconds=args.tick),
         http=HttpConfig(port=0),
-        olt=OltConfig(key_file=str(key_file)),
+        secrets=SecretsConfig(key_file=str(key_file)),
         sms=SmsConfig(provider="none"),
     )
     admin_url, dbname = _common.server_url(), urlsplit(url).path.lstrip("/")

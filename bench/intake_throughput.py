@@ -47,7 +47,6 @@ import trio_asyncio
 
 from daemon.actors import http_ingress, listener
 from daemon.platform import db as dbmod
-from daemon.platform import queues
 from daemon.platform.config import Config, DatabaseConfig, HttpConfig, UispConfig
 from daemon.platform.consumer import Wakeups
 from daemon.platform.db import Database
@@ -55,8 +54,9 @@ from daemon.platform.deps import Deps
 from daemon.platform.events import EventBus
 from daemon.platform.health import Health
 from daemon.platform.metrics import Metrics
+from daemon.uisp.webhooks import QUEUE as UISP_QUEUE
 
-Q = queues.UISP_EVENTS
+Q = UISP_QUEUE
 TOKEN = "bench-token"
 DEFAULT_THROTTLE = DatabaseConfig().notify_throttle_ms
 

@@ -45,8 +45,9 @@ from daemon.platform.events import EventBus
 from daemon.platform.health import Health
 from daemon.platform.metrics import Metrics
 from daemon.platform.queues import Message
+from daemon.uisp.webhooks import QUEUE as UISP_QUEUE
 
-Q = queues.UISP_EVENTS
+Q = UISP_QUEUE
 
 
 @dataclass

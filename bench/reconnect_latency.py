@@ -49,13 +49,14 @@ from daemon.platform.config import (
     DatabaseConfig,
     HttpConfig,
     OltConfig,
+    SecretsConfig,
     SmsConfig,
     UispConfig,
 )
 from daemon.platform.db import Database
 from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
-from daemon.platform.secrets import SecretBox, keygen, load_key
+from daemon.platform.secrets import SecretBox, keygen, load_keyring
 
 WEBHOOK_TOKEN = "bench-hook"
 PHASES = ("warm sequential", "cold sequential", "warm burst", "cold burst")
@@ -142,9 +143,8 @@ def make_config(db_url: str, tmp: Path, fake_url: str, sink_url: str) -> Config:
         http=HttpConfig(port=0, admin_token="bench-admin"),
         uisp=UispConfig(base_url=fake_url, app_key="app-key", webhook_token=WEBHOOK_TOKEN),
         # idle_close_seconds left at its default (300 s): the warm pool as built.
-        olt=OltConfig(
-            key_file=str(key_file), connect_timeout_seconds=10, command_timeout_seconds=10
-        ),
+        secrets=SecretsConfig(key_file=str(key_file)),
+        olt=OltConfig(connect_timeout_seconds=10, command_timeout_seconds=10),
         sms=SmsConfig(
             base_url=sink_url,
             username="sms-user",
@@ -252,7 +252,7 @@ async def bench(args: argparse.Namespace, db_url: str, tmp: Path) -> int:
         arrivals = Arrivals(sink)
         world.start_soon(arrivals.run)
         cfg = make_config(db_url, tmp, fake_url, sink_url)
-        box = SecretBox(load_key(cfg.olt))
+        box = load_keyring(cfg.secrets)
         async with Database.open(db_url, min_size=1, max_size=2) as db:
             await register(db, box, devices)
             probe = await probe_idle_close_zero(db, box, cfg.olt, devices[0])

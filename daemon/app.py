@@ -1,16 +1,21 @@
 """The composition root: builds the resources and channels, starts the actors.
 
-Nothing else knows the wiring. Start-up order matters:
+Nothing else knows the wiring; what there is to wire is declared in ``daemon.wiring``.
+Start-up order:
 
 1. the key for secrets at rest (a missing or wrong key is a start-up error, never a new key);
-2. migrations (PGMQ installed, queues created, insert-notify re-enabled);
-3. the listener, which takes the single-instance lock and LISTENs;
-4. only then are in-flight messages released (nobody else can be working on them) and
-   the workers started; READY=1 goes to systemd once every actor reported ``started()``.
+2. migrations (PGMQ installed, the declared queues created, insert-notify enabled);
+3. the shared resources (database pool, OLT pool, UISP and SMS clients);
+4. the worker group, under the single-instance lock: the listener, one consumer per
+   declared queue, the scheduler; then the HTTP ingress. READY=1 goes to systemd once
+   every actor reported ``started()``.
 
-Shutdown (SIGTERM/SIGINT or ``shutdown.set()``): STOPPING=1, the HTTP server stops
-accepting, consumers stop reading and finish what they hold, all within
-``daemon.shutdown_grace_seconds``; then the listener and the OLT sessions are closed.
+If the instance lock's connection is lost, the worker group is stopped at once and
+started again when the lock is held again (leases make that safe: an interrupted
+message runs again at most one lease later). Shutdown (SIGTERM/SIGINT or
+``shutdown.set()``): STOPPING=1, the HTTP server stops accepting, consumers stop
+reading and finish what they hold, all within ``daemon.shutdown_grace_seconds``; then
+the listener and the OLT sessions are closed.
 """
 
 from __future__ import annotations
@@ -26,26 +31,27 @@ from typing import Any
 import trio
 import trio_asyncio
 
-from daemon.actors import http_ingress, listener, payment_processor, sms_sender
-from daemon.actors.olt_pool import OltPool, OltPoolSettings
-from daemon.network.devices import load_spec
-from daemon.network.reconnect import ReconnectDeps
-from daemon.notifications.sms import make_provider
-from daemon.platform import queues
+from daemon import wiring
+from daemon.actors import http_ingress, instance_lock, listener, queue_consumer, scheduler
+from daemon.actors.olt_pool import OltPool
 from daemon.platform.config import Config
 from daemon.platform.consumer import Wakeups
-from daemon.platform.db import Database
+from daemon.platform.db import Database, DatabaseError
 from daemon.platform.deps import Deps
 from daemon.platform.events import EventBus
 from daemon.platform.health import Health
 from daemon.platform.metrics import Metrics
 from daemon.platform.migrate import migrate
 from daemon.platform.sdnotify import SystemdNotifier, watchdog_loop
-from daemon.platform.secrets import SecretBox, load_key, verify_key
+from daemon.platform.secrets import load_keyring, verify_key
 from daemon.platform.supervisor import supervise
-from daemon.uisp.client import UispClient
 
 log = logging.getLogger("paymentd")
+
+# Waiting for the instance lock: at start-up a previous daemon's backend may still be
+# exiting; after losing the lock (a database restart) the database may need a while.
+LOCK_WAIT_START_SECONDS = 2.0
+LOCK_WAIT_AGAIN_SECONDS = 10.0
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Running:
     base_url: str
     pool: OltPool
     shutdown: trio.Event
+    resources: wiring.Resources
 
 
 async def run_daemon(
@@ -68,118 +75,172 @@ async def run_daemon(
 ) -> None:
     env = os.environ if env is None else env
     shutdown = shutdown or trio.Event()
-    box = SecretBox(load_key(cfg.olt))
+    box = load_keyring(cfg.secrets)
     if cfg.daemon.migrate_on_start:
         report = await trio.to_thread.run_sync(
-            partial(migrate, cfg.database.url, notify_throttle_ms=cfg.database.notify_throttle_ms)
+            partial(
+                migrate,
+                cfg.database.url.reveal(),
+                queue_names=wiring.QUEUE_NAMES,
+                notify_throttle_ms=cfg.database.notify_throttle_ms,
+            )
         )
         log.info(
             "database ready: migrations %s, pgmq %s", report.applied or "up to date", report.pgmq
         )
     with SystemdNotifier(env) as notifier:
-        await _with_bridge(cfg, box, notifier, shutdown, handle_signals, task_status)
+        async with trio_asyncio.open_loop() as loop:
+            # A stray exception in an asyncio callback (asyncpg after pg_terminate_backend,
+            # an asyncssh channel) would otherwise tear down the whole bridge: log it.
+            loop.set_exception_handler(_log_asyncio_error)
+            async with Database.open(
+                cfg.database.url.reveal(),
+                min_size=cfg.database.pool_min,
+                max_size=cfg.database.pool_max,
+                command_timeout=cfg.database.command_timeout_seconds,
+            ) as db:
+                await verify_key(db, box)
+                metrics = Metrics()
+                health = Health(
+                    cfg.daemon.unhealthy_restarts, cfg.daemon.restart_reset_after_seconds
+                )
+                deps = Deps(cfg, db, metrics, EventBus(), health)
+                async with wiring.open_resources(deps, box) as res:
+                    await _serve(res, notifier, shutdown, handle_signals, task_status)
+    log.info("stopped")
 
 
-async def _with_bridge(
-    cfg: Config,
-    box: SecretBox,
-    notifier: SystemdNotifier,
-    shutdown: trio.Event,
-    handle_signals: bool,
-    task_status: trio.TaskStatus[Running],
-) -> None:
-    async with trio_asyncio.open_loop() as loop:
-        # A stray exception in an asyncio callback (asyncpg after pg_terminate_backend,
-        # an asyncssh channel) would otherwise tear down the whole bridge: log it instead.
-        loop.set_exception_handler(_log_asyncio_error)
-        async with Database.open(
-            cfg.database.url,
-            min_size=cfg.database.pool_min,
-            max_size=cfg.database.pool_max,
-            command_timeout=cfg.database.command_timeout_seconds,
-        ) as db:
-            await verify_key(db, box)
-            await _serve(cfg, db, box, notifier, shutdown, handle_signals, task_status)
+def _supervisor(res: wiring.Resources) -> Any:
+    cfg = res.config.daemon
+    return partial(
+        supervise,
+        health=res.deps.health,
+        metrics=res.deps.metrics,
+        backoff_min=cfg.restart_backoff_min_seconds,
+        backoff_max=cfg.restart_backoff_max_seconds,
+        reset_after=cfg.restart_reset_after_seconds,
+    )
 
 
 async def _serve(
-    cfg: Config,
-    db: Database,
-    box: SecretBox,
+    res: wiring.Resources,
     notifier: SystemdNotifier,
     shutdown: trio.Event,
     handle_signals: bool,
     task_status: trio.TaskStatus[Running],
 ) -> None:
-    metrics = Metrics()
-    health = Health(cfg.daemon.unhealthy_restarts, cfg.daemon.restart_reset_after_seconds)
-    deps = Deps(cfg, db, metrics, EventBus(), health)
-    wakeups = Wakeups()
-    stop = trio.Event()
-    sup = partial(
-        supervise,
-        health=health,
-        metrics=metrics,
-        backoff_min=cfg.daemon.restart_backoff_min_seconds,
-        backoff_max=cfg.daemon.restart_backoff_max_seconds,
-        reset_after=cfg.daemon.restart_reset_after_seconds,
-    )
-    pool = OltPool(
-        OltPoolSettings.from_config(cfg.olt),
-        partial(load_spec, db, box),
-        metrics,
-        deps.events,
-    )
-    uisp = UispClient.from_config(cfg.uisp)
-    provider = make_provider(cfg.sms)
-    processor = payment_processor.ProcessorDeps(
-        deps, uisp, ReconnectDeps(db, pool, cfg.olt, cfg.sms, metrics, deps.events)
-    )
-    try:
-        async with trio.open_nursery() as infra:
-            if handle_signals:
-                infra.start_soon(_signals, shutdown)
-            await infra.start(sup, "listener", partial(listener.run, deps, wakeups))
-            for q in queues.ALL:
-                released = await queues.release_in_flight(db, q)
-                if released:
-                    log.info(
-                        "%s: %d message(s) in flight at the last stop will run again", q, released
+    cfg, deps = res.config, res.deps
+    sup = _supervisor(res)
+    stop = trio.Event()  # workers: read nothing more, finish what you hold
+    async with trio.open_nursery() as infra:
+        if handle_signals:
+            infra.start_soon(_signals, shutdown)
+        await infra.start(sup, "olt_pool", res.pool.run)
+        await infra.start(partial(_worker_group, res, stop))
+        async with trio.open_nursery() as front:
+            base_url = await front.start(
+                sup, "http_ingress", partial(http_ingress.run, deps, shutdown=shutdown)
+            )
+            log.info("paymentd ready on %s", base_url)
+            notifier.ready(status=deps.health.status_line())
+            infra.start_soon(partial(watchdog_loop, notifier, lambda: not deps.health.flapping()))
+            infra.start_soon(_status_updates, notifier, deps.health)
+            task_status.started(Running(deps, base_url, res.pool, shutdown, res))
+            await shutdown.wait()
+            log.info("shutting down (grace %.0f s)", cfg.daemon.shutdown_grace_seconds)
+            notifier.stopping()
+            deps.health.stopping = True
+            stop.set()
+        # The worker group returns once its consumers finished (or the grace ran out).
+        infra.cancel_scope.cancel()
+
+
+async def _worker_group(
+    res: wiring.Resources,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The listener, the consumers and the scheduler, run while the instance lock is held."""
+    cfg, deps = res.config, res.deps
+    sup = _supervisor(res)
+    wakeups = Wakeups(wiring.QUEUE_NAMES)
+    started = False
+    while True:
+        wait = LOCK_WAIT_AGAIN_SECONDS if started else LOCK_WAIT_START_SECONDS
+        try:
+            url = cfg.database.url.reveal()
+            async with instance_lock.hold(url, wait_seconds=wait) as lost:
+                async with trio.open_nursery() as group:
+                    group.start_soon(_cancel_when_set, lost, group.cancel_scope)
+                    await group.start(
+                        sup,
+                        "listener",
+                        partial(
+                            listener.run,
+                            listener.ListenerDeps(
+                                url,
+                                wiring.QUEUE_NAMES,
+                                wakeups,
+                                deps.metrics,
+                                deps.events,
+                                cfg.database.safety_poll_seconds,
+                                cfg.database.notify_throttle_ms,
+                            ),
+                        ),
                     )
-            await infra.start(sup, "olt_pool", pool.run)
-            async with trio.open_nursery() as workers:
-                await workers.start(
-                    sup,
-                    "payment_processor",
-                    partial(payment_processor.run, processor, wakeups, stop),
-                )
-                await workers.start(
-                    sup, "sms_sender", partial(sms_sender.run, deps, provider, wakeups, stop)
-                )
-                base_url = await workers.start(
-                    sup, "http_ingress", partial(http_ingress.run, deps, shutdown=shutdown)
-                )
-                log.info("paymentd ready on %s", base_url)
-                notifier.ready(status=health.status_line())
-                infra.start_soon(partial(watchdog_loop, notifier, lambda: not health.flapping()))
-                infra.start_soon(_status_updates, notifier, health)
-                task_status.started(Running(deps, base_url, pool, shutdown))
-                await shutdown.wait()
-                log.info("shutting down (grace %.0f s)", cfg.daemon.shutdown_grace_seconds)
-                notifier.stopping()
-                health.stopping = True
-                stop.set()
-                wakeups.wake_all()
-                workers.cancel_scope.deadline = (
-                    trio.current_time() + cfg.daemon.shutdown_grace_seconds
-                )
-            infra.cancel_scope.cancel()
-    finally:
-        with trio.move_on_after(5, shield=True):
-            await uisp.aclose()
-            if provider is not None:
-                await provider.aclose()
-    log.info("stopped")
+                    async with trio.open_nursery() as workers:
+                        for decl in wiring.QUEUES:
+                            consumer = queue_consumer.ConsumerDeps(
+                                res.db,
+                                decl.consumer_settings(cfg),
+                                decl.bind(res),
+                                wakeups,
+                                deps.metrics,
+                                stop,
+                            )
+                            await workers.start(
+                                sup, f"consumer:{decl.name}", partial(queue_consumer.run, consumer)
+                            )
+                        await workers.start(
+                            sup,
+                            "scheduler",
+                            partial(
+                                scheduler.run,
+                                scheduler.SchedulerDeps(
+                                    res.db, wiring.jobs(deps), deps.metrics, deps.events, stop
+                                ),
+                            ),
+                        )
+                        if not started:
+                            started = True
+                            task_status.started()
+                        await stop.wait()
+                        wakeups.wake_all()
+                        workers.cancel_scope.deadline = (
+                            trio.current_time() + cfg.daemon.shutdown_grace_seconds
+                        )
+                    group.cancel_scope.cancel()
+                if not lost.is_set():
+                    return  # shut down
+        except DatabaseError as exc:
+            if not started:
+                raise
+            log.warning("instance lock: database unavailable (%s); retrying", exc)
+            await trio.sleep(1)
+            continue
+        if stop.is_set():
+            return
+        log.error(
+            "instance lock lost (database connection gone): workers stopped; "
+            "they start again once the lock is held"
+        )
+        deps.events.publish("instance_lock.lost")
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _log_asyncio_error(_loop: Any, context: dict[str, Any]) -> None:

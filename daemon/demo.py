@@ -28,13 +28,16 @@ from daemon.platform.config import (
     DatabaseConfig,
     HttpConfig,
     OltConfig,
+    Secret,
+    SecretsConfig,
+    SecretUrl,
     SmsConfig,
     UispConfig,
     to_toml,
 )
 from daemon.platform.db import Database
 from daemon.platform.migrate import migrate
-from daemon.platform.secrets import SecretBox, keygen, load_key
+from daemon.platform.secrets import SecretBox, keygen, load_keyring
 from daemon.uisp import client as uisp
 
 log = logging.getLogger(__name__)
@@ -153,29 +156,29 @@ async def run_demo(directory: Path, port: int) -> None:
 
 async def _run(directory: Path, port: int, db_url: str, key_file: Path) -> None:
     cfg = Config().replace(
-        database=DatabaseConfig(url=db_url, safety_poll_seconds=60),
-        http=HttpConfig(port=port, admin_token=ADMIN_TOKEN),
-        uisp=UispConfig(app_key="demo-app-key", webhook_token=WEBHOOK_TOKEN),
+        database=DatabaseConfig(url=SecretUrl(db_url), safety_poll_seconds=60),
+        http=HttpConfig(port=port, admin_token=Secret(ADMIN_TOKEN)),
+        uisp=UispConfig(app_key=Secret("demo-app-key"), webhook_token=Secret(WEBHOOK_TOKEN)),
+        secrets=SecretsConfig(key_file=str(key_file)),
         olt=OltConfig(
-            key_file=str(key_file),
             connect_timeout_seconds=5,
             command_timeout_seconds=10,
             retry_backoff_seconds=2,
         ),
         sms=SmsConfig(
             username="demo@example.com",
-            token="demo-sms-token",
+            token=Secret("demo-sms-token"),
             sender="DemoISP",
             default_country_code="34",
         ),
     )
     await trio.to_thread.run_sync(partial(migrate, db_url))
-    fake = uisp_server.FakeUisp(app_key=cfg.uisp.app_key)
+    fake = uisp_server.FakeUisp(app_key=cfg.uisp.app_key.reveal())
     uisp_server.demo_state(fake)
     devices = simulator.demo_devices()
     align_simulator(fake, devices)
-    sink = sms_sink.SmsSink(username=cfg.sms.username, token=cfg.sms.token)
-    box = SecretBox(load_key(cfg.olt))
+    sink = sms_sink.SmsSink(username=cfg.sms.username, token=cfg.sms.token.reveal())
+    box = load_keyring(cfg.secrets)
     async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
         await nursery.start(partial(simulator.serve, devices))
         fake_url = await nursery.start(uisp_server.serve, fake)
@@ -191,7 +194,7 @@ async def _run(directory: Path, port: int, db_url: str, key_file: Path) -> None:
         )
         cfg = cfg.replace(
             uisp=UispConfig(
-                base_url=fake_url, app_key=cfg.uisp.app_key, webhook_token=WEBHOOK_TOKEN
+                base_url=fake_url, app_key=cfg.uisp.app_key, webhook_token=Secret(WEBHOOK_TOKEN)
             ),
             sms=SmsConfig(
                 base_url=sink_url,

@@ -23,11 +23,12 @@ from daemon.platform.config import (
     DatabaseConfig,
     HttpConfig,
     OltConfig,
+    SecretsConfig,
     SmsConfig,
     UispConfig,
 )
 from daemon.platform.db import Database
-from daemon.platform.secrets import SecretBox, keygen, load_key
+from daemon.platform.secrets import keygen, load_keyring
 
 WEBHOOK_TOKEN = "hook-token"
 ADMIN_TOKEN = "admin-token"
@@ -57,11 +58,12 @@ def make_config(
     return Config().replace(
         daemon=DaemonConfig(shutdown_grace_seconds=3, restart_backoff_min_seconds=0.1),
         # The default notify throttle: the consumers' re-read after it is exercised too.
-        database=DatabaseConfig(url=db_url, pool_min=1, pool_max=6),
+        # A short lease: a SIGKILLed daemon's messages run again 3 s later.
+        database=DatabaseConfig(url=db_url, pool_min=1, pool_max=6, visibility_timeout_seconds=3),
         http=HttpConfig(port=port, admin_token=ADMIN_TOKEN),
         uisp=UispConfig(base_url=fake_url, app_key="app-key", webhook_token=WEBHOOK_TOKEN, **uisp),
+        secrets=SecretsConfig(key_file=str(key_file)),
         olt=OltConfig(
-            key_file=str(key_file),
             connect_timeout_seconds=5,
             command_timeout_seconds=5,
             retry_backoff_seconds=0.5,
@@ -80,7 +82,7 @@ def make_config(
 
 
 async def register(db_url: str, cfg: Config, devices: list[simulator.SimDevice]) -> None:
-    box = SecretBox(load_key(cfg.olt))
+    box = load_keyring(cfg.secrets)
     async with Database.open(db_url, min_size=1, max_size=1) as db:
         for d in devices:
             await olt_store.add_device(

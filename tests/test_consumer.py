@@ -8,11 +8,13 @@ from functools import partial
 
 import trio
 
+from daemon.notifications.messages import QUEUE as SMS_QUEUE
 from daemon.platform import queues
-from daemon.platform.consumer import ConsumerSettings, Handler, Wakeups, consume
+from daemon.platform.consumer import ConsumerSettings, Handler, Lease, Wakeups, consume
 from daemon.platform.db import Conn, Database
 from daemon.platform.metrics import Metrics
 from daemon.platform.queues import Message
+from daemon.wiring import QUEUE_NAMES
 
 
 @asynccontextmanager
@@ -20,7 +22,7 @@ async def consuming(
     db: Database, settings: ConsumerSettings, handler: Handler, metrics: Metrics
 ) -> AsyncIterator[Wakeups]:
     """Run a consumer for the block, then stop it and let its handlers finish."""
-    wakeups, stop = Wakeups(), trio.Event()
+    wakeups, stop = Wakeups(QUEUE_NAMES), trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(
             partial(
@@ -34,81 +36,81 @@ async def consuming(
 
 async def test_drains_backlog_then_handles_woken_work(db: Database) -> None:
     for i in range(25):
-        await queues.send(db, queues.SMS, {"n": i})
+        await queues.send(db, SMS_QUEUE, {"n": i})
     seen: list[int] = []
     done = trio.Event()
 
-    async def handler(msg: Message) -> None:
+    async def handler(msg: Message, lease: Lease) -> None:
         seen.append(msg.message["n"])
-        await queues.archive(db, queues.SMS, msg.msg_id)
+        await queues.archive(db, SMS_QUEUE, msg.msg_id)
         if len(seen) == 26:
             done.set()
 
     with trio.fail_after(10):
         async with consuming(
-            db, ConsumerSettings(queues.SMS, vt_seconds=30), handler, Metrics()
+            db, ConsumerSettings(SMS_QUEUE, lease_seconds=30), handler, Metrics()
         ) as wakeups:
-            await queues.send(db, queues.SMS, {"n": 99})
-            wakeups.wake(queues.SMS)
+            await queues.send(db, SMS_QUEUE, {"n": 99})
+            wakeups.wake(SMS_QUEUE)
             await done.wait()
     assert sorted(seen) == [*range(25), 99]
 
 
 async def test_retry_backoff_is_a_deadline_not_a_poll(db: Database) -> None:
     """A handler that asks for a retry in 1 s runs again ~1 s later with no wake-up at all."""
-    await queues.send(db, queues.SMS, {"n": 1})
+    await queues.send(db, SMS_QUEUE, {"n": 1})
     runs: list[float] = []
     done = trio.Event()
 
-    async def handler(msg: Message) -> None:
+    async def handler(msg: Message, lease: Lease) -> None:
         runs.append(trio.current_time())
         if msg.read_ct == 1:
-            await queues.set_vt(db, queues.SMS, msg.msg_id, 1.0)
+            await queues.set_vt(db, SMS_QUEUE, msg.msg_id, 1.0)
         else:
-            await queues.archive(db, queues.SMS, msg.msg_id)
+            await queues.archive(db, SMS_QUEUE, msg.msg_id)
             done.set()
 
     with trio.fail_after(10):
-        async with consuming(db, ConsumerSettings(queues.SMS, vt_seconds=30), handler, Metrics()):
+        async with consuming(db, ConsumerSettings(SMS_QUEUE, lease_seconds=30), handler, Metrics()):
             await done.wait()
     assert len(runs) == 2
     assert 0.9 <= runs[1] - runs[0] < 3.0
 
 
 async def test_a_crashing_handler_is_retried_after_the_visibility_timeout(db: Database) -> None:
-    await queues.send(db, queues.SMS, {"n": 1})
+    await queues.send(db, SMS_QUEUE, {"n": 1})
     attempts: list[int] = []
     done = trio.Event()
     metrics = Metrics()
 
-    async def handler(msg: Message) -> None:
+    async def handler(msg: Message, lease: Lease) -> None:
         attempts.append(msg.read_ct)
         if msg.read_ct == 1:
             raise RuntimeError("boom")
-        await queues.archive(db, queues.SMS, msg.msg_id)
+        await queues.archive(db, SMS_QUEUE, msg.msg_id)
         done.set()
 
     with trio.fail_after(10):
-        async with consuming(db, ConsumerSettings(queues.SMS, vt_seconds=1), handler, metrics):
+        async with consuming(db, ConsumerSettings(SMS_QUEUE, lease_seconds=1), handler, metrics):
             await done.wait()
     assert attempts == [1, 2]
-    assert metrics.jobs.labels(queues.SMS, "crash")._value.get() == 1
+    assert metrics.jobs.labels(SMS_QUEUE, "crash")._value.get() == 1
 
 
 async def test_concurrency_is_bounded(db: Database) -> None:
     for i in range(12):
-        await queues.send(db, queues.SMS, {"n": i})
+        await queues.send(db, SMS_QUEUE, {"n": i})
     running = 0
     peak = 0
     handled = 0
     done = trio.Event()
 
-    async def handler(msg: Message) -> None:
+    async def handler(msg: Message, lease: Lease) -> None:
         nonlocal running, peak, handled
         running += 1
         peak = max(peak, running)
         await trio.sleep(0.05)
-        await queues.archive(db, queues.SMS, msg.msg_id)
+        await queues.archive(db, SMS_QUEUE, msg.msg_id)
         running -= 1
         handled += 1
         if handled == 12:
@@ -116,33 +118,88 @@ async def test_concurrency_is_bounded(db: Database) -> None:
 
     with trio.fail_after(10):
         async with consuming(
-            db, ConsumerSettings(queues.SMS, vt_seconds=30, concurrency=3), handler, Metrics()
+            db, ConsumerSettings(SMS_QUEUE, lease_seconds=30, concurrency=3), handler, Metrics()
         ):
             await done.wait()
     assert peak == 3
 
 
 async def test_a_poison_message_is_archived_with_its_outcome_recorded(db: Database) -> None:
-    msg_id = await queues.send(db, queues.SMS, {"n": 1})
+    msg_id = await queues.send(db, SMS_QUEUE, {"n": 1})
     await db.execute("UPDATE pgmq.q_sms SET read_ct = 30 WHERE msg_id = $1", msg_id)
     called = False
     recorded: list[int] = []
 
-    async def handler(msg: Message) -> None:
+    async def handler(msg: Message, lease: Lease) -> None:
         nonlocal called
         called = True
 
-    async def on_poison(tx: Conn, msg: Message) -> None:
+    async def on_poison(tx: Conn, msg: Message, reason: str) -> None:
         # Runs in the archiving transaction: a domain row would be marked failed here.
         assert await tx.fetchval("SELECT count(*) FROM pgmq.a_sms") == 0
         recorded.append(msg.read_ct)
 
     metrics = Metrics()
-    settings = ConsumerSettings(queues.SMS, vt_seconds=30, on_poison=on_poison)
+    settings = ConsumerSettings(SMS_QUEUE, lease_seconds=30, on_poison=on_poison)
     with trio.fail_after(10):
         async with consuming(db, settings, handler, metrics):
-            while metrics.jobs.labels(queues.SMS, "poison")._value.get() < 1:  # noqa: ASYNC110
+            while metrics.jobs.labels(SMS_QUEUE, "poison")._value.get() < 1:  # noqa: ASYNC110
                 await trio.sleep(0.02)
     assert not called
     assert recorded == [31]
     assert await db.fetchval("SELECT count(*) FROM pgmq.a_sms WHERE msg_id = $1", msg_id) == 1
+
+
+async def test_an_unexpected_exception_costs_a_short_backoff_not_the_lease(db: Database) -> None:
+    """Was 1,500 s for the reconnect queue: a crash now costs about a second."""
+    await queues.send(db, SMS_QUEUE, {"n": 1})
+    seen: list[float] = []
+    done = trio.Event()
+
+    async def handler(msg: Message, lease: Lease) -> None:
+        seen.append(trio.current_time())
+        if msg.read_ct == 1:
+            raise RuntimeError("unexpected")
+        await queues.archive(db, SMS_QUEUE, msg.msg_id)
+        done.set()
+
+    # A 60 s lease: if the crash left the message invisible for the lease, this times out.
+    with trio.fail_after(15):
+        async with consuming(db, ConsumerSettings(SMS_QUEUE, lease_seconds=60), handler, Metrics()):
+            await done.wait()
+    assert len(seen) == 2
+
+
+async def test_a_handler_longer_than_its_lease_keeps_its_message(db: Database) -> None:
+    """The keeper extends the lease: no second delivery while the first still works."""
+    await queues.send(db, SMS_QUEUE, {"n": 1})
+    deliveries: list[int] = []
+
+    async def handler(msg: Message, lease: Lease) -> None:
+        deliveries.append(msg.read_ct)
+        await trio.sleep(3.5)  # more than three leases of 1 s
+        await queues.archive(db, SMS_QUEUE, msg.msg_id)
+
+    with trio.fail_after(15):
+        async with consuming(db, ConsumerSettings(SMS_QUEUE, lease_seconds=1), handler, Metrics()):
+            await trio.sleep(4.5)
+    assert deliveries == [1]
+    assert await db.fetchval("SELECT count(*) FROM pgmq.q_sms") == 0
+
+
+async def test_a_message_held_by_a_killed_consumer_runs_again_one_lease_later(
+    db: Database,
+) -> None:
+    """SIGKILL after the read, before the handler touched its row: one lease, not more."""
+    await queues.send(db, SMS_QUEUE, {"n": 1})
+    [orphan] = await queues.read(db, SMS_QUEUE, 2, 1)  # the dead process's read
+    done = trio.Event()
+
+    async def handler(msg: Message, lease: Lease) -> None:
+        await queues.archive(db, SMS_QUEUE, msg.msg_id)
+        done.set()
+
+    with trio.fail_after(10):
+        async with consuming(db, ConsumerSettings(SMS_QUEUE, lease_seconds=2), handler, Metrics()):
+            await done.wait()
+    assert orphan.read_ct == 1

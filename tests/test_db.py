@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from daemon.notifications.messages import QUEUE as SMS_QUEUE
 from daemon.platform import queues
 from daemon.platform.db import Database
 
@@ -34,11 +35,11 @@ async def test_an_exception_rolls_back_and_a_commit_commits(db: Database) -> Non
     with trio.fail_after(10):
         with pytest.raises(ZeroDivisionError):
             async with db.transaction() as tx:
-                await queues.send(tx, queues.SMS, {"n": 1})
+                await queues.send(tx, SMS_QUEUE, {"n": 1})
                 _ = 1 / 0
         async with db.transaction() as tx:
-            await queues.send(tx, queues.SMS, {"n": 2})
-        assert [m.message for m in await queues.read(db, queues.SMS, 30, 10)] == [{"n": 2}]
+            await queues.send(tx, SMS_QUEUE, {"n": 2})
+        assert [m.message for m in await queues.read(db, SMS_QUEUE, 30, 10)] == [{"n": 2}]
 
 
 async def test_a_refused_commit_raises_and_keeps_the_pool_usable(

@@ -16,12 +16,16 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.actors import http_ingress
+from daemon.network.tasks import QUEUE as RECONNECT_QUEUE
+from daemon.notifications.messages import QUEUE as SMS_QUEUE
 from daemon.platform import queues
 from daemon.platform.config import DaemonConfig, HttpConfig
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
 from daemon.platform.events import EventBus
 from daemon.platform.http.admin import EventStream
+from daemon.uisp.webhooks import QUEUE as UISP_QUEUE
+from daemon.wiring import QUEUE_NAMES
 from tests.http_fixtures import (
     ADMIN,
     WEBHOOK_PATH,
@@ -161,7 +165,7 @@ async def test_a_failed_task_can_be_retried_once(deps: Deps, db: Database) -> No
             0,
             None,
         )
-        [message] = await queues.read(db, queues.RECONNECT, 30, 10)
+        [message] = await queues.read(db, RECONNECT_QUEUE, 30, 10)
         assert message.message == {"task_id": task_id}
         problem = assert_problem(again, 409)
         assert problem["state"] == "queued"
@@ -175,17 +179,17 @@ async def test_queue_statistics_and_gauges(deps: Deps, db: Database) -> None:
             await client.post(WEBHOOK_PATH, json=uisp_event())
             response = await client.get("/api/v1/queues", headers=ADMIN)
         stats = {q["queue"]: q for q in response.json()["queues"]}
-        assert set(stats) == set(queues.ALL)
-        assert stats[queues.UISP_EVENTS]["depth"] == 1
-        assert stats[queues.UISP_EVENTS]["total_messages"] == 1
-        assert stats[queues.UISP_EVENTS]["oldest_age_seconds"] >= 0
-        assert stats[queues.SMS] == {
-            "queue": queues.SMS,
+        assert set(stats) == set(QUEUE_NAMES)
+        assert stats[UISP_QUEUE]["depth"] == 1
+        assert stats[UISP_QUEUE]["total_messages"] == 1
+        assert stats[UISP_QUEUE]["oldest_age_seconds"] >= 0
+        assert stats[SMS_QUEUE] == {
+            "queue": SMS_QUEUE,
             "depth": 0,
             "oldest_age_seconds": None,
             "total_messages": 0,
         }
-        assert deps.metrics.queue_depth.labels(queues.UISP_EVENTS)._value.get() == 1
+        assert deps.metrics.queue_depth.labels(UISP_QUEUE)._value.get() == 1
 
 
 class SseClient:
@@ -330,7 +334,7 @@ async def test_metrics_show_the_webhook_counter(deps: Deps, db: Database) -> Non
         assert samples[("paymentd_webhooks_total", uisp)] == 1
         wrong = (("outcome", "not_found"), ("source", "uisp"))
         assert samples[("paymentd_webhooks_total", wrong)] == 1
-        depth = ("paymentd_queue_depth", (("queue", queues.UISP_EVENTS),))
+        depth = ("paymentd_queue_depth", (("queue", UISP_QUEUE),))
         assert samples[depth] == 1
 
 

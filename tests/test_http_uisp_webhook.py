@@ -14,6 +14,7 @@ from daemon.platform import queues
 from daemon.platform.config import HttpConfig, UispConfig
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
+from daemon.uisp.webhooks import QUEUE as UISP_QUEUE
 from tests.http_fixtures import (
     WEBHOOK_PATH,
     assert_problem,
@@ -30,7 +31,7 @@ async def stored_webhooks(db: Database) -> list[dict[str, Any]]:
 
 
 async def queued_messages(db: Database) -> list[dict[str, Any]]:
-    return [m.message for m in await queues.read(db, queues.UISP_EVENTS, 30, 100)]
+    return [m.message for m in await queues.read(db, UISP_QUEUE, 30, 100)]
 
 
 def webhook_count(deps: Deps, outcome: str) -> float:

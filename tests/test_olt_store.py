@@ -68,8 +68,8 @@ async def test_passwords_are_stored_encrypted(db: Database) -> None:
         assert row is not None
         everything = " ".join(str(v) for v in row.values())
         assert "Hunter2" not in everything and "en-able-pw" not in everything
-        assert row["password_enc"].startswith("v1:")
-        assert row["enable_password_enc"].startswith("v1:")
+        assert row["password_enc"].startswith(f"v2:{BOX.key_id}:")  # names its key
+        assert row["enable_password_enc"].startswith(f"v2:{BOX.key_id}:")
 
 
 async def test_a_password_copied_to_another_row_does_not_decrypt(db: Database) -> None:

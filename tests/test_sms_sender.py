@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
 
-from daemon.actors.sms_sender import SmsDeps, SmsSettings, handle_sms, run
+from daemon import wiring
+from daemon.actors import queue_consumer
 from daemon.fakes import sms_sink
+from daemon.notifications.delivery import SmsDeps, SmsSettings, handle_sms
+from daemon.notifications.messages import QUEUE as SMS_QUEUE
 from daemon.notifications.sms import LabsMobile
 from daemon.platform import queues
-from daemon.platform.config import Config, SmsConfig
+from daemon.platform.config import Config
 from daemon.platform.consumer import Wakeups
 from daemon.platform.db import Database
-from daemon.platform.deps import Deps
 from daemon.platform.events import EventBus
-from daemon.platform.health import Health
 from daemon.platform.metrics import Metrics
+from daemon.wiring import QUEUE_NAMES
 
 
 @pytest.fixture
@@ -52,13 +55,13 @@ async def queue_sms(db: Database, phone: str = "600 111 222", *, task: bool = Fa
         phone,
         "labsmobile",
     )
-    await queues.send(db, queues.SMS, {"sms_id": sms_id})
+    await queues.send(db, SMS_QUEUE, {"sms_id": sms_id})
     return sms_id
 
 
 async def deliver(deps: SmsDeps) -> queues.Message:
     """Read the next message (as the consumer would) and hand it to the handler."""
-    [msg] = await queues.read(deps.db, queues.SMS, 60, 1)
+    [msg] = await queues.read(deps.db, SMS_QUEUE, 60, 1)
     await handle_sms(deps, msg)
     return msg
 
@@ -86,7 +89,7 @@ async def test_a_queued_sms_is_sent_and_its_message_archived(
         sms = await row(deps.db, sms_id)
         event = live.receive_nowait()
         timeline = await deps.db.fetchval("SELECT array_agg(kind ORDER BY id) FROM task_events")
-        assert await queues.seconds_until_next_visible(deps.db, queues.SMS) is None
+        assert await queues.seconds_until_next_visible(deps.db, SMS_QUEUE) is None
     assert sms["state"] == "sent" and sms["attempts"] == 1 and sms["sent_at"] is not None
     assert sms["provider_ref"] == f"paymentd-sms-{sms_id}" and sms["provider"] == "labsmobile"
     assert fake.messages == [{"msisdn": "34600111222", "message": "Hola", "tpoa": "ISP",
@@ -103,9 +106,9 @@ async def test_a_redelivered_message_for_a_sent_sms_sends_nothing(
     with trio.fail_after(10):
         sms_id = await queue_sms(deps.db)
         await deliver(deps)
-        await queues.send(deps.db, queues.SMS, {"sms_id": sms_id})  # a duplicate delivery
+        await queues.send(deps.db, SMS_QUEUE, {"sms_id": sms_id})  # a duplicate delivery
         await deliver(deps)
-        assert await queues.seconds_until_next_visible(deps.db, queues.SMS) is None
+        assert await queues.seconds_until_next_visible(deps.db, SMS_QUEUE) is None
     assert len(fake.messages) == 1
 
 
@@ -140,7 +143,7 @@ async def test_a_duplicate_message_does_not_race_a_send_in_flight(
         )
         await deliver(deps)
         sms = await row(deps.db, sms_id)
-        wait = await queues.seconds_until_next_visible(deps.db, queues.SMS)
+        wait = await queues.seconds_until_next_visible(deps.db, SMS_QUEUE)
     assert sms["state"] == "sending" and sms["attempts"] == 1
     assert wait is not None and 10 < wait <= 13  # send deadline (8 s) + 5 s
     assert fake.messages == []
@@ -157,9 +160,9 @@ async def test_no_credit_is_retried_with_backoff_then_sent(
         sms = await row(deps.db, sms_id)
         assert sms["state"] == "queued" and sms["attempts"] == 1
         assert "code 35" in sms["last_error"]
-        wait = await queues.seconds_until_next_visible(deps.db, queues.SMS)
+        wait = await queues.seconds_until_next_visible(deps.db, SMS_QUEUE)
         assert wait is not None and 25 < wait <= 30  # retry_backoff_seconds * 2**0
-        await queues.set_vt(deps.db, queues.SMS, msg.msg_id, 0)  # skip the wait
+        await queues.set_vt(deps.db, SMS_QUEUE, msg.msg_id, 0)  # skip the wait
         await deliver(deps)
         sms = await row(deps.db, sms_id)
     assert sms["state"] == "sent" and sms["attempts"] == 2
@@ -177,9 +180,9 @@ async def test_transient_failures_give_up_after_max_attempts(
         sms_id = await queue_sms(deps.db)
         for _ in range(3):
             msg = await deliver(deps)
-            waits.append(await queues.seconds_until_next_visible(deps.db, queues.SMS))
+            waits.append(await queues.seconds_until_next_visible(deps.db, SMS_QUEUE))
             if waits[-1] is not None:
-                await queues.set_vt(deps.db, queues.SMS, msg.msg_id, 0)
+                await queues.set_vt(deps.db, SMS_QUEUE, msg.msg_id, 0)
         sms = await row(deps.db, sms_id)
     assert sms["state"] == "failed" and sms["attempts"] == 3
     assert sms["last_error"].startswith("gave up after 3 attempts")
@@ -195,7 +198,7 @@ async def test_a_permanent_error_fails_at_once(
         sms_id = await queue_sms(deps.db, phone="not a number")
         await deliver(deps)
         sms = await row(deps.db, sms_id)
-        assert await queues.seconds_until_next_visible(deps.db, queues.SMS) is None
+        assert await queues.seconds_until_next_visible(deps.db, SMS_QUEUE) is None
         assert live.receive_nowait().kind == "sms.failed"
     assert sms["state"] == "failed" and sms["attempts"] == 1
     assert "invalid phone number" in sms["last_error"]
@@ -208,7 +211,7 @@ async def test_provider_none_skips(deps: SmsDeps) -> None:
         sms_id = await queue_sms(deps.db)
         await deliver(deps)
         sms = await row(deps.db, sms_id)
-        assert await queues.seconds_until_next_visible(deps.db, queues.SMS) is None
+        assert await queues.seconds_until_next_visible(deps.db, SMS_QUEUE) is None
     assert sms["state"] == "skipped" and sms["attempts"] == 0 and sms["provider"] == "none"
 
 
@@ -229,14 +232,21 @@ async def test_the_actor_sends_what_is_queued_until_stopped(
     deps: SmsDeps, sink: tuple[sms_sink.SmsSink, str]
 ) -> None:
     fake, _ = sink
-    config = Config().replace(sms=SmsConfig(max_attempts=3))
-    daemon_deps = Deps(config, deps.db, deps.metrics, deps.events, Health())
-    wakeups, stop = Wakeups(), trio.Event()
+    wakeups, stop = Wakeups(QUEUE_NAMES), trio.Event()
+    decl = wiring.BY_NAME[SMS_QUEUE]
+    consumer = queue_consumer.ConsumerDeps(
+        deps.db,
+        decl.consumer_settings(Config()),
+        partial(handle_sms, deps),
+        wakeups,
+        deps.metrics,
+        stop,
+    )
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run, daemon_deps, deps.provider, wakeups, stop)
+            await nursery.start(queue_consumer.run, consumer)
             ids = [await queue_sms(deps.db, f"60011122{n}") for n in range(3)]
-            wakeups.wake(queues.SMS)  # what the listener does on NOTIFY
+            wakeups.wake(SMS_QUEUE)  # what the listener does on NOTIFY
             await fake.wait_messages(3)
             stop.set()
             wakeups.wake_all()

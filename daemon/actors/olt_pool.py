@@ -31,6 +31,7 @@ from daemon.network.olt.driver import OltDriver, driver_for
 from daemon.network.olt.ssh import CliSession, open_session
 from daemon.network.olt.types import (
     DeviceSpec,
+    OltBusy,
     OltCircuitOpen,
     OltCommandError,
     OltError,
@@ -147,7 +148,7 @@ class OltPool:
                 actor.inbox.send_nowait(request)
                 return
             except trio.WouldBlock:
-                _answer(request, OltTransientError(f"{request.device}: too many queued requests"))
+                _answer(request, OltBusy(f"{request.device}: too many queued requests"))
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 actor = None

@@ -10,11 +10,11 @@ import argparse
 import sys
 
 from daemon import __version__
-from daemon.cli import apikeys, olt, service, sim
+from daemon.cli import apikeys, olt, operations, secrets, service, sim
 from daemon.cli.common import UserError
 from daemon.platform.config import ConfigError
 
-GROUPS = (service, olt, sim, apikeys)
+GROUPS = (service, olt, secrets, operations, sim, apikeys)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         OSError,
     )
     try:
-        from daemon.actors.listener import InstanceLockError
+        from daemon.actors.instance_lock import InstanceLockError
         from daemon.network.devices import StoreError
         from daemon.network.olt.types import OltError
         from daemon.platform.auth import ApiKeyError

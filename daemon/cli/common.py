@@ -47,7 +47,7 @@ def with_db(cfg: Config, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     async def main() -> T:
         async with (
             trio_asyncio.open_loop(),
-            Database.open(cfg.database.url, min_size=1, max_size=2) as db,
+            Database.open(cfg.database.url.reveal(), min_size=1, max_size=2) as db,
         ):
             return await fn(db, *args)
 

@@ -30,7 +30,7 @@ def _read_secret(value: str | None, file: str | None, env: str, prompt: str) -> 
 
 def cmd_olt(args: argparse.Namespace) -> int:
     from daemon.network import devices as olt_store
-    from daemon.platform.secrets import SecretBox, load_key
+    from daemon.platform.secrets import load_keyring
 
     cfg = load(args)
     if args.olt_cmd == "list":
@@ -50,7 +50,7 @@ def cmd_olt(args: argparse.Namespace) -> int:
             raise UserError(f"no OLT named {args.name!r} (see 'paymentd olt list')")
         print(f"removed {args.name}")
         return 0
-    box = SecretBox(load_key(cfg.olt))
+    box = load_keyring(cfg.secrets)
     if args.olt_cmd == "add":
         password = _read_secret(
             args.password, args.password_file, "PAYMENTD_OLT_PASSWORD", "OLT password: "

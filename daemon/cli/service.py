@@ -19,6 +19,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load(args)
     setup_logging(cfg.daemon.log_level)
     logging.getLogger("paymentd").info("paymentd %s starting (config %s)", __version__, cfg.source)
+    for notice in cfg.notices:
+        logging.getLogger("paymentd").warning("config: %s", notice)
     trio.run(run_daemon, cfg, instruments=[SlowStepLogger()])
     return 0
 
@@ -27,7 +29,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from daemon.platform.migrate import migrate
 
     cfg = load(args)
-    report = migrate(cfg.database.url, notify_throttle_ms=cfg.database.notify_throttle_ms)
+    report = migrate(cfg.database.url.reveal(), notify_throttle_ms=cfg.database.notify_throttle_ms)
     print(f"migrations applied: {', '.join(report.applied) or 'none (up to date)'}")
     print(f"pgmq: {report.pgmq}; queues: {', '.join(report.queues)}")
     return 0
@@ -35,10 +37,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from daemon.platform.db import DatabaseError
-    from daemon.platform.secrets import SecretBox, load_key, verify_key
+    from daemon.platform.secrets import load_keyring, verify_key
 
     cfg = load(args)
-    box = SecretBox(load_key(cfg.olt))
+    for notice in cfg.notices:  # first: they concern the config, whatever fails next
+        print(f"warning: {notice}", flush=True)
+    box = load_keyring(cfg.secrets)
     warnings = []
     try:
         # The key must open the secrets already stored (a wrong key is caught here, not
@@ -65,7 +69,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
     path = Path(args.out)
     keygen(path, force=args.force)
-    print(f'wrote a new 256-bit key to {path} (mode 0600); set olt.key_file = "{path}"')
+    print(f'wrote a new 256-bit key to {path} (mode 0600); set secrets.key_file = "{path}"')
     print("keep a copy somewhere safe: without it the stored OLT passwords cannot be read")
     return 0
 

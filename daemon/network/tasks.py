@@ -1,23 +1,92 @@
 """The reconnection task log: rows in ``reconnect_tasks`` plus their append-only events.
 
-Every state change happens in the caller's transaction together with the queue operation
-that goes with it (enqueue, archive), so the log and the queues never disagree.
+Owns the ``reconnect`` queue's name (its producer lives here) and every statement on the
+two tables; callers get typed rows. Every state change happens in the caller's
+transaction together with the queue operation that goes with it (enqueue, archive), so
+the log and the queue never disagree.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 from daemon.platform import queues
-from daemon.platform.db import Conn, Database, Executor, Record
+from daemon.platform.db import Conn, Database, Executor
 
-TASK_COLUMNS = (
-    "id, dedupe_key, webhook_uuid, action, client_id, client_name, phone, service_id, "
-    "service_name, "
-    "olt_name, onu, state, attempts, last_error, olt_output, created_at, started_at, "
-    "finished_at, updated_at"
-)
+QUEUE = "reconnect"  # {"task_id": n}: run the task on its OLT
+
+Action = Literal["activate", "deactivate"]
+STATES = ("queued", "running", "succeeded", "failed", "superseded")
+FINAL_STATES = ("succeeded", "failed", "superseded")
+
+
+@dataclass(frozen=True)
+class Task:
+    id: int
+    dedupe_key: str
+    webhook_uuid: uuid.UUID | None
+    action: str
+    client_id: int | None
+    client_name: str | None
+    phone: str | None
+    service_id: int
+    service_name: str | None
+    olt_name: str
+    onu: str
+    state: str
+    attempts: int
+    last_error: str | None
+    olt_output: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    at: dt.datetime
+    kind: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TaskSms:
+    id: int
+    phone: str
+    state: str
+    attempts: int
+    last_error: str | None
+    provider: str | None
+    provider_ref: str | None
+    created_at: dt.datetime
+    sent_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class TaskDetail:
+    """A task with its history and SMS: what the admin API and the console show."""
+
+    task: Task
+    events: list[TaskEvent]
+    sms: TaskSms | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {**_asdict(self.task), "events": self.events, "sms": self.sms}
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+TASK_COLUMNS = ", ".join(f.name for f in fields(Task))
+
+
+def _task(row: Any) -> Task:
+    return Task(**{name: row[name] for name in Task.__dataclass_fields__})
 
 
 class TaskNotFound(Exception):
@@ -73,52 +142,137 @@ async def create(
     if task_id is None:
         return None
     await add_event(tx, task_id, "queued", action=action, olt=olt_name, onu=onu)
-    await queues.send(tx, queues.RECONNECT, {"task_id": task_id})
+    await queues.send(tx, QUEUE, {"task_id": task_id})
     return task_id
 
 
-async def retry(db: Database, task_id: int) -> Record:
-    """Put a failed task back in the queue (admin action). Returns the updated row."""
+async def lock(tx: Conn, task_id: int) -> Task | None:
+    """The task, locked ``FOR UPDATE`` for the rest of the caller's transaction."""
+    row = await tx.fetchrow(
+        f"SELECT {TASK_COLUMNS} FROM reconnect_tasks WHERE id = $1 FOR UPDATE", task_id
+    )
+    return None if row is None else _task(row)
+
+
+async def newer_for_service(tx: Conn, task: Task) -> int | None:
+    """The newest task for the same service created after ``task``, if any."""
+    newer: int | None = await tx.fetchval(
+        "SELECT max(id) FROM reconnect_tasks WHERE service_id = $1 AND id > $2",
+        task.service_id,
+        task.id,
+    )
+    return newer
+
+
+async def previous_success(tx: Conn, task: Task) -> tuple[int, str] | None:
+    """(id, action) of the service's last succeeded task before ``task``."""
+    row = await tx.fetchrow(
+        "SELECT id, action FROM reconnect_tasks WHERE service_id = $1 AND id < $2"
+        " AND state = 'succeeded' ORDER BY id DESC LIMIT 1",
+        task.service_id,
+        task.id,
+    )
+    return None if row is None else (row["id"], row["action"])
+
+
+async def mark_running(tx: Conn, task_id: int) -> int:
+    """Count the attempt and mark the task running; returns the attempt number."""
+    attempt: int = await tx.fetchval(
+        "UPDATE reconnect_tasks SET state = 'running', attempts = attempts + 1,"
+        " started_at = coalesce(started_at, now()), updated_at = now()"
+        " WHERE id = $1 RETURNING attempts",
+        task_id,
+    )
+    await add_event(tx, task_id, "running", attempt=attempt)
+    return attempt
+
+
+async def finish(
+    tx: Conn,
+    task_id: int,
+    state: Literal["succeeded", "failed", "superseded"],
+    *,
+    error: str | None = None,
+    output: str | None = None,
+) -> None:
+    await tx.execute(
+        "UPDATE reconnect_tasks SET state = $2, last_error = $3,"
+        " olt_output = coalesce($4, olt_output), finished_at = now(), updated_at = now()"
+        " WHERE id = $1",
+        task_id,
+        state,
+        error,
+        output,
+    )
+
+
+async def back_to_queued(tx: Conn, task_id: int, *, error: str, attempts: int) -> None:
+    await tx.execute(
+        "UPDATE reconnect_tasks SET state = 'queued', last_error = $2, attempts = $3,"
+        " updated_at = now() WHERE id = $1",
+        task_id,
+        error,
+        attempts,
+    )
+
+
+async def fail_unfinished(tx: Conn, task_id: int, error: str) -> bool:
+    """Fail a task that is still queued/running (a dead-lettered message); True if it was."""
+    status = await tx.execute(
+        "UPDATE reconnect_tasks SET state = 'failed', finished_at = now(), updated_at = now(),"
+        " last_error = $2 WHERE id = $1 AND state IN ('queued', 'running')",
+        task_id,
+        error,
+    )
+    return status.endswith(" 1")
+
+
+async def reset_for_retry(tx: Conn, task_id: int) -> Task:
+    """Put a failed task back to queued with fresh attempts (no message sent here)."""
+    row = await tx.fetchrow("SELECT state FROM reconnect_tasks WHERE id = $1 FOR UPDATE", task_id)
+    if row is None:
+        raise TaskNotFound(task_id)
+    if row["state"] != "failed":
+        raise TaskNotRetryable(row["state"])
+    updated = await tx.fetchrow(
+        "UPDATE reconnect_tasks SET state = 'queued', attempts = 0, last_error = NULL,"
+        " finished_at = NULL, updated_at = now() WHERE id = $1 RETURNING " + TASK_COLUMNS,
+        task_id,
+    )
+    await add_event(tx, task_id, "retry_requested")
+    return _task(updated)
+
+
+async def retry(db: Database, task_id: int) -> Task:
+    """Put a failed task back in the queue (admin action). Returns the updated task."""
     async with db.transaction() as tx:
-        row = await tx.fetchrow(
-            "SELECT state FROM reconnect_tasks WHERE id = $1 FOR UPDATE", task_id
-        )
-        if row is None:
-            raise TaskNotFound(task_id)
-        if row["state"] != "failed":
-            raise TaskNotRetryable(row["state"])
-        updated = await tx.fetchrow(
-            "UPDATE reconnect_tasks SET state = 'queued', attempts = 0, last_error = NULL,"
-            " finished_at = NULL, updated_at = now() WHERE id = $1 RETURNING " + TASK_COLUMNS,
-            task_id,
-        )
-        await add_event(tx, task_id, "retry_requested")
-        await queues.send(tx, queues.RECONNECT, {"task_id": task_id})
-    assert updated is not None
-    return updated
+        task = await reset_for_retry(tx, task_id)
+        await queues.send(tx, QUEUE, {"task_id": task_id})
+    return task
 
 
-async def get(db: Executor, task_id: int) -> dict[str, Any] | None:
+async def get(db: Executor, task_id: int) -> TaskDetail | None:
     row = await db.fetchrow(f"SELECT {TASK_COLUMNS} FROM reconnect_tasks WHERE id = $1", task_id)
     if row is None:
         return None
-    task = dict(row)
     events = await db.fetch(
         "SELECT at, kind, detail FROM task_events WHERE task_id = $1 ORDER BY id", task_id
     )
-    task["events"] = [dict(e) for e in events]
     sms = await db.fetchrow(
         "SELECT id, phone, state, attempts, last_error, provider, provider_ref, created_at,"
         " sent_at FROM sms_messages WHERE task_id = $1",
         task_id,
     )
-    task["sms"] = None if sms is None else dict(sms)
-    return task
+    return TaskDetail(
+        _task(row),
+        [TaskEvent(e["at"], e["kind"], e["detail"]) for e in events],
+        None if sms is None else TaskSms(**{k: sms[k] for k in TaskSms.__dataclass_fields__}),
+    )
 
 
 async def list_recent(
     db: Executor, *, state: str | None = None, limit: int = 50, before_id: int | None = None
-) -> list[dict[str, Any]]:
+) -> list[Task]:
     rows = await db.fetch(
         f"SELECT {TASK_COLUMNS} FROM reconnect_tasks"
         " WHERE ($1::text IS NULL OR state = $1) AND ($2::bigint IS NULL OR id < $2)"
@@ -127,4 +281,4 @@ async def list_recent(
         before_id,
         limit,
     )
-    return [dict(r) for r in rows]
+    return [_task(r) for r in rows]

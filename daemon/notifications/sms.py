@@ -131,7 +131,7 @@ class LabsMobile:
         return cls(
             base_url=cfg.base_url,
             username=cfg.username,
-            token=cfg.token,
+            token=cfg.token.reveal(),
             sender=cfg.sender,
             default_country_code=cfg.default_country_code,
             test_mode=cfg.test_mode,

@@ -172,7 +172,7 @@ async def _api_key(db: Executor, key_id: str, secret: str) -> Principal:
 
 async def authenticate(deps: Deps, authorization: str | None, scopes: Sequence[str]) -> Principal:
     """The caller, if it may use a route that needs every one of ``scopes``; else a problem."""
-    expected = deps.config.http.admin_token
+    expected = deps.config.http.admin_token.reveal()
     scheme, _, raw = (authorization or "").partition(" ")
     key = _KEY.fullmatch(raw.strip()) if scheme.lower() == "bearer" else None
     if key is None:

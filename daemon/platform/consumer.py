@@ -1,40 +1,48 @@
-"""A PGMQ consumer loop driven by wake-ups and database-computed deadlines, not polling.
+"""A PGMQ consumer driven by wake-ups and database-computed deadlines, holding short leases.
 
 The loop reads until the queue is empty, then sleeps until the first of:
 
 - a wake-up from the listener (NOTIFY on insert, a reconnect drain, or its safety tick);
-- the earliest ``vt`` in the queue (a retry backoff or a lapsed visibility timeout);
+- the earliest ``vt`` in the queue (a retry backoff or a lapsed lease);
 - the notify throttle window after a wake-up: ``enable_notify_insert`` only fires on the
   leading edge, so inserts inside the window arrive silently and need one more read.
 
-Each message is handled in its own task, at most ``concurrency`` at a time. The handler owns
-the outcome: it archives the message (or sets its vt for a retry) in the same transaction
-that records the result. A handler that raises leaves the message invisible until its vt
-lapses, then it is read again (``read_ct`` counts the attempts).
+**Leases.** A message is read with a short visibility timeout (``lease_seconds``) and a
+keeper task extends it every third of that while its handler runs. So a handler may work
+as long as it must, yet a crash of the process costs at most one lease before another
+reader takes the message, and an unexpected exception in a handler makes the message
+visible again after a short backoff (at most one lease). Correctness therefore depends
+neither on releasing messages at start-up nor on the single-instance lock.
+
+The handler owns the outcome: it archives the message (or sets its vt for a retry) in the
+same transaction that records the result. A message delivered more than ``max_deliveries``
+times without an outcome is dead-lettered (``failed_messages``) together with what that
+means for its domain rows (``on_poison``); it can be replayed later.
+
+Each message is handled in its own task, at most ``concurrency`` at a time. A handler that
+must wait for something slow and unrelated to the database (an OLT device) does so inside
+``lease.detached()``: the wait holds no slot, so one slow device never starves the queue.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
 
 from daemon.platform import queues
-from daemon.platform.db import Conn, Database, DatabaseError
+from daemon.platform.backoff import backoff
+from daemon.platform.db import Database, DatabaseError
 from daemon.platform.metrics import Metrics
-from daemon.platform.queues import Message
+from daemon.platform.queues import Message, PoisonHandler
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[Message], Awaitable[None]]
-# Records, in the transaction that archives a poison message, what it means for the
-# domain (e.g. the task it carried is marked failed), so nothing is left "running".
-PoisonHandler = Callable[[Conn, Message], Awaitable[None]]
 
 
 class Wakeups:
@@ -44,9 +52,10 @@ class Wakeups:
     is already pending, the new one is the same news, so dropping it is the overflow rule.
     """
 
-    def __init__(self, names: tuple[str, ...] = queues.ALL) -> None:
-        self._channels = {q: trio.open_memory_channel[None](1) for q in names}
-        self._notified = dict.fromkeys(names, False)
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self._channels = {q: trio.open_memory_channel[None](1) for q in self.names}
+        self._notified = dict.fromkeys(self.names, False)
 
     def wake(self, queue: str, *, notified: bool = False) -> None:
         """Wake the queue's consumer; ``notified`` when the cause is an insert NOTIFY."""
@@ -71,12 +80,64 @@ class Wakeups:
 @dataclass(frozen=True)
 class ConsumerSettings:
     queue: str
-    vt_seconds: int  # must exceed the handler's own deadline
+    lease_seconds: int = 60  # visibility timeout per read; extended while the handler runs
     batch: int = 10
     concurrency: int = 8
     throttle_seconds: float = 0.1  # the queue's notify throttle; re-read once after it
-    max_deliveries: int = 25  # a message read this often is poison: archived, logged
+    max_deliveries: int = 25  # delivered this often without an outcome: dead-lettered
     on_poison: PoisonHandler | None = None
+    crash_backoff_seconds: float = 1.0  # first delay after a crash; doubles, capped at the lease
+
+
+class Lease:
+    """A handler's hold on its message: kept alive by a keeper task while the handler runs."""
+
+    def __init__(
+        self, msg: Message, limiter: trio.CapacityLimiter, on_slot_free: Callable[[], None]
+    ) -> None:
+        self.msg = msg
+        self.vt: dt.datetime = msg.vt  # the vt we last set; extensions are conditional on it
+        self.lost = trio.Event()  # the keeper found the message no longer ours
+        self._limiter = limiter
+        self._on_slot_free = on_slot_free
+        self.holding_slot = True
+
+    @contextlib.asynccontextmanager
+    async def detached(self) -> AsyncIterator[None]:
+        """Wait for something slow without holding one of the queue's handler slots."""
+        self._limiter.release_on_behalf_of(self.msg.msg_id)
+        self.holding_slot = False
+        self._on_slot_free()
+        try:
+            yield
+        finally:
+            # Back under the concurrency bound for the database work that follows. (If
+            # cancelled while waiting, no slot is held and run_one releases none.)
+            await self._limiter.acquire_on_behalf_of(self.msg.msg_id)
+            self.holding_slot = True
+
+
+Handler = Callable[[Message, Lease], Awaitable[None]]
+
+
+async def _keep_lease(db: Database, queue: str, lease: Lease, seconds: int) -> None:
+    interval = max(seconds / 3, 0.05)
+    while True:
+        await trio.sleep(interval)
+        try:
+            with trio.fail_after(interval):
+                new_vt = await queues.extend_lease(db, queue, lease.msg.msg_id, lease.vt, seconds)
+        except (DatabaseError, trio.TooSlowError) as exc:
+            # The lease may lapse if this lasts; the message then runs again (handlers
+            # are idempotent), which is the price of a database outage, not a bug.
+            log.warning("%s: lease of message %s not extended: %s", queue, lease.msg.msg_id, exc)
+            continue
+        if new_vt is None:
+            # Archived or re-timed by the handler (it is finishing), or taken by another
+            # reader after the lease lapsed.
+            lease.lost.set()
+            return
+        lease.vt = new_vt
 
 
 async def consume(
@@ -113,30 +174,34 @@ async def consume(
                 poke_now()
 
     async def run_one(msg: Message) -> None:
+        lease = Lease(msg, limiter, poke_now)
         try:
             if msg.read_ct > settings.max_deliveries:
-                log.error(
-                    "%s: message %s read %d times; archiving it as poison: %s",
-                    q,
-                    msg.msg_id,
-                    msg.read_ct,
-                    msg.message,
-                )
-                async with db.transaction() as tx:
-                    if settings.on_poison is not None:
-                        await settings.on_poison(tx, msg)
-                    await queues.archive(tx, q, msg.msg_id)
-                metrics.jobs.labels(q, "poison").inc()
+                await _dead_letter(db, settings, msg, metrics)
                 return
-            await handler(msg)
+            async with trio.open_nursery() as keeper:
+                keeper.start_soon(_keep_lease, db, q, lease, settings.lease_seconds)
+                try:
+                    await handler(msg, lease)
+                finally:
+                    keeper.cancel_scope.cancel()
         except Exception:
-            # The message stays invisible until its vt lapses, then it is retried.
+            delay = min(
+                backoff(settings.crash_backoff_seconds, msg.read_ct, cap=settings.lease_seconds),
+                settings.lease_seconds,
+            )
             log.exception(
-                "%s: handler failed on message %s (attempt %d)", q, msg.msg_id, msg.read_ct
+                "%s: handler failed on message %s (delivery %d); again in %.0f s",
+                q,
+                msg.msg_id,
+                msg.read_ct,
+                delay,
             )
             metrics.jobs.labels(q, "crash").inc()
+            await _after_crash(db, q, lease, delay)
         finally:
-            limiter.release_on_behalf_of(msg.msg_id)
+            if lease.holding_slot:
+                limiter.release_on_behalf_of(msg.msg_id)
             poke_now()
 
     async with trio.open_nursery() as handlers:
@@ -150,7 +215,7 @@ async def consume(
                 # All slots busy: a finishing handler pokes us to read more.
                 wait = await queues.seconds_until_next_visible(db, q) if drained else None
             except DatabaseError as exc:
-                log.warning("%s: database unavailable (%s); retrying in 1 s", q, exc)
+                log.debug("%s: database unavailable (%s); retrying in 1 s", q, exc)
                 wait = 1.0
             now = trio.current_time()
             if redrain_at > now:
@@ -169,6 +234,29 @@ async def consume(
         forwarding.cancel()
 
 
+async def _after_crash(db: Database, queue: str, lease: Lease, delay: float) -> None:
+    """Make a crashed handler's message visible again soon (not at the end of its lease)."""
+    # If the database is down too, the lease lapses by itself, at most one lease from now.
+    with trio.move_on_after(5), contextlib.suppress(DatabaseError):
+        await queues.extend_lease(db, queue, lease.msg.msg_id, lease.vt, delay)
+
+
+async def _dead_letter(
+    db: Database, settings: ConsumerSettings, msg: Message, metrics: Metrics
+) -> None:
+    q = settings.queue
+    reason = (
+        f"delivered {msg.read_ct} times without an outcome (more than "
+        f"{settings.max_deliveries}); see the daemon log for the handler's errors"
+    )
+    log.error("%s: message %s dead-lettered: %s: %s", q, msg.msg_id, reason, msg.message)
+    async with db.transaction() as tx:
+        if settings.on_poison is not None:
+            await settings.on_poison(tx, msg, reason)
+        await queues.dead_letter(tx, q, msg, reason)
+    metrics.jobs.labels(q, "poison").inc()
+
+
 async def _drain(
     db: Database,
     settings: ConsumerSettings,
@@ -183,12 +271,13 @@ async def _drain(
         free = int(limiter.available_tokens)
         if free == 0:
             return False
-        batch = await queues.read(db, q, settings.vt_seconds, min(free, settings.batch))
+        want = min(free, settings.batch)
+        batch = await queues.read(db, q, settings.lease_seconds, want)
         now = time.time()
         for msg in batch:
             if msg.read_ct == 1:
                 metrics.queue_pickup.labels(q).observe(max(0.0, now - msg.enqueued_at.timestamp()))
             limiter.acquire_on_behalf_of_nowait(msg.msg_id)
             handlers.start_soon(run_one, msg, name=f"{q}:{msg.msg_id}")
-        if len(batch) < min(free, settings.batch):
+        if len(batch) < want:
             return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from daemon.platform.config import Config
 from daemon.platform.db import Database
@@ -18,3 +18,11 @@ class Deps:
     metrics: Metrics
     events: EventBus
     health: Health
+    # The declared queues (daemon.wiring.QUEUES), for statistics and health.
+    queue_names: tuple[str, ...] = field(default_factory=lambda: _declared_queues())
+
+
+def _declared_queues() -> tuple[str, ...]:
+    from daemon.wiring import QUEUE_NAMES  # imports every capability: only when needed
+
+    return QUEUE_NAMES

@@ -77,5 +77,21 @@ class Metrics:
             registry=r,
         )
 
+        self.retention_pruned = Counter(
+            "paymentd_retention_pruned",
+            "Rows deleted by the retention job, by table",
+            ["table"],
+            registry=r,
+        )
+        self.job_runs = Counter(
+            "paymentd_job_runs", "Scheduled job runs by outcome", ["job", "outcome"], registry=r
+        )
+        self.dead_letters = Gauge(
+            "paymentd_dead_letters",
+            "Dead-lettered messages not yet replayed, by queue",
+            ["queue"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

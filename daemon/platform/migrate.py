@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 
 import psycopg
 from pgmq.install import install_pgmq_from_sql
-
-from daemon.platform import queues
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,17 @@ def _install_pgmq(conn: psycopg.Connection) -> str:
     return f"sql {version}"
 
 
-def migrate(url: str, *, notify_throttle_ms: int = 100) -> MigrationReport:
+def migrate(
+    url: str, *, queue_names: Sequence[str] | None = None, notify_throttle_ms: int = 100
+) -> MigrationReport:
+    """Apply migrations, install PGMQ, create the queues and enable their notifications.
+
+    ``queue_names`` defaults to the daemon's declared queues (``daemon.wiring.QUEUES``).
+    """
+    if queue_names is None:
+        from daemon.wiring import QUEUE_NAMES  # the declarations import every capability
+
+        queue_names = QUEUE_NAMES
     try:
         conn = psycopg.connect(url, autocommit=False, connect_timeout=10)
     except psycopg.OperationalError as exc:
@@ -82,13 +91,13 @@ def migrate(url: str, *, notify_throttle_ms: int = 100) -> MigrationReport:
                 applied.append(name)
             pgmq_how = _install_pgmq(conn)
             existing = {r[0] for r in conn.execute("SELECT queue_name FROM pgmq.list_queues()")}
-            for q in queues.ALL:
+            for q in queue_names:
                 if q not in existing:
                     conn.execute("SELECT pgmq.create(%s)", (q,))
                 # The throttle state table is UNLOGGED (empty after a crash):
                 # re-enable at every start.
                 conn.execute("SELECT pgmq.enable_notify_insert(%s, %s)", (q, notify_throttle_ms))
-        return MigrationReport(applied, pgmq_how, list(queues.ALL))
+        return MigrationReport(applied, pgmq_how, list(queue_names))
     except psycopg.Error as exc:
         raise MigrationError(f"database migration failed: {exc}".strip()) from exc
     finally:

@@ -82,7 +82,7 @@ class UispClient:
 
     @classmethod
     def from_config(cls, cfg: UispConfig) -> UispClient:
-        return cls(cfg.base_url, cfg.app_key, timeout=cfg.timeout_seconds)
+        return cls(cfg.base_url, cfg.app_key.reveal(), timeout=cfg.timeout_seconds)
 
     async def aclose(self) -> None:
         await self._http.aclose()

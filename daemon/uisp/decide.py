@@ -15,7 +15,9 @@ from daemon.network import devices as olt_store
 from daemon.network.olt.types import OnuRef
 from daemon.platform.config import UispConfig
 from daemon.platform.db import Executor
+from daemon.platform.money import format_minor, minor_units
 from daemon.uisp import client as uisp
+from daemon.uisp.webhooks import Webhook
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,11 @@ class DecisionError(Exception):
 
 
 async def decide(
-    webhook: dict[str, Any], client: uisp.UispClient, cfg: UispConfig, db: Executor
+    webhook: Webhook, client: uisp.UispClient, cfg: UispConfig, db: Executor
 ) -> Decision:
-    uuid = str(webhook["uuid"])
-    event = webhook["event_name"]
-    entity_id = webhook["entity_id"]
+    uuid = str(webhook.uuid)
+    event = webhook.event_name
+    entity_id = webhook.entity_id
     if cfg.verify_webhook_events:
         confirmed = await client.get_webhook_event(uuid)
         if confirmed is None:
@@ -89,10 +91,13 @@ async def _payment(
     if client_id is None:
         return Decision(f"ignored: payment {payment_id} is not matched to a client")
     customer = await client.get_client(client_id)
-    outstanding = float(customer.get("accountOutstanding") or 0)
+    # Money is integer minor units, never float: UISP sends balances as JSON numbers.
+    outstanding = minor_units(customer.get("accountOutstanding") or 0)
     if customer.get("hasOverdueInvoice") or outstanding > 0:
+        currency = customer.get("currencyCode") or ""
         return Decision(
-            f"ignored: client {client_id} still owes {outstanding:g} after payment {payment_id}"
+            f"ignored: client {client_id} still owes {format_minor(outstanding)}"
+            f"{' ' + currency if currency else ''} after payment {payment_id}"
         )
     suspended = await client.get_client_services(client_id, statuses=[uisp.SERVICE_SUSPENDED])
     suspended = [s for s in suspended if s.get("status") == uisp.SERVICE_SUSPENDED]

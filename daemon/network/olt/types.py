@@ -84,3 +84,7 @@ class OltTransientError(OltError):
 
 class OltCircuitOpen(OltTransientError):
     """The device failed repeatedly; not trying it again until the breaker resets."""
+
+
+class OltBusy(OltTransientError):
+    """The device's request queue is full: try again shortly (not an attempt on the device)."""

@@ -13,6 +13,7 @@ or an API key with the ``admin`` scope; with an empty admin token only API keys 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -56,7 +57,13 @@ class TaskQuery(BaseModel):
     )
 
 
-class Task(BaseModel):
+class Shape(BaseModel):
+    """Answers built from the stores' dataclasses (``daemon.network.tasks``) as they are."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Task(Shape):
     """One reconnection (or disconnection) and where it stands."""
 
     id: int
@@ -80,13 +87,13 @@ class Task(BaseModel):
     updated_at: dt.datetime
 
 
-class TaskEvent(BaseModel):
+class TaskEvent(Shape):
     at: dt.datetime
     kind: str
     detail: Any
 
 
-class Sms(BaseModel):
+class Sms(Shape):
     id: int
     phone: str
     state: Literal["queued", "sending", "sent", "failed", "skipped"]
@@ -105,19 +112,19 @@ class TaskDetail(Task):
     sms: Sms | None
 
 
-class TaskPage(BaseModel):
+class TaskPage(Shape):
     tasks: list[Task]
     next_before_id: int | None = Field(description="pass as before_id for the next page")
 
 
-class QueueStats(BaseModel):
+class QueueStats(Shape):
     queue: str
     depth: int
     oldest_age_seconds: float | None
     total_messages: int
 
 
-class Queues(BaseModel):
+class Queues(Shape):
     queues: list[QueueStats]
 
 
@@ -138,7 +145,7 @@ class EventMessage(BaseModel):
 
 
 # Every admin operation can answer these.
-_AUTH_PROBLEMS: dict[int, type[BaseModel]] = {
+AUTH_PROBLEMS: dict[int, type[BaseModel]] = {
     401: schema.ProblemDocument,
     403: schema.ProblemDocument,
     503: schema.ProblemDocument,
@@ -223,7 +230,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
     auth.Guard(deps).protect(bp, auth.ADMIN)
 
     @bp.get("/tasks")
-    @schema.declare(responses={400: schema.ProblemDocument, **_AUTH_PROBLEMS})
+    @schema.declare(responses={400: schema.ProblemDocument, **AUTH_PROBLEMS})
     @validate_querystring(TaskQuery)
     @validate_response(TaskPage)
     async def list_tasks(query_args: TaskQuery) -> dict[str, Any]:
@@ -233,11 +240,11 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
             deps.db, state=query_args.state, limit=limit, before_id=query_args.before_id
         )
         # Keyset pagination: pass next_before_id back as before_id for the next page.
-        next_before_id = rows[-1]["id"] if len(rows) == limit else None
+        next_before_id = rows[-1].id if len(rows) == limit else None
         return {"tasks": rows, "next_before_id": next_before_id}
 
     @bp.get("/tasks/<int:task_id>")
-    @schema.declare(responses={404: schema.ProblemDocument, **_AUTH_PROBLEMS})
+    @schema.declare(responses={404: schema.ProblemDocument, **AUTH_PROBLEMS})
     @validate_response(TaskDetail)
     async def get_task(task_id: int) -> dict[str, Any]:
         """One task with its events and SMS."""
@@ -246,10 +253,10 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
         task = await tasks.get(deps.db, task_id)
         if task is None:
             raise _task_not_found(task_id)
-        return task
+        return task.as_json()
 
     @bp.post("/tasks/<int:task_id>/retry")
-    @schema.declare(responses={404: schema.ProblemDocument, 409: RetryRefused, **_AUTH_PROBLEMS})
+    @schema.declare(responses={404: schema.ProblemDocument, 409: RetryRefused, **AUTH_PROBLEMS})
     @validate_response(Task, 202)
     async def retry_task(task_id: int) -> tuple[dict[str, Any], int]:
         """Put a failed task back in the queue (attempts start again from 0)."""
@@ -263,10 +270,10 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
             raise Problem(409, str(exc), state=exc.state) from None
         log.info("task %d put back in the queue by %s", task_id, auth.current_principal())
         deps.events.publish("task.retry_requested", task_id=task_id)
-        return dict(row), 202
+        return dataclasses.asdict(row), 202
 
     @bp.get("/queues")
-    @schema.declare(responses=_AUTH_PROBLEMS)
+    @schema.declare(responses=AUTH_PROBLEMS)
     @validate_response(Queues)
     async def list_queues() -> dict[str, Any]:
         """Depth, oldest message age and total count of every queue."""
@@ -274,7 +281,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
 
     @bp.get("/events")
     @schema.declare(
-        responses={200: EventMessage, **_AUTH_PROBLEMS},
+        responses={200: EventMessage, **AUTH_PROBLEMS},
         media_types={200: "text/event-stream"},
     )
     async def events() -> Response:

@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from daemon import __version__
 from daemon.platform.db import DatabaseError
 from daemon.platform.deps import Deps
-from daemon.platform.http import admin, health, schema
+from daemon.platform.http import admin, health, operations, schema
 from daemon.platform.http.problem import (
     PROBLEM_TYPE,
     JSONProvider,
@@ -84,6 +84,7 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     stop = shutdown if shutdown is not None else trio.Event()
     app.register_blueprint(intake.blueprint(deps))
     app.register_blueprint(admin.blueprint(deps, stop))
+    app.register_blueprint(operations.blueprint(deps))
     app.register_blueprint(health.blueprint(deps))
     _register_error_handlers(app)
     # Outermost: the request id, so even the shielded final send carries it.
@@ -97,8 +98,8 @@ class Provider(OpenAPIProvider):
     def build_paths(self, rule: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         paths, components = super().build_paths(rule)
         media = schema.media_types_of(self._app.view_functions[rule.endpoint])
-        for operations in paths.values():
-            for operation in operations.values():
+        for item in paths.values():
+            for operation in item.values():
                 if "requestBody" in operation:
                     # Every body we declare is required; quart-schema leaves that out.
                     operation["requestBody"]["required"] = True

@@ -41,7 +41,7 @@ async def queue_stats(deps: Deps) -> list[dict[str, Any]]:
     Database errors propagate (the admin route turns them into a 503 problem).
     """
     result = []
-    for name in queues.ALL:
+    for name in deps.queue_names:
         stats = await queues.stats(deps.db, name)
         deps.metrics.queue_depth.labels(name).set(stats.depth)
         # An empty queue has no oldest message; 0 reads right on a dashboard.

@@ -1,0 +1,120 @@
+"""The SMS store: rows in ``sms_messages`` (one per reconnection at most) and the ``sms`` queue.
+
+Owns the queue's name (its producer, ``queue_for_task``, lives here) and every statement on
+the table; callers get typed rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.platform import queues
+from daemon.platform.db import Conn
+
+QUEUE = "sms"  # {"sms_id": n}: deliver it through the provider
+
+FINAL_STATES = ("sent", "failed", "skipped")
+
+
+@dataclass
+class Sms:
+    id: int
+    task_id: int | None
+    phone: str
+    body: str
+    state: str
+    attempts: int
+    last_error: str | None
+    provider: str | None
+    provider_ref: str | None
+    updated_at: dt.datetime
+
+
+_COLUMNS = ", ".join(Sms.__dataclass_fields__)
+
+
+def _sms(row: Any) -> Sms:
+    return Sms(**{name: row[name] for name in Sms.__dataclass_fields__})
+
+
+async def queue_for_task(
+    tx: Conn, task_id: int, phone: str, body: str, provider: str
+) -> int | None:
+    """Create the task's SMS and queue it; None when the task already has one."""
+    sms_id: int | None = await tx.fetchval(
+        "INSERT INTO sms_messages (task_id, phone, body, provider)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (task_id) DO NOTHING RETURNING id",
+        task_id,
+        phone,
+        body,
+        provider,
+    )
+    if sms_id is not None:
+        await queues.send(tx, QUEUE, {"sms_id": sms_id})
+    return sms_id
+
+
+async def lock(tx: Conn, sms_id: int, in_flight_seconds: float) -> tuple[Sms, bool] | None:
+    """The SMS locked for update, and whether another send of it may still be running."""
+    row = await tx.fetchrow(
+        f"SELECT {_COLUMNS}, state = 'sending' AND updated_at > now()"
+        " - make_interval(secs => $2::float8) AS in_flight"
+        " FROM sms_messages WHERE id = $1 FOR UPDATE",
+        sms_id,
+        in_flight_seconds,
+    )
+    return None if row is None else (_sms(row), bool(row["in_flight"]))
+
+
+async def mark_sending(tx: Conn, sms_id: int, provider: str) -> int:
+    attempts: int = await tx.fetchval(
+        "UPDATE sms_messages SET state = 'sending', attempts = attempts + 1,"
+        " provider = $2, updated_at = now() WHERE id = $1 RETURNING attempts",
+        sms_id,
+        provider,
+    )
+    return attempts
+
+
+async def back_to_queued(tx: Conn, sms_id: int, error: str) -> None:
+    await tx.execute(
+        "UPDATE sms_messages SET state = 'queued', last_error = $2, updated_at = now()"
+        " WHERE id = $1",
+        sms_id,
+        error,
+    )
+
+
+async def finish(
+    tx: Conn, sms_id: int, state: str, error: str | None, provider: str, ref: str | None
+) -> None:
+    await tx.execute(
+        "UPDATE sms_messages SET state = $2, last_error = $3, provider = $4,"
+        " provider_ref = coalesce($5, provider_ref),"
+        " sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END, updated_at = now()"
+        " WHERE id = $1",
+        sms_id,
+        state,
+        error,
+        provider,
+        ref,
+    )
+
+
+async def fail_unfinished(tx: Conn, sms_id: int, error: str) -> None:
+    await tx.execute(
+        "UPDATE sms_messages SET state = 'failed', updated_at = now(), last_error = $2"
+        " WHERE id = $1 AND state IN ('queued', 'sending')",
+        sms_id,
+        error,
+    )
+
+
+async def reset_for_replay(tx: Conn, sms_id: int) -> None:
+    await tx.execute(
+        "UPDATE sms_messages SET state = 'queued', attempts = 0, last_error = NULL,"
+        " updated_at = now() WHERE id = $1 AND state = 'failed'",
+        sms_id,
+    )

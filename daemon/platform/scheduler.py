@@ -1,0 +1,164 @@
+"""Periodic jobs whose timing lives in the database (``scheduled_jobs``).
+
+A ``Job`` is a name, an interval and an async function returning a one-line summary.
+Its next run time is a row, computed by the database when a run ends (``now() +
+interval``), so it survives a restart; a run holds a lease on the row (``lease_until``,
+extended while it works), so a job never runs twice at once — not in one process, not in
+two, not when an operator runs it from the CLI while the daemon is up.
+
+The ``scheduler`` actor (``daemon.actors.scheduler``) sleeps until the earliest due time
+(a trio deadline from the database, not a polling loop) and runs what is due; ``run_once``
+is what ``paymentd jobs run NAME`` calls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from daemon.platform.db import Database, DatabaseError
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    interval_seconds: float
+    run: Callable[[], Awaitable[str]]  # returns a one-line summary of what it did
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class JobState:
+    name: str
+    interval_seconds: float
+    next_run_at: dt.datetime
+    lease_until: dt.datetime | None
+    last_started_at: dt.datetime | None
+    last_finished_at: dt.datetime | None
+    last_outcome: str | None
+    last_error: str | None
+    runs: int
+
+
+class JobBusy(Exception):
+    """The job is running right now (its lease is held)."""
+
+
+class UnknownJob(LookupError):
+    pass
+
+
+async def register(db: Database, jobs: Sequence[Job]) -> None:
+    """Make sure every job has its row; a changed interval applies from the next run."""
+    for job in jobs:
+        await db.execute(
+            "INSERT INTO scheduled_jobs (name, interval_seconds) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET interval_seconds = EXCLUDED.interval_seconds",
+            job.name,
+            float(job.interval_seconds),
+        )
+
+
+async def seconds_until_due(db: Database, names: Sequence[str]) -> float | None:
+    value = await db.fetchval(
+        "SELECT extract(epoch FROM min(greatest(next_run_at, coalesce(lease_until, next_run_at)))"
+        " - clock_timestamp())::float8 FROM scheduled_jobs WHERE name = ANY($1::text[])",
+        list(names),
+    )
+    return None if value is None else max(0.0, float(value))
+
+
+async def _claim(db: Database, name: str, *, due_only: bool) -> bool:
+    claimed = await db.fetchval(
+        "UPDATE scheduled_jobs SET lease_until = clock_timestamp()"
+        " + make_interval(secs => $2::float8), last_started_at = clock_timestamp()"
+        " WHERE name = $1 AND (NOT $3 OR next_run_at <= clock_timestamp())"
+        " AND (lease_until IS NULL OR lease_until < clock_timestamp()) RETURNING name",
+        name,
+        LEASE_SECONDS,
+        due_only,
+    )
+    return claimed is not None
+
+
+async def _finish(db: Database, job: Job, outcome: str | None, error: str | None) -> None:
+    await db.execute(
+        "UPDATE scheduled_jobs SET lease_until = NULL, last_finished_at = clock_timestamp(),"
+        " next_run_at = clock_timestamp() + make_interval(secs => interval_seconds),"
+        " runs = runs + 1, last_outcome = $2, last_error = $3 WHERE name = $1",
+        job.name,
+        outcome,
+        error,
+    )
+
+
+async def _keep_lease(db: Database, name: str) -> None:
+    while True:
+        await trio.sleep(LEASE_SECONDS / 3)
+        try:
+            await db.execute(
+                "UPDATE scheduled_jobs SET lease_until = clock_timestamp()"
+                " + make_interval(secs => $2::float8) WHERE name = $1",
+                name,
+                LEASE_SECONDS,
+            )
+        except DatabaseError as exc:
+            log.warning("job %s: lease not extended: %s", name, exc)
+
+
+async def _run_claimed(db: Database, job: Job) -> str:
+    outcome: str | None = None
+    error: str | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_keep_lease, db, job.name)
+            try:
+                outcome = await job.run()
+            finally:
+                nursery.cancel_scope.cancel()
+        return outcome
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        with trio.move_on_after(10, shield=True):
+            try:
+                await _finish(db, job, outcome, error)
+            except DatabaseError as exc:
+                # The lease lapses by itself; the job runs again when it is due.
+                log.warning("job %s: outcome not recorded: %s", job.name, exc)
+
+
+async def run_due(db: Database, job: Job) -> str | None:
+    """Run ``job`` if it is due and not running; its summary, or None if not claimed."""
+    if not await _claim(db, job.name, due_only=True):
+        return None
+    return await _run_claimed(db, job)
+
+
+async def run_once(db: Database, jobs: Sequence[Job], name: str) -> str:
+    """Run a job now, whatever its schedule (``paymentd jobs run NAME``)."""
+    by_name = {j.name: j for j in jobs}
+    if name not in by_name:
+        raise UnknownJob(f"unknown job {name!r} (known: {', '.join(sorted(by_name))})")
+    await register(db, jobs)
+    if not await _claim(db, name, due_only=False):
+        raise JobBusy(f"job {name!r} is running right now; try again when it has finished")
+    return await _run_claimed(db, by_name[name])
+
+
+async def states(db: Database) -> list[JobState]:
+    rows: list[Any] = await db.fetch(
+        "SELECT name, interval_seconds, next_run_at, lease_until, last_started_at,"
+        " last_finished_at, last_outcome, last_error, runs FROM scheduled_jobs ORDER BY name"
+    )
+    return [JobState(**{k: r[k] for k in JobState.__dataclass_fields__}) for r in rows]

@@ -1,0 +1,227 @@
+"""What the daemon is made of, declared once: its queues, its jobs, its shared resources.
+
+``QUEUES`` is the only list of queues: the migrations create them and enable their
+insert notifications, the listener LISTENs to them, ``Wakeups`` has a flag for each, and
+the composition root (``daemon.app``) starts one supervised consumer per entry. Each
+entry says who handles it, how many at once, the lease, and what a dead-lettered message
+means for its domain rows (and what replaying one resets). ``jobs`` lists the periodic
+jobs the scheduler runs; ``Resources`` is everything long-lived the actors share, built
+by ``open_resources`` (also used by the CLI, the demo, the tests and the benches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from daemon.actors.olt_pool import OltPool, OltPoolSettings
+from daemon.network import devices, reconnect, tasks
+from daemon.notifications import delivery, messages
+from daemon.notifications.sms import SmsProvider, make_provider
+from daemon.platform import queues, retention
+from daemon.platform.config import Config
+from daemon.platform.consumer import ConsumerSettings, Lease
+from daemon.platform.db import Database
+from daemon.platform.deps import Deps
+from daemon.platform.queues import Message, PoisonHandler, ReplayHandler
+from daemon.platform.scheduler import Job
+from daemon.platform.secrets import SecretBox
+from daemon.uisp import process, webhooks
+from daemon.uisp.client import UispClient
+
+D = TypeVar("D")
+
+
+@dataclass
+class Resources:
+    """The long-lived things actors share. Built once per daemon by ``open_resources``."""
+
+    deps: Deps  # config, database, metrics, event bus, health
+    box: SecretBox
+    pool: OltPool
+    uisp: UispClient
+    sms_provider: SmsProvider | None
+
+    @property
+    def config(self) -> Config:
+        return self.deps.config
+
+    @property
+    def db(self) -> Database:
+        return self.deps.db
+
+
+@dataclass(frozen=True)
+class QueueDecl(Generic[D]):
+    name: str
+    handler: Callable[[D, Message, Lease], Awaitable[None]]
+    make_deps: Callable[[Resources], D]
+    concurrency: int
+    on_poison: PoisonHandler
+    on_replay: ReplayHandler
+    description: str
+
+    def consumer_settings(self, cfg: Config) -> ConsumerSettings:
+        return ConsumerSettings(
+            self.name,
+            lease_seconds=cfg.database.visibility_timeout_seconds,
+            concurrency=self.concurrency,
+            throttle_seconds=cfg.database.notify_throttle_ms / 1000,
+            on_poison=self.on_poison,
+        )
+
+    def bind(self, res: Resources) -> Callable[[Message, Lease], Awaitable[None]]:
+        """The handler with its dependencies, as the consumer calls it."""
+        return partial(self.handler, self.make_deps(res))
+
+
+def _uisp_deps(r: Resources) -> process.UispDeps:
+    return process.UispDeps(r.db, r.uisp, r.config.uisp, r.deps.metrics, r.deps.events)
+
+
+def _reconnect_deps(r: Resources) -> reconnect.ReconnectDeps:
+    return reconnect.ReconnectDeps(
+        r.db, r.pool, r.config.olt, r.config.sms, r.deps.metrics, r.deps.events
+    )
+
+
+def _sms_deps(r: Resources) -> delivery.SmsDeps:
+    return delivery.SmsDeps(
+        r.db,
+        r.sms_provider,
+        r.deps.metrics,
+        r.deps.events,
+        delivery.SmsSettings.from_config(r.config),
+    )
+
+
+QUEUES: tuple[QueueDecl[Any], ...] = (
+    QueueDecl(
+        webhooks.QUEUE,
+        process.handle,
+        _uisp_deps,
+        concurrency=8,
+        on_poison=process.on_poison,
+        on_replay=process.on_replay,
+        description="stored UISP webhooks → confirmed with UISP → reconnection tasks",
+    ),
+    QueueDecl(
+        tasks.QUEUE,
+        reconnect.handle,
+        _reconnect_deps,
+        # Waiting for a device holds no slot (lease.detached): these bound database work.
+        concurrency=16,
+        on_poison=reconnect.on_poison,
+        on_replay=reconnect.on_replay,
+        description="reconnection tasks → the OLT (activate/deactivate an ONU) → SMS",
+    ),
+    QueueDecl(
+        messages.QUEUE,
+        delivery.handle_sms,
+        _sms_deps,
+        concurrency=4,  # providers rate-limit; a handful in flight is plenty
+        on_poison=delivery.on_poison,
+        on_replay=delivery.on_replay,
+        description="SMS to customers → the SMS provider",
+    ),
+)
+QUEUE_NAMES: tuple[str, ...] = tuple(q.name for q in QUEUES)
+BY_NAME: dict[str, QueueDecl[Any]] = {q.name: q for q in QUEUES}
+
+
+def retention_targets() -> list[retention.Target]:
+    """What retention deletes, per capability; never a webhook still waiting to run."""
+    targets = [
+        retention.Target("uisp_webhooks", "received_at", "state <> 'queued'"),
+        retention.Target("task_events", "at"),
+        retention.Target("failed_messages", "failed_at"),
+    ]
+    targets += [retention.Target(f"pgmq.a_{q}", "archived_at") for q in QUEUE_NAMES]
+    return targets
+
+
+def jobs(deps: Deps) -> list[Job]:
+    """The scheduler's periodic jobs (the payments issue adds reconcile/expire here)."""
+    cfg = deps.config.retention
+
+    async def prune() -> str:
+        pruned = await retention.prune(
+            deps.db,
+            retention_targets(),
+            keep_days=cfg.keep_days,
+            batch_size=cfg.batch_size,
+            metrics=deps.metrics,
+        )
+        total = sum(pruned.values())
+        detail = ", ".join(f"{k} {v}" for k, v in pruned.items() if v)
+        return f"pruned {total} row(s) older than {cfg.keep_days} days" + (
+            f" ({detail})" if detail else ""
+        )
+
+    return [
+        Job(
+            "retention",
+            cfg.interval_seconds,
+            prune,
+            "delete webhooks, task history, dead letters and queue archives past retention",
+        )
+    ]
+
+
+async def replay_dead(db: Database, dead_id: int) -> queues.DeadLetter:
+    """Send a dead-lettered message again, after its queue's domain reset (one transaction)."""
+    async with db.transaction() as tx:
+        dead = await queues.take_dead(tx, dead_id)
+        decl = BY_NAME.get(dead.queue)
+        if decl is not None:
+            await decl.on_replay(tx, dead.message)
+        await queues.send(tx, dead.queue, dead.message)
+    return dead
+
+
+async def replay_webhooks(db: Database, uuids: list[str]) -> list[webhooks.Webhook]:
+    """``paymentd uisp replay`` / the admin route: re-run stored webhooks."""
+    return [await webhooks.replay(db, u) for u in uuids]
+
+
+@contextlib.asynccontextmanager
+async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]:
+    """Build the shared clients; closes them all in one shielded, bounded step."""
+    cfg = deps.config
+    pool = OltPool(
+        OltPoolSettings.from_config(cfg.olt),
+        partial(devices.load_spec, deps.db, box),
+        deps.metrics,
+        deps.events,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        uisp = UispClient.from_config(cfg.uisp)
+        stack.push_async_callback(_bounded_close, uisp.aclose)
+        provider = make_provider(cfg.sms)
+        if provider is not None:
+            stack.push_async_callback(_bounded_close, provider.aclose)
+        yield Resources(deps, box, pool, uisp, provider)
+
+
+async def _bounded_close(close: Callable[[], Awaitable[None]]) -> None:
+    with trio.move_on_after(5, shield=True):
+        await close()
+
+
+__all__ = [
+    "BY_NAME",
+    "QUEUES",
+    "QUEUE_NAMES",
+    "QueueDecl",
+    "Resources",
+    "jobs",
+    "open_resources",
+    "replay_dead",
+    "replay_webhooks",
+    "retention_targets",
+]
