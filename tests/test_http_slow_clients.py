@@ -7,6 +7,9 @@ quick; what they check is that the server closes the connection, not how fast.
 
 from __future__ import annotations
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import trio
 
@@ -113,3 +116,43 @@ async def test_keep_alive_still_reuses_the_connection(deps: Deps) -> None:
                         answers += await stream.receive_some()
         assert answers.count(b"HTTP/1.1 200 ") == 3
         assert b"connection: close" not in answers.lower()
+
+
+async def test_http2_data_after_an_early_answer_does_not_crash_the_server(deps: Deps) -> None:
+    """hypercorn raised KeyError for DATA on a stream it had answered and forgotten; on trio
+    that ended serve() itself, so one HTTP/2 (cleartext) request dropped every connection."""
+    with trio.fail_after(10):
+        async with serving(deps) as client:
+            host, port = client.base_url.host, client.base_url.port
+            assert port is not None
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            async with await trio.open_tcp_stream(host, port) as stream:
+
+                async def status_of(stream_id: int) -> bytes:
+                    while True:
+                        events = conn.receive_data(await stream.receive_some())
+                        await stream.send_all(conn.data_to_send())  # settings ACKs
+                        for event in events:
+                            if (
+                                isinstance(event, h2.events.ResponseReceived)
+                                and event.stream_id == stream_id
+                            ):
+                                return dict(event.headers)[b":status"]
+
+                request = [(":method", "POST"), (":path", "/no/such/url")]
+                request += [(":scheme", "http"), (":authority", "x")]
+                conn.send_headers(1, [*request, ("content-length", "100000")])
+                await stream.send_all(conn.data_to_send())
+                first = await status_of(1)
+                # The rest of the announced body, after the answer.
+                for _ in range(3):
+                    conn.send_data(1, b"x" * 100)
+                    await stream.send_all(conn.data_to_send())
+                # The same connection still serves a new request.
+                health = [(":method", "GET"), (":path", "/healthz")]
+                conn.send_headers(3, health + request[2:], end_stream=True)
+                await stream.send_all(conn.data_to_send())
+                second = await status_of(3)
+            assert (await client.get("/healthz")).status_code == 200
+        assert (first, second) == (b"404", b"200")
