@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -148,6 +149,14 @@ def test_the_cli_creates_lists_and_revokes_keys(
         main(["apikey", "create", "--config", config, "--name", "x", "--scope", "root"])
     assert exit_.value.code == 2
     assert "invalid choice: 'root'" in capsys.readouterr().err
+
+    # A database that was never migrated (to 003): one line that says what to run.
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE api_keys")
+    assert main(["apikey", "list", "--config", config]) == 2
+    assert capsys.readouterr().err == (
+        "paymentd: error: the database has no api_keys table yet: run 'paymentd migrate'\n"
+    )
 
 
 async def test_a_route_declares_its_scope_and_gets_only_callers_holding_it(

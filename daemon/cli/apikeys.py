@@ -9,8 +9,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from daemon.cli.common import load, with_config, with_db
+from daemon.platform.config import Config
+
+if TYPE_CHECKING:
+    from daemon.platform.db import Database
+
+T = TypeVar("T")
+
+
+def _run(cfg: Config, fn: Callable[[Database], Awaitable[T]]) -> T:
+    """``with_db``, with a missing table said as one line (the database is not migrated)."""
+    from asyncpg.exceptions import UndefinedTableError
+
+    from daemon.platform.auth import ApiKeyError
+
+    async def call(db: Database) -> T:
+        try:
+            return await fn(db)
+        except UndefinedTableError:
+            raise ApiKeyError(
+                "the database has no api_keys table yet: run 'paymentd migrate'"
+            ) from None
+
+    return with_db(cfg, call)
 
 
 def _fmt(value: object) -> str:
@@ -23,7 +48,7 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     cfg = load(args)
     if args.apikey_cmd == "create":
         scopes = auth.check_scopes(args.scope)
-        created = with_db(cfg, lambda db: auth.create_key(db, args.name, scopes))
+        created = _run(cfg, lambda db: auth.create_key(db, args.name, scopes))
         print(created.key)
         print(
             f"API key {created.id} ({created.name}) with scopes {', '.join(created.scopes)};"
@@ -32,7 +57,7 @@ def cmd_apikey(args: argparse.Namespace) -> int:
         )
         return 0
     if args.apikey_cmd == "list":
-        rows = with_db(cfg, auth.list_keys)
+        rows = _run(cfg, auth.list_keys)
         if args.json:
             print(json.dumps(rows, default=str, indent=2))
         elif not rows:
@@ -45,7 +70,7 @@ def cmd_apikey(args: argparse.Namespace) -> int:
                     f" last used {_fmt(r['last_used_at'])}"
                 )
         return 0
-    with_db(cfg, lambda db: auth.revoke_key(db, args.id))
+    _run(cfg, lambda db: auth.revoke_key(db, args.id))
     print(f"revoked {args.id}")
     return 0
 
