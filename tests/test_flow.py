@@ -211,7 +211,7 @@ async def test_a_stale_disconnect_never_undoes_a_later_reconnect(w: World) -> No
     """A suspension stuck in retry (OLT unreachable) is superseded once the client pays."""
     hw = w.devices["olt-hw"]
     hw.set_active(ANA_ONU, True)
-    hw.refuse_logins = True
+    hw.max_sessions = 0  # hangs up on every session (a rejected login would fail for good)
     async with daemon(w) as flow:
         w.fake.services[1]["status"] = 3
         await w.fake.send_webhook("service.suspend", "service", 1, "suspend", w.fake.services[1])
@@ -222,7 +222,7 @@ async def test_a_stale_disconnect_never_undoes_a_later_reconnect(w: World) -> No
 
         await flow.wait_for(retrying, "the deactivation failing against the OLT")
         await w.fake.record_payment(1, 30.0)  # UISP lifts the suspension: activate queued
-        hw.refuse_logins = False
+        hw.max_sessions = 4
         await flow.wait_task_state("succeeded")
         rows = await flow.wait_task_state("superseded")
         await w.sink.wait_messages(1)

@@ -7,9 +7,11 @@ plain-trio ``CliSession``; ``simulator`` is an asyncssh server speaking both CLI
 
 from daemon.network.olt.types import (
     DeviceSpec,
+    OltAuthError,
     OltCircuitOpen,
     OltCommandError,
     OltError,
+    OltHostKeyError,
     OltResult,
     OltTransientError,
     OltUnknownDevice,
@@ -18,9 +20,11 @@ from daemon.network.olt.types import (
 
 __all__ = [
     "DeviceSpec",
+    "OltAuthError",
     "OltCircuitOpen",
     "OltCommandError",
     "OltError",
+    "OltHostKeyError",
     "OltResult",
     "OltTransientError",
     "OltUnknownDevice",

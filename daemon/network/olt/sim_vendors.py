@@ -136,6 +136,9 @@ class _Shell:
                     while await self.p.stdin.read(1024):  # swallow input until the client quits
                         pass
                     return
+                if fault == "stop_reading":
+                    # Wedged firmware: never reads again, never answers, never hangs up.
+                    await asyncio.Event().wait()
                 if self.d.latency:
                     await asyncio.sleep(self.d.latency)
                 if fault == "drop_after":
