@@ -90,7 +90,7 @@ class OltConfig:
     # AES-256-GCM key for OLT passwords at rest (32 bytes, hex or base64 in the file).
     key_file: str = "/etc/paymentd/secret.key"
     key: str = ""  # the key itself, for PAYMENTD_OLT_KEY; key_file is preferred
-    known_hosts: str = ""  # OpenSSH known_hosts file; empty = do not check host keys
+    known_hosts: str = ""  # OpenSSH known_hosts file for devices without a pinned host key
     connect_timeout_seconds: float = 15.0
     command_timeout_seconds: float = 60.0
     idle_close_seconds: float = 300.0

@@ -137,8 +137,10 @@ class _Shell:
                         pass
                     return
                 if fault == "stop_reading":
-                    # Wedged firmware: never reads again, never answers, never hangs up.
-                    await asyncio.Event().wait()
+                    # Wedged firmware: never reads again, never answers, never hangs up
+                    # (the session ends only when the client closes the connection).
+                    await self.p.wait_closed()
+                    return
                 if self.d.latency:
                     await asyncio.sleep(self.d.latency)
                 if fault == "drop_after":

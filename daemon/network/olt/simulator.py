@@ -17,7 +17,6 @@ entry point. The vendor grammars live in ``daemon.network.olt.sim_vendors``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -254,8 +253,8 @@ class _SSHServer(asyncssh.SSHServer):
         self,
     ) -> asyncssh.SSHServerSession[str] | Awaitable[asyncssh.SSHServerSession[str]]:
         # Instead of create_server's process_factory, so a session open can be stalled.
-        if self._device.stall_channel_open:
-            return _stall_forever()
+        if self._device.stall_channel_open and self._conn is not None:
+            return _stall_until_closed(self._conn)
         return _process(self._device)
 
 
@@ -270,10 +269,13 @@ def _process(device: SimDevice) -> asyncssh.SSHServerSession[str]:
     return session
 
 
-async def _stall_forever() -> asyncssh.SSHServerSession[str]:
-    """A session that never opens: the channel open request is never confirmed."""
-    await asyncio.Event().wait()
-    raise AssertionError("unreachable")
+async def _stall_until_closed(
+    conn: asyncssh.SSHServerConnection,
+) -> asyncssh.SSHServerSession[str]:
+    """A session open that is never confirmed; it ends (refused) with the connection, so
+    no asyncio task is left pending (a destroyed pending task tears down the loop)."""
+    await conn.wait_closed()
+    raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "connection closed")
 
 
 async def _run_shell(device: SimDevice, process: asyncssh.SSHServerProcess[str]) -> None:
