@@ -444,10 +444,14 @@ class _DeviceActor:
 
     def _reset_breaker(self, spec: DeviceSpec | None) -> None:
         old = self.pool._breakers.pop(self.name, None)
-        if old is not None and (old.failures or old.refused is not None):
-            log.info("%s: settings changed; failure counts and refusals cleared", self.name)
         if spec is not None:
             self.pool._breakers[self.name] = _Breaker(spec=spec)
+        if old is None:
+            # Nothing to clear, and no series for names that were never devices (a typo
+            # in a UISP attribute must not mint metric labels).
+            return
+        if old.failures or old.refused is not None:
+            log.info("%s: settings changed; failure counts and refusals cleared", self.name)
         metrics = self.pool._metrics
         metrics.olt_breaker_open.labels(self.name).set(0)
         metrics.olt_auth_failed.labels(self.name).set(0)
