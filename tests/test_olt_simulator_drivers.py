@@ -11,7 +11,13 @@ import trio
 
 from daemon.network.olt.driver import OltDriver, Transcript, driver_for
 from daemon.network.olt.ssh import CliSession, open_session
-from daemon.network.olt.types import DeviceSpec, OltCommandError, OltTransientError, OnuRef
+from daemon.network.olt.types import (
+    DeviceSpec,
+    OltAuthError,
+    OltCommandError,
+    OltTransientError,
+    OnuRef,
+)
 from tests.olt_fixtures import Sim, eventually, sim
 
 __all__ = ["sim"]
@@ -182,6 +188,22 @@ async def test_zte_wrong_enable_password_is_refused(sim: Sim) -> None:
     with trio.fail_after(10), pytest.raises(OltCommandError, match="enable refused"):
         async with logged_in(bad):
             pass
+
+
+async def test_rejected_logins_are_auth_errors_saying_what_to_fix(sim: Sim) -> None:
+    sim["hw"].refuse_logins = True  # SSH password auth
+    sim["zte"].refuse_logins = True  # the ZTE CLI's own Username:/Password:, then hangs up
+    sim["zte"].echo_password = True  # and shows what was typed: never quoted back to us
+    with trio.fail_after(10):
+        with pytest.raises(OltAuthError, match="SSH login refused") as ssh:
+            await open_session(sim.spec("hw"), connect_timeout=5, known_hosts=None)
+        with pytest.raises(OltAuthError, match="Username or password is wrong") as cli:
+            async with logged_in(sim.spec("zte")):
+                pass
+    for caught, name in ((ssh, "hw"), (cli, "zte")):
+        assert f"paymentd olt update {name} --new-password" in str(caught.value)
+        assert sim.spec(name).password not in str(caught.value)
+    assert "******" in str(cli.value)
 
 
 async def test_transport_failures_are_transient(sim: Sim) -> None:

@@ -114,9 +114,8 @@ class OltDriver(ABC):
             except OltTransientError:
                 # Hung up right after our password, saying why: the credentials are wrong.
                 if answered_password and _LOGIN_REJECTED.search(session.unread):
-                    raise auth_error(
-                        spec.name, f"CLI login rejected: {session.unread.strip()[-120:]!r}"
-                    ) from None
+                    said = session.redact(session.unread.strip()[-120:])
+                    raise auth_error(spec.name, f"CLI login rejected: {said!r}") from None
                 raise
             if index in (1, 2) and answered_password:
                 # Asked again after our password: the device rejected the credentials.

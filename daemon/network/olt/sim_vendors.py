@@ -345,7 +345,7 @@ class ZteShell(_Shell):
                 self.write("Username:")
                 user = await self.readline()
             self.write("Password:")
-            password = await self.readline(echo=False)
+            password = await self.readline(echo=self.d.echo_password)
             self.d.auth_attempts += 1
             if not self.d.refuse_logins and (user, password) == (self.d.username, self.d.password):
                 return True

@@ -84,6 +84,7 @@ class SimDevice:
     latency: float = 0.0  # seconds before each command's answer
     max_sessions: int = 4
     cli_login: bool = False  # skip SSH auth and ask Username:/Password: in the shell
+    echo_password: bool = False  # a CLI that echoes what is typed at Password:
     refuse_logins: bool = False
     # Firmware quirks that keep the smart prompt / pager on despite the set-up commands,
     # to exercise the drivers' handling of them.

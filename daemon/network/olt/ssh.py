@@ -126,8 +126,11 @@ class CliSession:
         process: asyncssh.SSHClientProcess[str],
         *,
         io_timeout: float = 60.0,
+        secrets: tuple[str | None, ...] = (),
     ) -> None:
         self.device = device
+        # Masked in what our errors quote of the device's output (a CLI may echo them).
+        self._secrets = tuple(s for s in secrets if s)
         self._conn = conn
         self._process = process
         self.io_timeout = io_timeout
@@ -147,6 +150,12 @@ class CliSession:
     def unread(self) -> str:
         """Received text no ``read_until`` has returned yet (e.g. a farewell before EOF)."""
         return self._buffer
+
+    def redact(self, text: str) -> str:
+        """``text`` with the session's passwords masked, for quoting device output."""
+        for secret in self._secrets:
+            text = text.replace(secret, "******")
+        return text
 
     async def send_raw(self, text: str) -> None:
         """Send text as typed, without a line ending (pager space, y/n answers)."""
@@ -215,13 +224,14 @@ class CliSession:
                     self.closed = True
                     raise OltTransientError(
                         f"{self.device}: connection closed by the device; last output: "
-                        f"{self._buffer[-200:]!r}"
+                        f"{self.redact(self._buffer[-200:])!r}"
                     )
                 self._buffer += chunk
                 self.transcript = (self.transcript + chunk)[-_TRANSCRIPT_MAX:]
         self.poisoned = True  # an answer may still arrive later and desynchronise us
         raise OltTimeout(
-            f"{self.device}: no answer within {timeout:g}s; last output: {self._buffer[-200:]!r}"
+            f"{self.device}: no answer within {timeout:g}s; "
+            f"last output: {self.redact(self._buffer[-200:])!r}"
         )
 
     async def close(self) -> None:
@@ -336,4 +346,10 @@ async def open_session(
     except BaseException:
         conn.abort()  # a device stalling the channel open may not answer a close either
         raise
-    return CliSession(spec.name, conn, process, io_timeout=io_timeout)
+    return CliSession(
+        spec.name,
+        conn,
+        process,
+        io_timeout=io_timeout,
+        secrets=(spec.password, spec.enable_password),
+    )
