@@ -206,8 +206,9 @@ class OltPool:
         return result
 
     def forget(self, device: str) -> None:
-        """Drop the device's actor (its spec changed): it finishes what is queued, logs
-        out and ends; the next request starts a new actor with the new spec."""
+        """Drop the device's actor now: it finishes what is queued, logs out and ends;
+        the next request starts a new actor and session. Settings changes need no call
+        (the actor reloads the device's row before each request)."""
         actor = self._actors.pop(device, None)
         if actor is not None:
             self._retiring[device] = actor.done
