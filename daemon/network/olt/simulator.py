@@ -141,7 +141,8 @@ class SimDevice:
     # -- host key ------------------------------------------------------------------
     def host_key(self) -> asyncssh.SSHKey:
         """This device's current private host key: derived from its name and generation,
-        so it is the same on every run until ``change_host_key``."""
+        so it is the same on every run until ``change_host_key``. Anyone can derive it:
+        fine for a simulator, which guards nothing."""
         seed = hashlib.sha256(f"paymentd-sim:{self.name}:{self.host_key_generation}".encode())
         pem = Ed25519PrivateKey.from_private_bytes(seed.digest()).private_bytes(
             serialization.Encoding.PEM,
