@@ -181,17 +181,13 @@ async def _fetch_key(cfg: Config, name: str, host: str, port: int, verb: str) ->
 
 
 async def _test_olt(db: Any, cfg: Config, box: Any, name: str) -> str:
-    from daemon.actors.olt_pool import OltPool, OltPoolSettings
-    from daemon.network.devices import load_spec
+    from daemon import wiring
+    from daemon.platform.deps import Deps
     from daemon.platform.events import EventBus
+    from daemon.platform.health import Health
     from daemon.platform.metrics import Metrics
 
-    pool = OltPool(
-        OltPoolSettings.from_config(cfg.olt),
-        lambda n: load_spec(db, box, n),
-        Metrics(),
-        EventBus(),
-    )
+    pool = wiring.make_pool(Deps(cfg, db, Metrics(), EventBus(), Health()), box)
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         try:
