@@ -159,7 +159,7 @@ async def register(db: Database, box: SecretBox, devices: list[simulator.SimDevi
     for d in devices:
         await olt_store.add_device(
             db, box, name=d.name, vendor=d.vendor, host="127.0.0.1", port=d.port,
-            username=d.username, password=d.password,
+            username=d.username, password=d.password, host_key=d.public_host_key(),
         )  # fmt: skip
 
 

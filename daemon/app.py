@@ -170,7 +170,9 @@ async def _worker_group(
         wait = LOCK_WAIT_AGAIN_SECONDS if started else LOCK_WAIT_START_SECONDS
         try:
             url = cfg.database.url.reveal()
-            async with instance_lock.hold(url, wait_seconds=wait) as lost:
+            async with instance_lock.hold(
+                url, wait_seconds=wait, ping_seconds=cfg.database.safety_poll_seconds
+            ) as lost:
                 async with trio.open_nursery() as group:
                     group.start_soon(_cancel_when_set, lost, group.cancel_scope)
                     await group.start(

@@ -86,6 +86,7 @@ async def register_devices(
             username=d.username,
             password=d.password,
             enable_password=d.enable_password,
+            host_key=d.public_host_key(),  # stable per simulated device
         )
         if d.name in known:
             await olt_store.update_device(db, box, d.name, **fields)

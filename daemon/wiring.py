@@ -189,16 +189,21 @@ async def replay_webhooks(db: Database, uuids: list[str]) -> list[webhooks.Webho
     return [await webhooks.replay(db, u) for u in uuids]
 
 
-@contextlib.asynccontextmanager
-async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]:
-    """Build the shared clients; closes them all in one shielded, bounded step."""
-    cfg = deps.config
-    pool = OltPool(
-        OltPoolSettings.from_config(cfg.olt),
+def make_pool(deps: Deps, box: SecretBox) -> OltPool:
+    """The OLT pool (the daemon's, and ``paymentd olt test``'s)."""
+    return OltPool(
+        OltPoolSettings.from_config(deps.config.olt),
         partial(devices.load_spec, deps.db, box),
         deps.metrics,
         deps.events,
     )
+
+
+@contextlib.asynccontextmanager
+async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]:
+    """Build the shared clients; closes them all in one shielded, bounded step."""
+    cfg = deps.config
+    pool = make_pool(deps, box)
     async with contextlib.AsyncExitStack() as stack:
         uisp = UispClient.from_config(cfg.uisp)
         stack.push_async_callback(_bounded_close, uisp.aclose)

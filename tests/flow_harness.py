@@ -95,6 +95,7 @@ async def register(db_url: str, cfg: Config, devices: list[simulator.SimDevice])
                 username=d.username,
                 password=d.password,
                 enable_password=d.enable_password,
+                host_key=d.public_host_key(),
             )
 
 

@@ -39,12 +39,38 @@ class Sim:
             password=d.password,
             enable_password=d.enable_password,
             options=options or ({"zte_style": "admin"} if name == "zte-c600" else {}),
+            host_key=d.public_host_key(),
         )
 
     async def load_device(self, name: str) -> DeviceSpec | None:
         """What the composition root's DB lookup would return."""
         await trio.lowlevel.checkpoint()
         return self.spec(name) if name in self.devices else None
+
+
+@dataclass
+class Rows:
+    """A stand-in for the olt_devices table that a test edits while the pool runs, as
+    ``paymentd olt update`` would: every change bumps the version."""
+
+    specs: dict[str, DeviceSpec]
+    loads: int = 0
+
+    @classmethod
+    def of(cls, sim: Sim, *names: str) -> Rows:
+        return cls({n: dataclasses.replace(sim.spec(n), version=1) for n in names})
+
+    def update(self, name: str, **changes: Any) -> None:
+        old = self.specs[name]
+        self.specs[name] = dataclasses.replace(old, version=old.version + 1, **changes)
+
+    def remove(self, name: str) -> None:
+        del self.specs[name]
+
+    async def load_device(self, name: str) -> DeviceSpec | None:
+        await trio.lowlevel.checkpoint()
+        self.loads += 1
+        return self.specs.get(name)
 
 
 def make_devices() -> list[SimDevice]:

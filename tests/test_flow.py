@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from daemon.network import devices as olt_store
 from daemon.network.olt.types import OnuRef
-from tests.flow_harness import World, daemon, world
+from daemon.platform.secrets import load_keyring
+from tests.flow_harness import Flow, World, daemon, world
 
 ANA_ONU = OnuRef(0, 1, 3, 7)
 
@@ -211,7 +213,7 @@ async def test_a_stale_disconnect_never_undoes_a_later_reconnect(w: World) -> No
     """A suspension stuck in retry (OLT unreachable) is superseded once the client pays."""
     hw = w.devices["olt-hw"]
     hw.set_active(ANA_ONU, True)
-    hw.refuse_logins = True
+    hw.max_sessions = 0  # hangs up on every session (a rejected login would fail for good)
     async with daemon(w) as flow:
         w.fake.services[1]["status"] = 3
         await w.fake.send_webhook("service.suspend", "service", 1, "suspend", w.fake.services[1])
@@ -222,7 +224,7 @@ async def test_a_stale_disconnect_never_undoes_a_later_reconnect(w: World) -> No
 
         await flow.wait_for(retrying, "the deactivation failing against the OLT")
         await w.fake.record_payment(1, 30.0)  # UISP lifts the suspension: activate queued
-        hw.refuse_logins = False
+        hw.max_sessions = 4
         await flow.wait_task_state("succeeded")
         rows = await flow.wait_task_state("superseded")
         await w.sink.wait_messages(1)
@@ -273,3 +275,77 @@ async def test_a_real_uuid_paired_with_another_entity_is_rejected(w: World) -> N
         result = await flow.wait_for(outcome, "webhook processed")
     assert result == f"rejected: webhook {forged['uuid']} says entityId=1, UISP says 2"
     assert await w.db.fetchval("SELECT count(*) FROM reconnect_tasks") == 0
+
+
+def olt_gauge(flow: Flow, name: str, device: str) -> float | None:
+    value: float | None = flow.running.deps.metrics.registry.get_sample_value(
+        name, {"device": device}
+    )
+    return value
+
+
+async def test_an_olt_update_reaches_the_running_daemon_and_the_retry_uses_it(
+    w: World,
+) -> None:
+    """The operator fixes a wrong OLT port while a task keeps retrying; no restart."""
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        box = load_keyring(flow.cfg.secrets)
+        await olt_store.update_device(w.db, box, "olt-hw", port=1)  # nothing listens there
+        await w.fake.record_payment(1, 30.0)
+
+        async def failing_on_the_wrong_port() -> bool:
+            rows = await flow.task_rows()
+            return bool(rows) and "127.0.0.1:1" in (rows[0]["last_error"] or "")
+
+        await flow.wait_for(failing_on_the_wrong_port, "the task retrying against port 1")
+        await olt_store.update_device(w.db, box, "olt-hw", port=hw.port)
+        with trio.fail_after(10):  # the next retry (a few seconds away) uses the new port
+            [task] = await flow.wait_task_state("succeeded")
+        await w.sink.wait_messages(1)
+    assert hw.is_active(ANA_ONU)
+    assert task["attempts"] <= 5
+    assert hw.sessions_opened == 1
+    assert len(w.sink.messages) == 1
+
+
+async def test_a_wrong_olt_password_fails_the_task_saying_how_to_fix_it(w: World) -> None:
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        hw.password = "changed-on-the-device"  # on the device, not in paymentd
+        await w.fake.record_payment(1, 30.0)
+        [task] = await flow.wait_task_state("failed")
+        assert olt_gauge(flow, "paymentd_olt_auth_failed", "olt-hw") == 1
+        assert olt_gauge(flow, "paymentd_olt_auth_failures_total", "olt-hw") == 1
+        assert hw.auth_attempts == 1  # tried once, not every few seconds
+        assert task["attempts"] == 1
+        assert "authentication failed" in task["last_error"]
+        assert "paymentd olt update olt-hw --new-password" in task["last_error"]
+        assert w.sink.messages == []
+
+        # The operator sets the password the device has now and retries the task.
+        box = load_keyring(flow.cfg.secrets)
+        await olt_store.update_device(w.db, box, "olt-hw", password="changed-on-the-device")
+        r = await flow.http.post(
+            f"/api/v1/tasks/{task['id']}/retry", headers={"Authorization": "Bearer admin-token"}
+        )
+        assert r.status_code == 202
+        await flow.wait_task_state("succeeded")
+        await w.sink.wait_messages(1)
+        assert olt_gauge(flow, "paymentd_olt_auth_failed", "olt-hw") == 0
+    assert hw.is_active(ANA_ONU)
+
+
+async def test_an_olt_presenting_another_host_key_is_refused_and_the_task_fails(
+    w: World,
+) -> None:
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        hw.change_host_key()  # registered with the old key
+        await w.fake.record_payment(1, 30.0)
+        [task] = await flow.wait_task_state("failed")
+        assert olt_gauge(flow, "paymentd_olt_host_key_rejected", "olt-hw") == 1
+    assert "REFUSED" in task["last_error"]
+    assert "paymentd olt update olt-hw --refresh-host-key" in task["last_error"]
+    assert hw.auth_attempts == 0  # the password never went to the unknown key
+    assert not hw.is_active(ANA_ONU)

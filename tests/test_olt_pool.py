@@ -11,6 +11,7 @@ import trio
 
 from daemon.actors.olt_pool import Action, OltPool
 from daemon.network.olt.types import (
+    OltAuthError,
     OltCircuitOpen,
     OltCommandError,
     OltResult,
@@ -20,14 +21,17 @@ from daemon.network.olt.types import (
 )
 from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
-from tests.olt_fixtures import Sim, eventually, pool_settings, sim
+from tests.olt_fixtures import Rows, Sim, eventually, pool_settings, sim
 
 __all__ = ["sim"]
 
 
 @asynccontextmanager
-async def running_pool(sim: Sim, **settings: Any) -> AsyncIterator[OltPool]:
-    pool = OltPool(pool_settings(**settings), sim.load_device, Metrics(), EventBus())
+async def running_pool(
+    sim: Sim, rows: Rows | None = None, **settings: Any
+) -> AsyncIterator[OltPool]:
+    load = sim.load_device if rows is None else rows.load_device
+    pool = OltPool(pool_settings(**settings), load, Metrics(), EventBus())
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         yield pool
@@ -142,19 +146,19 @@ async def test_the_breaker_opens_after_failed_connections_and_closes_after_reset
     onu = OnuRef(0, 1, 3, 2)
     with trio.fail_after(15):
         async with running_pool(sim, breaker_failures=2, breaker_reset=0.5) as pool:
-            hw.refuse_logins = True
+            hw.max_sessions = 0  # the device hangs up on every new session
             for _ in range(2):
-                with pytest.raises(OltTransientError, match="authentication failed"):
+                with pytest.raises(OltTransientError, match="closed by the device"):
                     await pool.execute("hw", onu, "activate")
-            assert hw.auth_attempts == 2
+            assert hw.sessions_opened == 2
             assert sample(pool, "paymentd_olt_breaker_open", device="hw") == 1
             with pytest.raises(OltCircuitOpen):
                 await pool.execute("hw", onu, "activate")
-            assert hw.auth_attempts == 2  # answered without touching the device
+            assert hw.sessions_opened == 2  # answered without touching the device
             count = "paymentd_olt_command_seconds_count"
             assert sample(pool, count, vendor="huawei", outcome="breaker_open") == 1
 
-            hw.refuse_logins = False
+            hw.max_sessions = 4
             await trio.sleep(0.5)
             assert (await pool.execute("hw", onu, "activate")).state == "active"
             assert sample(pool, "paymentd_olt_breaker_open", device="hw") == 0
@@ -219,3 +223,102 @@ async def test_a_request_whose_caller_gave_up_while_queued_is_not_run(sim: Sim) 
             await pool.execute("hw", OnuRef(0, 1, 3, 2), "activate")
     assert "ont activate 3 4" not in hw.command_log
     assert not hw.is_active(OnuRef(0, 1, 3, 4))
+
+
+# -- device changes reach the running pool (defect 2) ---------------------------------
+
+
+async def test_a_changed_port_is_used_by_the_next_request_without_a_restart(sim: Sim) -> None:
+    hw = sim["hw"]
+    rows = Rows.of(sim, "hw")
+    right_port = rows.specs["hw"].port
+    rows.update("hw", port=1)  # nothing listens there
+    onu = OnuRef(0, 1, 3, 2)
+    with trio.fail_after(15):
+        async with running_pool(sim, rows, breaker_failures=2, breaker_reset=60) as pool:
+            for _ in range(2):
+                with pytest.raises(OltTransientError, match=r"connect 127\.0\.0\.1:1\b"):
+                    await pool.execute("hw", onu, "activate")
+            with pytest.raises(OltCircuitOpen):  # the breaker is open for a minute...
+                await pool.execute("hw", onu, "activate")
+            rows.update("hw", port=right_port)  # ... but the operator fixed the port
+            assert (await pool.execute("hw", onu, "activate")).state == "active"
+            assert sample(pool, "paymentd_olt_breaker_open", device="hw") == 0
+    assert hw.sessions_opened == 1
+
+
+async def test_a_changed_password_replaces_the_warm_session(sim: Sim) -> None:
+    hw = sim["hw"]
+    rows = Rows.of(sim, "hw")
+    with trio.fail_after(15):
+        async with running_pool(sim, rows) as pool:
+            await pool.execute("hw", OnuRef(0, 1, 3, 2), "activate")
+            hw.password = "rotated"
+            rows.update("hw", password="rotated")
+            await pool.execute("hw", OnuRef(0, 1, 3, 2), "deactivate")
+            assert hw.sessions_opened == 2
+            assert hw.peak_sessions == 1  # the old session was closed first
+            await pool.execute("hw", OnuRef(0, 1, 3, 2), "activate")  # unchanged: warm
+    assert hw.sessions_opened == 2
+
+
+async def test_a_removed_device_is_unknown_and_its_session_closed(sim: Sim) -> None:
+    hw = sim["hw"]
+    rows = Rows.of(sim, "hw")
+    with trio.fail_after(15):
+        async with running_pool(sim, rows) as pool:
+            await pool.execute("hw", OnuRef(0, 1, 3, 2), "activate")
+            rows.remove("hw")
+            with pytest.raises(OltUnknownDevice):
+                await pool.execute("hw", OnuRef(0, 1, 3, 2), "deactivate")
+            await eventually(lambda: hw.active_sessions == 0)
+    assert "ont deactivate 3 2" not in hw.command_log
+
+
+# -- hung commands and rejected logins (defect 21) -----------------------------------
+
+
+async def test_a_device_that_logs_in_but_hangs_on_the_change_trips_the_breaker(
+    sim: Sim,
+) -> None:
+    hw = sim["hw"]
+    onu = OnuRef(0, 1, 3, 2)
+    with trio.fail_after(15):
+        async with running_pool(sim, command_timeout=0.3, breaker_failures=2) as pool:
+            hw.hang_on("ont activate", times=2)  # logs in fine every time
+            with pytest.raises(OltTransientError, match=r"no answer within 0\.3s"):
+                await pool.execute("hw", onu, "activate")  # hangs, and again on the retry
+            assert hw.sessions_opened == 2
+            assert sample(pool, "paymentd_olt_breaker_open", device="hw") == 1
+            with pytest.raises(OltCircuitOpen, match="after 2 failed attempts"):
+                await pool.execute("hw", onu, "activate")
+    assert hw.sessions_opened == 2
+    assert hw.command_log.count("ont activate 3 2") == 2
+
+
+@pytest.mark.parametrize("device", ["hw", "zte"], ids=["ssh-auth", "cli-login"])
+async def test_a_wrong_password_fails_for_good_until_the_device_is_updated(
+    sim: Sim, device: str
+) -> None:
+    d = sim[device]
+    rows = Rows.of(sim, device)
+    rows.update(device, password="wrong")
+    onu = OnuRef(0, 1, 3, 2) if device == "hw" else OnuRef(1, 2, 1, 2)
+    with trio.fail_after(15):
+        async with running_pool(sim, rows) as pool:
+            with pytest.raises(OltAuthError, match=f"paymentd olt update {device} --new-password"):
+                await pool.execute(device, onu, "activate")
+            attempts = d.auth_attempts
+            assert attempts >= 1
+            for _ in range(3):  # refused at once, without trying the device again
+                with pytest.raises(OltAuthError, match="authentication failed"):
+                    await pool.execute(device, onu, "activate")
+            assert d.auth_attempts == attempts
+            assert sample(pool, "paymentd_olt_auth_failed", device=device) == 1
+            assert sample(pool, "paymentd_olt_auth_failures_total", device=device) == 1
+            count = "paymentd_olt_command_seconds_count"
+            assert sample(pool, count, vendor=d.vendor, outcome="auth_failed") == 4
+
+            rows.update(device, password=d.password)  # paymentd olt update --new-password
+            assert (await pool.execute(device, onu, "activate")).state == "active"
+            assert sample(pool, "paymentd_olt_auth_failed", device=device) == 0

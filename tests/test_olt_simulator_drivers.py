@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,7 +11,13 @@ import trio
 
 from daemon.network.olt.driver import OltDriver, Transcript, driver_for
 from daemon.network.olt.ssh import CliSession, open_session
-from daemon.network.olt.types import DeviceSpec, OltCommandError, OltTransientError, OnuRef
+from daemon.network.olt.types import (
+    DeviceSpec,
+    OltAuthError,
+    OltCommandError,
+    OltTransientError,
+    OnuRef,
+)
 from tests.olt_fixtures import Sim, eventually, sim
 
 __all__ = ["sim"]
@@ -177,23 +184,34 @@ async def test_zte_unknown_onu_and_invalid_input(sim: Sim) -> None:
 
 async def test_zte_wrong_enable_password_is_refused(sim: Sim) -> None:
     spec = sim.spec("zte")
-    bad = DeviceSpec(spec.name, "zte", spec.host, spec.port, "ops", "secret-zte", "wrong")
+    bad = dataclasses.replace(spec, enable_password="wrong")
     with trio.fail_after(10), pytest.raises(OltCommandError, match="enable refused"):
         async with logged_in(bad):
             pass
 
 
+async def test_rejected_logins_are_auth_errors_saying_what_to_fix(sim: Sim) -> None:
+    sim["hw"].refuse_logins = True  # SSH password auth
+    sim["zte"].refuse_logins = True  # the ZTE CLI's own Username:/Password:, then hangs up
+    sim["zte"].echo_password = True  # and shows what was typed: never quoted back to us
+    with trio.fail_after(10):
+        with pytest.raises(OltAuthError, match="SSH login refused") as ssh:
+            await open_session(sim.spec("hw"), connect_timeout=5, known_hosts=None)
+        with pytest.raises(OltAuthError, match="Username or password is wrong") as cli:
+            async with logged_in(sim.spec("zte")):
+                pass
+    for caught, name in ((ssh, "hw"), (cli, "zte")):
+        assert f"paymentd olt update {name} --new-password" in str(caught.value)
+        assert sim.spec(name).password not in str(caught.value)
+    assert "******" in str(cli.value)
+
+
 async def test_transport_failures_are_transient(sim: Sim) -> None:
     hw = sim["hw"]
     with trio.fail_after(10):
-        hw.refuse_logins = True
-        with pytest.raises(OltTransientError, match="authentication failed"):
-            await open_session(sim.spec("hw"), connect_timeout=5, known_hosts=None)
-        hw.refuse_logins = False
-
         with pytest.raises(OltTransientError, match="connect"):
             port_spec = sim.spec("hw")
-            closed = DeviceSpec("x", "huawei", "127.0.0.1", 1, "u", "p")
+            closed = DeviceSpec("x", "huawei", "127.0.0.1", 1, "u", "p", host_key_check=False)
             assert port_spec.port != 1
             await open_session(closed, connect_timeout=5, known_hosts=None)
 

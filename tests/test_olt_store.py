@@ -53,6 +53,7 @@ async def test_add_list_and_load_spec_decrypts(db: Database) -> None:
             password="Hunter2-pw",
             enable_password=None,
             options={"zte_style": "c300"},
+            version=1,
         )
         assert "Hunter2" not in repr(spec)
         spec0 = await olt_store.load_spec(db, BOX, "olt-0")
@@ -127,6 +128,39 @@ async def test_update_is_partial(db: Database) -> None:
             await olt_store.update_device(db, BOX, "nope")
         with pytest.raises(StoreError):
             await olt_store.update_device(db, BOX, "olt-1", vendor="nokia")
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJJ2+31t0pJTZNe5Uy5T6ENLb9XEt0eYBQND2FGu9anB"
+
+
+async def test_every_update_bumps_the_version_and_host_keys_are_stored(db: Database) -> None:
+    with trio.fail_after(10):
+        await _add(db, host_key=KEY + " root@olt")  # the comment is not kept
+        first = await olt_store.load_spec(db, BOX, "olt-1")
+        assert first is not None
+        assert (first.host_key, first.host_key_check, first.version) == (KEY, True, 1)
+        await olt_store.update_device(db, BOX, "olt-1", port=2222)
+        await olt_store.update_device(db, BOX, "olt-1", host_key=None, host_key_check=False)
+        spec = await olt_store.load_spec(db, BOX, "olt-1")
+        assert spec is not None
+        assert (spec.port, spec.host_key, spec.host_key_check, spec.version) == (
+            2222,
+            None,
+            False,
+            3,
+        )
+        [listed] = await olt_store.list_devices(db)
+        assert (listed["host_key"], listed["host_key_check"], listed["version"]) == (
+            None,
+            False,
+            3,
+        )
+        with pytest.raises(StoreError, match="invalid host key"):
+            await olt_store.update_device(db, BOX, "olt-1", host_key="ssh-ed25519 nonsense")
+        with pytest.raises(StoreError, match="invalid host key"):
+            await _add(db, "olt-2", host_key="not a key")
+        spec_after = await olt_store.load_spec(db, BOX, "olt-1")
+        assert spec_after == spec  # the refused update changed nothing
 
 
 async def test_remove_device(db: Database) -> None:

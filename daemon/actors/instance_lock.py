@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 # Session-level advisory lock key held by the running daemon ("paymentd" as a number).
 INSTANCE_LOCK = 0x7061796D656E7464
-# How often the holder checks that its connection is alive (a local flag, and a ping).
+# How often the holder checks that its connection is alive: a local flag (asyncpg sees a
+# closed socket at once), and a ping at the listener's safety-tick rate for a half-open
+# TCP connection (rare; and correctness never depends on this lock, only tidiness).
 WATCH_SECONDS = 0.5
-PING_SECONDS = 5.0
 
 
 class InstanceLockError(Exception):
@@ -46,7 +47,9 @@ async def _holder(conn: Any) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def hold(url: str, *, wait_seconds: float) -> AsyncIterator[trio.Event]:
+async def hold(
+    url: str, *, wait_seconds: float, ping_seconds: float = 300.0
+) -> AsyncIterator[trio.Event]:
     """Take the lock (waiting up to ``wait_seconds`` for a previous holder to go away).
 
     Raises ``InstanceLockError`` naming the holder when another daemon keeps it, and
@@ -74,7 +77,7 @@ async def hold(url: str, *, wait_seconds: float) -> AsyncIterator[trio.Event]:
         lost = trio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, conn, lost)
+            nursery.start_soon(_watch, conn, lost, ping_seconds)
             try:
                 yield lost
             finally:
@@ -83,14 +86,14 @@ async def hold(url: str, *, wait_seconds: float) -> AsyncIterator[trio.Event]:
         await dbmod.close_conn(conn)
 
 
-async def _watch(conn: Any, lost: trio.Event) -> None:
-    next_ping = trio.current_time() + PING_SECONDS
+async def _watch(conn: Any, lost: trio.Event, ping_seconds: float) -> None:
+    next_ping = trio.current_time() + ping_seconds
     while not lost.is_set():
         await trio.sleep(WATCH_SECONDS)
         if conn.is_closed():
             break
         if trio.current_time() >= next_ping:
-            next_ping = trio.current_time() + PING_SECONDS
+            next_ping = trio.current_time() + ping_seconds
             try:
                 with trio.fail_after(5):
                     await dbmod.bridge(conn.fetchval, "SELECT 1", timeout=5)

@@ -2,18 +2,28 @@
 
 Consumes: requests from ``OltPool.execute`` / ``OltPool.test_device`` (any trio task),
 each carrying its own reply channel, over one bounded memory channel.
-Produces: an ``OltResult`` (or one of ``OltUnknownDevice``, ``OltCommandError``,
-``OltTransientError``, ``OltCircuitOpen``) per request; ``olt.command`` events;
-``paymentd_olt_*`` metrics.
+Produces: an ``OltResult`` (or one of ``OltUnknownDevice``, ``OltCommandError`` and its
+permanent kin ``OltAuthError`` / ``OltHostKeyError``, ``OltTransientError``,
+``OltCircuitOpen``) per request; ``olt.command`` events; ``paymentd_olt_*`` metrics.
 Owns: one child actor per device, started lazily in the pool's nursery. A device actor
 owns that device's ``CliSession``: it logs in once, runs requests one at a time (so
 commands to one device never interleave), logs out after ``idle_close`` seconds without
-work and then ends (the next request starts a fresh actor, which reloads the spec).
-Reconnects back off exponentially; after ``breaker_failures`` consecutive connection
-failures the device answers ``OltCircuitOpen`` at once for ``breaker_reset`` seconds.
-A transient failure in the middle of an operation is retried once on a fresh session;
-longer outages are the caller's durable retry's business. Nothing here is the only copy
-of work: a request lost with the process is retried from the database.
+work and then ends.
+
+Before each request and each retry the actor reloads the device's row (one indexed
+query): if it changed (``paymentd olt update``, which bumps its version) the session is
+dropped and the breaker reset, so new settings apply within one request; a removed
+device answers ``OltUnknownDevice``.
+
+Reconnects back off exponentially; after ``breaker_failures`` consecutive failed
+attempts (connects, logins, and operations that timed out or broke on a logged-in
+session) the device answers ``OltCircuitOpen`` at once for ``breaker_reset`` seconds.
+A rejected login or a host key mismatch is not retried at all: the device answers that
+error without being contacted until its row changes. A transient failure in the middle
+of an operation is retried once on a fresh session; each request has an overall
+deadline (``operation_deadline``) after which its session is dropped. Longer outages are
+the caller's durable retry's business. Nothing here is the only copy of work: a request
+lost with the process is retried from the database.
 """
 
 from __future__ import annotations
@@ -31,11 +41,14 @@ from daemon.network.olt.driver import OltDriver, driver_for
 from daemon.network.olt.ssh import CliSession, open_session
 from daemon.network.olt.types import (
     DeviceSpec,
+    OltAuthError,
     OltBusy,
     OltCircuitOpen,
     OltCommandError,
     OltError,
+    OltHostKeyError,
     OltResult,
+    OltTimeout,
     OltTransientError,
     OltUnknownDevice,
     OnuRef,
@@ -65,6 +78,18 @@ class OltPoolSettings:
     reconnect_backoff_max: float = 10.0
     keepalive_interval: float = 30.0
     queue_size: int = 32  # requests waiting per device before callers are told to retry
+    request_timeout: float | None = None  # overall, per request; None: operation_deadline
+
+    @property
+    def operation_deadline(self) -> float:
+        """Backstop for one request in the device actor: every step is bounded already,
+        this also bounds their sum (connect + login + a dozen commands, twice, plus the
+        reconnect backoff), so a device that answers slowly at every step cannot hold
+        the actor for longer."""
+        if self.request_timeout is not None:
+            return self.request_timeout
+        one_try = self.connect_timeout + 12 * self.command_timeout
+        return 2 * one_try + self.reconnect_backoff_max
 
     @classmethod
     def from_config(cls, olt: OltConfig) -> OltPoolSettings:
@@ -89,11 +114,16 @@ class _Request:
 
 @dataclass
 class _Breaker:
-    """Per-device connection health; lives in the pool so it outlives device actors."""
+    """Per-device health for one version of its settings; lives in the pool so it
+    outlives device actors, and is replaced when the device's row changes."""
 
-    failures: int = 0  # consecutive failed connects
+    spec: DeviceSpec | None = None  # the settings these counts are about
+    failures: int = 0  # consecutive failed attempts (connect, login or operation)
     open_until: float = -math.inf
     next_connect_at: float = -math.inf  # reconnect backoff
+    # A rejected login or host key: answered without contacting the device, until the
+    # device's settings change (a retry would only lock the account or feed an impostor).
+    refused: OltCommandError | None = None
 
 
 class OltPool:
@@ -177,8 +207,9 @@ class OltPool:
         return result
 
     def forget(self, device: str) -> None:
-        """Drop the device's actor (its spec changed): it finishes what is queued, logs
-        out and ends; the next request starts a new actor with the new spec."""
+        """Drop the device's actor now: it finishes what is queued, logs out and ends;
+        the next request starts a new actor and session. Settings changes need no call
+        (the actor reloads the device's row before each request)."""
         actor = self._actors.pop(device, None)
         if actor is not None:
             self._retiring[device] = actor.done
@@ -289,6 +320,10 @@ class _DeviceActor:
             reply = await self._handle(request)
         except OltCircuitOpen as exc:
             reply, outcome = exc, "breaker_open"
+        except OltAuthError as exc:
+            reply, outcome = exc, "auth_failed"
+        except OltHostKeyError as exc:
+            reply, outcome = exc, "host_key_rejected"
         except OltCommandError as exc:
             reply, outcome = exc, "device_error"
         except OltUnknownDevice as exc:
@@ -315,46 +350,114 @@ class _DeviceActor:
             )
 
     async def _handle(self, request: _Request) -> OltResult | str:
-        spec = await self._load_spec()
-        breaker = self.pool._breakers.setdefault(self.name, _Breaker())
+        await self._current_spec()
+        breaker = self._breaker()
+        if breaker.refused is not None:
+            # Same message, a fresh exception: no traceback chained across requests.
+            raise type(breaker.refused)(str(breaker.refused))
         remaining = breaker.open_until - trio.current_time()
         if remaining > 0:
             raise OltCircuitOpen(
                 f"{self.name}: circuit open for {remaining:.1f}s more "
-                f"after {breaker.failures} failed connections"
+                f"after {breaker.failures} failed attempts"
             )
+        deadline = self.pool.settings.operation_deadline
+        with trio.move_on_after(deadline):
+            return await self._attempts(request)
+        # Every step has its own bound; this is the backstop for their sum.
+        await self._drop_session(logout=False)
+        self._failed(self._breaker())
+        raise OltTimeout(f"{self.name}: no result within {deadline:g}s; session dropped")
+
+    async def _attempts(self, request: _Request) -> OltResult | str:
         for attempt in (1, 2):
+            spec = self.spec if attempt == 1 else await self._current_spec()
+            assert spec is not None
+            breaker = self._breaker()
             session, driver = await self._ensure_session(spec, breaker)
             try:
                 if request.kind == "test":
-                    return await driver.probe(session)
-                assert request.onu is not None
-                return await driver.set_onu(session, request.onu, request.action == "activate")
+                    result: OltResult | str = await driver.probe(session)
+                else:
+                    assert request.onu is not None
+                    result = await driver.set_onu(
+                        session, request.onu, request.action == "activate"
+                    )
             except OltTransientError as exc:
+                # A logged-in session that hangs or breaks mid-operation counts as much
+                # as a failed connect: a device that always hangs must trip the breaker.
                 await self._drop_session(logout=False)
-                if attempt == 2:
+                self._failed(breaker)
+                if attempt == 2 or breaker.open_until > trio.current_time():
                     raise
                 log.warning("%s: %s; retrying once on a fresh session", self.name, exc)
+            except OltCommandError:
+                self._succeeded(breaker)  # the device answered: it is healthy
+                raise
+            else:
+                self._succeeded(breaker)
+                return result
             finally:
                 if self.session is not None and not self.session.usable:
                     await self._drop_session(logout=False)
         raise AssertionError("unreachable")
 
-    async def _load_spec(self) -> DeviceSpec:
-        if self.spec is None:
-            try:
-                spec = await self.pool._load_device(self.name)
-            except OltError:
-                raise
-            except SecretKeyError as exc:
-                # Retrying cannot fix a secret that does not decrypt: fail the task for good.
-                raise OltCommandError(f"{self.name}: {exc}") from exc
-            except Exception as exc:  # e.g. the database is down: try again later
-                raise OltTransientError(f"{self.name}: loading device spec: {exc!r}") from exc
-            if spec is None:
-                raise OltUnknownDevice(f"unknown OLT device {self.name!r}")
+    def _breaker(self) -> _Breaker:
+        return self.pool._breakers.setdefault(self.name, _Breaker(spec=self.spec))
+
+    async def _current_spec(self) -> DeviceSpec:
+        """The device's settings as the database has them now.
+
+        A change drops the session (it was opened with the old settings) and resets the
+        breaker; a removed device is ``OltUnknownDevice``.
+        """
+        try:
+            spec = await self.pool._load_device(self.name)
+        except OltError:
+            raise
+        except SecretKeyError as exc:
+            # Retrying cannot fix a secret that does not decrypt: fail the task for good.
+            raise OltCommandError(f"{self.name}: {exc}") from exc
+        except Exception as exc:  # e.g. the database is down
+            if self.spec is not None:
+                # The settings we hold are the latest we know; the caller needs the
+                # database to record the outcome anyway.
+                log.warning(
+                    "%s: reloading device settings: %r; using the last known", self.name, exc
+                )
+                return self.spec
+            raise OltTransientError(f"{self.name}: loading device spec: {exc!r}") from exc
+        if spec is None:
+            if self.spec is not None:
+                log.info("%s: device removed; closing its session", self.name)
+            await self._drop_session(logout=True)
+            self.spec = None
+            self._reset_breaker(None)
+            raise OltUnknownDevice(f"unknown OLT device {self.name!r}")
+        if spec != self.spec:
+            if self.spec is not None:
+                log.info("%s: settings changed; reconnecting with the new ones", self.name)
+                await self._drop_session(logout=True)
             self.spec = spec
-        return self.spec
+        breaker = self.pool._breakers.get(self.name)
+        if breaker is None or breaker.spec != spec:
+            self._reset_breaker(spec)
+        return spec
+
+    def _reset_breaker(self, spec: DeviceSpec | None) -> None:
+        old = self.pool._breakers.pop(self.name, None)
+        if spec is not None:
+            self.pool._breakers[self.name] = _Breaker(spec=spec)
+        if old is None:
+            # Nothing to clear, and no series for names that were never devices (a typo
+            # in a UISP attribute must not mint metric labels).
+            return
+        if old.failures or old.refused is not None:
+            log.info("%s: settings changed; failure counts and refusals cleared", self.name)
+        metrics = self.pool._metrics
+        metrics.olt_breaker_open.labels(self.name).set(0)
+        metrics.olt_auth_failed.labels(self.name).set(0)
+        metrics.olt_host_key_rejected.labels(self.name).set(0)
 
     async def _ensure_session(
         self, spec: DeviceSpec, breaker: _Breaker
@@ -369,6 +472,7 @@ class _DeviceActor:
                 connect_timeout=settings.connect_timeout,
                 known_hosts=settings.known_hosts,
                 keepalive_interval=settings.keepalive_interval,
+                io_timeout=settings.command_timeout,
             )
             self.pool._metrics.olt_sessions.labels(self.name).inc()
             try:
@@ -377,18 +481,33 @@ class _DeviceActor:
             except BaseException:
                 await session.close()
                 raise
-        except OltTransientError:
-            self._connect_failed(breaker)
+        except (OltAuthError, OltHostKeyError) as exc:
+            self._refuse(breaker, exc)
             raise
-        if breaker.failures or breaker.open_until > -math.inf:
-            log.info("%s: connected again after %d failures", self.name, breaker.failures)
-        breaker.failures = 0
-        breaker.open_until = breaker.next_connect_at = -math.inf
-        self.pool._metrics.olt_breaker_open.labels(self.name).set(0)
+        except OltTransientError:
+            self._failed(breaker)
+            raise
         self.session, self.driver = session, driver
         return session, driver
 
-    def _connect_failed(self, breaker: _Breaker) -> None:
+    def _succeeded(self, breaker: _Breaker) -> None:
+        if breaker.failures or breaker.open_until > -math.inf:
+            log.info("%s: working again after %d failed attempts", self.name, breaker.failures)
+            self.pool._metrics.olt_breaker_open.labels(self.name).set(0)
+        breaker.failures = 0
+        breaker.open_until = breaker.next_connect_at = -math.inf
+
+    def _refuse(self, breaker: _Breaker, exc: OltCommandError) -> None:
+        breaker.refused = exc
+        metrics = self.pool._metrics
+        if isinstance(exc, OltAuthError):
+            metrics.olt_auth_failures.labels(self.name).inc()
+            metrics.olt_auth_failed.labels(self.name).set(1)
+        else:
+            metrics.olt_host_key_rejected.labels(self.name).set(1)
+        log.error("%s", exc)
+
+    def _failed(self, breaker: _Breaker) -> None:
         settings = self.pool.settings
         now = trio.current_time()
         breaker.failures += 1
@@ -398,7 +517,7 @@ class _DeviceActor:
             breaker.open_until = now + settings.breaker_reset
             self.pool._metrics.olt_breaker_open.labels(self.name).set(1)
             log.warning(
-                "%s: circuit open for %gs after %d failed connections",
+                "%s: circuit open for %gs after %d failed attempts",
                 self.name,
                 settings.breaker_reset,
                 breaker.failures,

@@ -43,7 +43,10 @@ def cmd_olt(args: argparse.Namespace) -> int:
             )
         else:
             for r in rows:
-                print(f"{r['name']:<20} {r['vendor']:<7} {r['username']}@{r['host']}:{r['port']}")
+                print(
+                    f"{r['name']:<20} {r['vendor']:<7} {r['username']}@{r['host']}:{r['port']}"
+                    f"  {_host_key_text(r['host_key'], r['host_key_check'])}"
+                )
         return 0
     if args.olt_cmd == "remove":
         if not with_db(cfg, lambda db: olt_store.remove_device(db, args.name, force=args.force)):
@@ -59,9 +62,14 @@ def cmd_olt(args: argparse.Namespace) -> int:
             raise UserError("no password: use --password-file, PAYMENTD_OLT_PASSWORD or a terminal")
         new_password: str = password
         add_options = {"zte_style": args.zte_style} if args.zte_style else {}
-        with_db(
-            cfg,
-            lambda db: olt_store.add_device(
+
+        async def add(db: Any) -> str | None:
+            # The key is fetched before anything is written: a device we cannot reach is
+            # not added half-way (or use --no-host-key-check, explicitly).
+            key = None
+            if not args.no_host_key_check:
+                key = await _fetch_key(cfg, args.name, args.host, args.port, "add")
+            await olt_store.add_device(
                 db,
                 box,
                 name=args.name,
@@ -72,9 +80,14 @@ def cmd_olt(args: argparse.Namespace) -> int:
                 password=new_password,
                 enable_password=args.enable_password,
                 options=add_options,
-            ),
-        )
+                host_key=key,
+                host_key_check=not args.no_host_key_check,
+            )
+            return key
+
+        key = with_db(cfg, add)
         print(f"added {args.name} ({args.vendor} {args.host}:{args.port})")
+        print(_host_key_report(key))
         print(f"check it with: paymentd olt test {args.name}")
         return 0
     if args.olt_cmd == "update":
@@ -89,9 +102,24 @@ def cmd_olt(args: argparse.Namespace) -> int:
                     "PAYMENTD_OLT_PASSWORD or a terminal)"
                 )
         options = {"zte_style": args.zte_style} if args.zte_style else None
-        with_db(
-            cfg,
-            lambda db: olt_store.update_device(
+        if args.refresh_host_key and args.no_host_key_check:
+            raise UserError("--refresh-host-key and --no-host-key-check: choose one")
+
+        async def update(db: Any) -> str | None:
+            extra: dict[str, Any] = {}
+            if args.enable_password is not None:
+                extra["enable_password"] = args.enable_password
+            key = None
+            if args.refresh_host_key:
+                current = {r["name"]: r for r in await olt_store.list_devices(db)}.get(args.name)
+                if current is None:
+                    raise UserError(f"no OLT named {args.name!r} (see 'paymentd olt list')")
+                host, port = args.host or current["host"], args.port or current["port"]
+                key = await _fetch_key(cfg, args.name, host, port, "update")
+                extra.update(host_key=key, host_key_check=True)
+            elif args.no_host_key_check:
+                extra["host_key_check"] = False
+            await olt_store.update_device(
                 db,
                 box,
                 args.name,
@@ -100,14 +128,14 @@ def cmd_olt(args: argparse.Namespace) -> int:
                 username=args.username,
                 password=password,
                 options=options,
-                **(
-                    {"enable_password": args.enable_password}
-                    if args.enable_password is not None
-                    else {}
-                ),
-            ),
-        )
-        print(f"updated {args.name}; the daemon picks it up when the device's session next opens")
+                **extra,
+            )
+            return key
+
+        key = with_db(cfg, update)
+        print(f"updated {args.name}; a running daemon uses the new settings from its next attempt")
+        if args.refresh_host_key or args.no_host_key_check:
+            print(_host_key_report(key))
         return 0
     if args.olt_cmd == "test":
         print(with_db(cfg, _test_olt, cfg, box, args.name))
@@ -115,18 +143,51 @@ def cmd_olt(args: argparse.Namespace) -> int:
     raise AssertionError(args.olt_cmd)
 
 
+def _host_key_text(key: str | None, check: bool) -> str:
+    from daemon.network.olt.ssh import host_key_fingerprint
+
+    if not check:
+        return "host key NOT checked"
+    return "host key not pinned" if key is None else host_key_fingerprint(key)
+
+
+def _host_key_report(key: str | None) -> str:
+    from daemon.network.olt.ssh import host_key_fingerprint
+
+    if key is None:
+        return (
+            "WARNING: the SSH host key will NOT be checked (--no-host-key-check): anyone on "
+            "the path can read the OLT password; the daemon logs this on every connect"
+        )
+    return (
+        f"host key pinned: {host_key_fingerprint(key)}\n"
+        "compare it with the device's own (e.g. 'display ssh server-key' / "
+        "'show ssh'); a different key later is refused"
+    )
+
+
+async def _fetch_key(cfg: Config, name: str, host: str, port: int, verb: str) -> str:
+    from daemon.network.olt.ssh import fetch_host_key
+    from daemon.network.olt.types import OltTransientError
+
+    try:
+        return await fetch_host_key(host, port, timeout=cfg.olt.connect_timeout_seconds)
+    except OltTransientError as exc:
+        raise UserError(
+            f"cannot read the SSH host key of {host}:{port}: {exc}; check --host and --port "
+            f"(nothing was changed), or pass --no-host-key-check to 'olt {verb} {name}' "
+            "to skip the check (not recommended)"
+        ) from None
+
+
 async def _test_olt(db: Any, cfg: Config, box: Any, name: str) -> str:
-    from daemon.actors.olt_pool import OltPool, OltPoolSettings
-    from daemon.network.devices import load_spec
+    from daemon import wiring
+    from daemon.platform.deps import Deps
     from daemon.platform.events import EventBus
+    from daemon.platform.health import Health
     from daemon.platform.metrics import Metrics
 
-    pool = OltPool(
-        OltPoolSettings.from_config(cfg.olt),
-        lambda n: load_spec(db, box, n),
-        Metrics(),
-        EventBus(),
-    )
+    pool = wiring.make_pool(Deps(cfg, db, Metrics(), EventBus(), Health()), box)
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         try:
@@ -172,6 +233,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=["onu_state", "admin"],
         help="ZTE command style (C300/C320: onu_state; C600: admin)",
     )
+    add.add_argument(
+        "--no-host-key-check",
+        action="store_true",
+        help="do not record or check the device's SSH host key (not recommended; logged)",
+    )
     lst = with_config(olt_sub.add_parser("list", help="list OLTs (never shows passwords)"))
     lst.add_argument("--json", action="store_true")
     upd = with_config(
@@ -189,6 +255,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     upd.add_argument("--password-file", help="read the new password from this file")
     upd.add_argument("--enable-password")
     upd.add_argument("--zte-style", choices=["onu_state", "admin"])
+    upd.add_argument(
+        "--refresh-host-key",
+        action="store_true",
+        help="record the key the device presents now (after a legitimate key change)",
+    )
+    upd.add_argument(
+        "--no-host-key-check",
+        action="store_true",
+        help="stop checking the device's SSH host key (not recommended; logged)",
+    )
     rm = with_config(olt_sub.add_parser("remove", help="remove an OLT"))
     rm.add_argument("name")
     rm.add_argument(

@@ -4,6 +4,10 @@ Passwords are stored only as ``SecretBox`` tokens bound to their row and column
 (``secrets.olt_aad``) and leave this module in plaintext only inside a ``DeviceSpec``
 (``load_spec``), which the OLT pool needs to log in. ``list_devices`` never returns them.
 
+Every change bumps the row's ``version``: the running OLT pool reloads the row before each
+request and reconnects when it differs. ``host_key`` is the device's pinned SSH host key
+(public, so stored in clear); ``host_key_check=False`` is the explicit opt-out.
+
 Validation errors are ``StoreError`` subclasses (also ``ValueError``) with messages fit
 for the CLI; the database CHECK constraints repeat the important rules as a backstop.
 """
@@ -15,6 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, cast, get_args
 
+from daemon.network.olt.ssh import parse_host_key
 from daemon.network.olt.types import DeviceSpec, OnuRef, Vendor
 from daemon.platform.db import Database, Executor
 from daemon.platform.secrets import SecretBox, olt_aad
@@ -77,6 +82,14 @@ def _check_text(field: str, value: str) -> str:
     return value
 
 
+def _check_host_key(host_key: str) -> str:
+    try:
+        parse_host_key(host_key)
+    except ValueError as exc:
+        raise StoreError(f"invalid host key: {exc}") from None
+    return " ".join(host_key.split()[:2])  # "type base64", without a comment
+
+
 def _check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     if options is None:
         return {}
@@ -97,8 +110,14 @@ async def add_device(
     password: str,
     enable_password: str | None = None,
     options: Mapping[str, Any] | None = None,
+    host_key: str | None = None,
+    host_key_check: bool = True,
 ) -> int:
-    """Add a device and return its id; ``DeviceExists`` if the name is taken."""
+    """Add a device and return its id; ``DeviceExists`` if the name is taken.
+
+    ``host_key`` pins the device's SSH host key; without one (and with the check on) the
+    daemon refuses to connect unless ``olt.known_hosts`` has it.
+    """
     _check_name(name)
     _check_vendor(vendor)
     _check_text("host", host)
@@ -107,6 +126,7 @@ async def add_device(
     if not password:
         raise StoreError("password must not be empty")
     opts = _check_options(options)
+    key = None if host_key is None else _check_host_key(host_key)
     enable_enc = (
         None
         if enable_password is None
@@ -117,8 +137,9 @@ async def add_device(
     device_id: int | None = await db.fetchval(
         """
         INSERT INTO olt_devices
-            (name, vendor, host, port, username, password_enc, enable_password_enc, options)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            (name, vendor, host, port, username, password_enc, enable_password_enc, options,
+             host_key, host_key_check)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         ON CONFLICT (name) DO NOTHING
         RETURNING id
         """,
@@ -130,6 +151,8 @@ async def add_device(
         box.encrypt(password, aad=olt_aad(name, "password")),
         enable_enc,
         opts,
+        key,
+        host_key_check,
     )
     if device_id is None:
         raise DeviceExists(f"an OLT named {name!r} already exists")
@@ -148,12 +171,14 @@ async def update_device(
     password: str | None = None,
     enable_password: str | _Unset | None = UNSET,
     options: Mapping[str, Any] | None = None,
+    host_key: str | _Unset | None = UNSET,
+    host_key_check: bool | None = None,
 ) -> None:
-    """Change the given fields of a device (``None`` = unchanged).
+    """Change the given fields of a device (``None`` = unchanged) and bump its version.
 
-    ``enable_password=None`` clears it; leave it ``UNSET`` to keep it. ``options``
-    replaces the whole mapping. Renaming is not supported: the name is part of each
-    secret's associated data, so a rename is remove + add.
+    ``enable_password=None`` / ``host_key=None`` clear them; leave them ``UNSET`` to keep
+    them. ``options`` replaces the whole mapping. Renaming is not supported: the name is
+    part of each secret's associated data, so a rename is remove + add.
     """
     sets: list[str] = []
     args: list[Any] = [name]
@@ -183,13 +208,19 @@ async def update_device(
         )
     if options is not None:
         put("options", _check_options(options))
+    if host_key is not UNSET:
+        put("host_key", None if host_key is None else _check_host_key(host_key))
+    if host_key_check is not None:
+        put("host_key_check", bool(host_key_check))
     if not sets:
         # Still tell the caller when the device does not exist.
         if await db.fetchval("SELECT 1 FROM olt_devices WHERE name = $1", name) is None:
             raise DeviceNotFound(f"no OLT named {name!r}")
         return
     status = await db.execute(
-        f"UPDATE olt_devices SET {', '.join(sets)}, updated_at = now() WHERE name = $1", *args
+        f"UPDATE olt_devices SET {', '.join(sets)}, version = version + 1, updated_at = now()"
+        " WHERE name = $1",
+        *args,
     )
     if status == "UPDATE 0":
         raise DeviceNotFound(f"no OLT named {name!r}")
@@ -224,7 +255,7 @@ async def list_devices(db: Executor) -> list[dict[str, Any]]:
         """
         SELECT id, name, vendor, host, port, username,
                enable_password_enc IS NOT NULL AS has_enable_password,
-               options, created_at, updated_at
+               options, host_key, host_key_check, version, created_at, updated_at
         FROM olt_devices ORDER BY name
         """
     )
@@ -247,10 +278,16 @@ def _spec(box: SecretBox, row: Mapping[str, Any]) -> DeviceSpec:
             else box.decrypt(enable_enc, aad=olt_aad(name, "enable_password"))
         ),
         options=dict(row["options"]),
+        host_key=row["host_key"],
+        host_key_check=row["host_key_check"],
+        version=row["version"],
     )
 
 
-_SPEC_COLUMNS = "name, vendor, host, port, username, password_enc, enable_password_enc, options"
+_SPEC_COLUMNS = (
+    "name, vendor, host, port, username, password_enc, enable_password_enc, options,"
+    " host_key, host_key_check, version"
+)
 
 
 async def load_spec(db: Executor, box: SecretBox, name: str) -> DeviceSpec | None:

@@ -208,7 +208,7 @@ class SecretsConfig(_Section, frozen=True):
 
 
 class OltConfig(_Section, frozen=True):
-    known_hosts: str = ""  # OpenSSH known_hosts file; empty = do not check host keys
+    known_hosts: str = ""  # OpenSSH known_hosts file for devices without a pinned host key
     connect_timeout_seconds: Seconds = 15.0
     command_timeout_seconds: Seconds = 60.0
     idle_close_seconds: Seconds = 300.0

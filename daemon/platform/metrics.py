@@ -55,6 +55,24 @@ class Metrics:
             ["device"],
             registry=r,
         )
+        self.olt_auth_failures = Counter(
+            "paymentd_olt_auth_failures",
+            "Logins an OLT rejected (wrong username or password)",
+            ["device"],
+            registry=r,
+        )
+        self.olt_auth_failed = Gauge(
+            "paymentd_olt_auth_failed",
+            "1 while a device is refused after a rejected login, until its settings change",
+            ["device"],
+            registry=r,
+        )
+        self.olt_host_key_rejected = Gauge(
+            "paymentd_olt_host_key_rejected",
+            "1 while a device is refused for an SSH host key that is not the pinned one",
+            ["device"],
+            registry=r,
+        )
         self.sms = Counter(
             "paymentd_sms", "SMS by provider and outcome", ["provider", "outcome"], registry=r
         )

@@ -7,10 +7,13 @@ plain-trio ``CliSession``; ``simulator`` is an asyncssh server speaking both CLI
 
 from daemon.network.olt.types import (
     DeviceSpec,
+    OltAuthError,
     OltCircuitOpen,
     OltCommandError,
     OltError,
+    OltHostKeyError,
     OltResult,
+    OltTimeout,
     OltTransientError,
     OltUnknownDevice,
     OnuRef,
@@ -18,10 +21,13 @@ from daemon.network.olt.types import (
 
 __all__ = [
     "DeviceSpec",
+    "OltAuthError",
     "OltCircuitOpen",
     "OltCommandError",
     "OltError",
+    "OltHostKeyError",
     "OltResult",
+    "OltTimeout",
     "OltTransientError",
     "OltUnknownDevice",
     "OnuRef",

@@ -7,6 +7,7 @@ from functools import partial
 import trio
 
 from daemon.network.olt.simulator import SimDevice, demo_devices, serve
+from daemon.network.olt.ssh import host_key_fingerprint
 
 __all__ = ["describe", "run_simulator_forever"]
 
@@ -18,6 +19,7 @@ def describe(device: SimDevice, host: str, port: int) -> str:
         f"  ssh -p {port} {device.username}@{host}    password: {device.password}"
         + (f"    enable password: {device.enable_password}" if device.enable_password else "")
         + ("    (the CLI asks Username:/Password:)" if device.cli_login else ""),
+        f"  host key {host_key_fingerprint(device.public_host_key())}",
     ]
     for onu in sorted(device.onus.values(), key=lambda o: o.key):
         state = "active" if onu.active else "deactivated"

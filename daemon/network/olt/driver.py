@@ -20,8 +20,10 @@ from daemon.network.olt.types import (
     OltCommandError,
     OltError,
     OltResult,
+    OltTimeout,
     OltTransientError,
     OnuRef,
+    auth_error,
 )
 
 __all__ = ["OltDriver", "Transcript", "clean_output", "driver_for"]
@@ -32,6 +34,9 @@ EXCERPT_CHARS = 2000
 _ANY_PROMPT = re.compile(r"(?:^|[\r\n])(?P<host>[A-Za-z0-9][\w.-]*)(?:\([^)\r\n]*\))?[>#] ?\Z")
 _LOGIN_USER = re.compile(r"(?:Username|User name|login):\s*\Z", re.IGNORECASE)
 _LOGIN_PASSWORD = re.compile(r"(?:Password|User password):\s*\Z", re.IGNORECASE)
+# What CLIs print after a rejected login before they hang up ("%Error 20203: Username or
+# password is wrong.", "Username or password invalid", "Authentication failed").
+_LOGIN_REJECTED = re.compile(r"wrong|invalid|incorrect|fail|denied", re.IGNORECASE)
 # Huawei "---- More ( Press 'Q' to break ) ----", ZTE "--More--": answered with a space.
 PAGER = re.compile(r"---- More \( Press 'Q' to break \) ----|--More--")
 # Huawei smart mode asks for optional parameters ("{ <cr>||<K> }:"): a newline accepts.
@@ -102,12 +107,22 @@ class OltDriver(ABC):
         patterns = [_ANY_PROMPT, _LOGIN_USER, _LOGIN_PASSWORD]
         answered_password = False
         while True:
-            index, text = await session.read_until(patterns, self.timeout)
+            try:
+                index, text = await session.read_until(patterns, self.timeout)
+            except OltTimeout:
+                raise
+            except OltTransientError:
+                # Hung up right after our password, saying why: the credentials are wrong.
+                if answered_password and _LOGIN_REJECTED.search(session.unread):
+                    said = session.redact(session.unread.strip()[-120:])
+                    raise auth_error(spec.name, f"CLI login rejected: {said!r}") from None
+                raise
+            if index in (1, 2) and answered_password:
+                # Asked again after our password: the device rejected the credentials.
+                raise auth_error(spec.name, "CLI login rejected")
             if index == 1:
                 await session.send_line(spec.username)
             elif index == 2:
-                if answered_password:  # asked again: the device rejected the credentials
-                    raise OltTransientError(f"{spec.name}: CLI login rejected")
                 answered_password = True
                 await session.send_line(spec.password)
             else:

@@ -136,6 +136,11 @@ class _Shell:
                     while await self.p.stdin.read(1024):  # swallow input until the client quits
                         pass
                     return
+                if fault == "stop_reading":
+                    # Wedged firmware: never reads again, never answers, never hangs up
+                    # (the session ends only when the client closes the connection).
+                    await self.p.wait_closed()
+                    return
                 if self.d.latency:
                     await asyncio.sleep(self.d.latency)
                 if fault == "drop_after":
@@ -340,7 +345,7 @@ class ZteShell(_Shell):
                 self.write("Username:")
                 user = await self.readline()
             self.write("Password:")
-            password = await self.readline(echo=False)
+            password = await self.readline(echo=self.d.echo_password)
             self.d.auth_attempts += 1
             if not self.d.refuse_logins and (user, password) == (self.d.username, self.d.password):
                 return True

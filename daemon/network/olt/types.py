@@ -37,7 +37,12 @@ class OnuRef:
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """How to reach and log into one OLT. ``options`` holds vendor quirks (``zte_style``)."""
+    """How to reach and log into one OLT. ``options`` holds vendor quirks (``zte_style``).
+
+    ``host_key`` is the device's pinned SSH host key (an OpenSSH public key line);
+    ``host_key_check=False`` is the operator's explicit opt-out. ``version`` is the device
+    row's version, bumped by every change: the OLT pool compares specs to notice edits.
+    """
 
     name: str
     vendor: Vendor
@@ -47,6 +52,9 @@ class DeviceSpec:
     password: str = field(repr=False)
     enable_password: str | None = field(default=None, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
+    host_key: str | None = None
+    host_key_check: bool = True
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,32 @@ class OltCommandError(OltError):
         self.output = output
 
 
+class OltAuthError(OltCommandError):
+    """The device rejected our credentials (SSH or in-CLI login): permanent until the
+    device's settings change, so the task fails and the operator is told what to fix."""
+
+
+def auth_error(device: str, detail: str) -> OltAuthError:
+    """The authentication failure as the operator should read it: what to run to fix it."""
+    return OltAuthError(
+        f"{device}: authentication failed ({detail}); fix the credentials with "
+        f"'paymentd olt update {device} --new-password' (or --password-file FILE, --username "
+        "NAME); the device is not tried again until its settings change"
+    )
+
+
+class OltHostKeyError(OltCommandError):
+    """The device's SSH host key is not the pinned one, or none is pinned: refused for
+    good (a retry would only send the password to the same impostor)."""
+
+
 class OltTransientError(OltError):
-    """Connection refused or lost, timeout, login failure: worth retrying later."""
+    """Connection refused or lost, timeout: worth retrying later."""
+
+
+class OltTimeout(OltTransientError):
+    """A step got no answer in time (connect, channel open, a read, a write): the session
+    is wedged and dropped."""
 
 
 class OltCircuitOpen(OltTransientError):
