@@ -39,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         from daemon.actors.listener import InstanceLockError
+        from daemon.demo import DemoError
         from daemon.network.devices import StoreError
         from daemon.network.olt.types import OltError
         from daemon.platform.secrets import SecretKeyError
 
-        user_errors += (SecretKeyError, InstanceLockError, StoreError, OltError)
+        user_errors += (SecretKeyError, InstanceLockError, StoreError, OltError, DemoError)
     except ImportError:  # pragma: no cover - partial installs
         pass
     args = build_parser().parse_args(argv)
