@@ -11,14 +11,14 @@ import sys
 
 from daemon import __version__
 from daemon.cli import olt, service, sim
-from daemon.cli.common import UserError
+from daemon.cli.common import Parser, UserError
 from daemon.platform.config import ConfigError
 
 GROUPS = (service, olt, sim)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="paymentd", description="Payment webhook & worker daemon")
+    p = Parser(prog="paymentd", description="Payment webhook & worker daemon")
     p.add_argument("--version", action="version", version=f"paymentd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
