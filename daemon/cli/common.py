@@ -135,6 +135,7 @@ _MISSING_ROLE = re.compile(r'role "([^"]+)" does not exist')
 _BAD_PASSWORD = re.compile(r'password authentication failed for user "([^"]+)"')
 _MISSING_TABLE = re.compile(r'relation "([^"]+)" does not exist')
 _NO_CREATE = re.compile(r"permission denied for (schema|database) (\S+)")
+_NO_EXTENSION = re.compile(r'permission denied to create extension "([^"]+)"')
 
 
 def database_problem(exc: BaseException, cfg: Config) -> UserError | None:
@@ -160,6 +161,13 @@ def database_problem(exc: BaseException, cfg: Config) -> UserError | None:
             return UserError(
                 "password authentication failed for the role in database.url: fix the "
                 "password there (or in $PAYMENTD_DATABASE_URL)"
+            )
+        if m := _NO_EXTENSION.search(text):
+            # The server has the pgmq extension, and only a superuser may create it.
+            return UserError(
+                f'creating the extension "{m.group(1)}" needs a superuser: as postgres, '
+                f"psql -d <database> -c 'CREATE EXTENSION {m.group(1)}' (systemd/README.md), "
+                f"then run {migrate}"
             )
         if m := _NO_CREATE.search(text):
             # PostgreSQL 15+ lets only the database owner create in schema public; PGMQ
