@@ -244,3 +244,16 @@ def test_every_flag_that_a_message_or_doc_suggests_exists() -> None:
             assert flag in known, f"{where}: 'paymentd {command}' names {flag}, not a flag"
             checked += 1
     assert checked > 10
+
+
+def test_a_password_typed_as_password_file_is_not_echoed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The shape of the original report: the "file name" was the password.
+    cfg = config_for(tmp_path, "postgresql://nobody@127.0.0.1:9/nowhere")
+    code = main(["olt", "update", "north", "--password-file", "hunter2", "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (
+        "paymentd: error: --password-file: cannot read that file (No such file or directory)"
+    )

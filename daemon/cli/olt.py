@@ -18,7 +18,11 @@ from daemon.platform.config import Config
 
 def _read_secret(value: str | None, file: str | None, env: str, prompt: str) -> str | None:
     if file:
-        return Path(file).read_text().strip()
+        try:
+            return Path(file).read_text().strip()
+        except OSError as exc:
+            # Not the path itself: a password typed in its place must not be echoed back.
+            raise UserError(f"--password-file: cannot read that file ({exc.strerror})") from None
     if value is not None:
         return value
     if os.environ.get(env):
