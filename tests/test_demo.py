@@ -28,7 +28,7 @@ class Demo:
         self.proc = proc
         self.out = ""
 
-    async def wait_for(self, text: str, seconds: float = 60) -> None:
+    async def wait_for(self, text: str, seconds: float = 90) -> None:
         assert self.proc.stdout is not None
         with trio.fail_after(seconds):
             while text not in self.out:
@@ -111,7 +111,7 @@ async def deliver_and_wait_for_sms(demo: Demo) -> list[object]:
     async with httpx.AsyncClient(timeout=10) as http:
         resp = await http.post(url, json=body)
         assert resp.status_code == 200, resp.text
-        with trio.fail_after(30):
+        with trio.fail_after(60):
             while True:
                 messages: list[object] = (
                     await http.get(f"{demo.sink_url()}/_sink/messages")
@@ -140,7 +140,7 @@ async def test_a_killed_demo_is_followed_by_a_working_one_and_nothing_leaks(
     assert len(messages) == 1, messages
 
     second.proc.send_signal(signal.SIGHUP)  # the terminal closed
-    with trio.fail_after(30):
+    with trio.fail_after(60):
         await second.drain()
         await second.proc.wait()
     assert "embedded PostgreSQL stopped" in second.out, second.out
@@ -153,7 +153,7 @@ async def test_a_second_demo_on_the_same_directory_is_refused_in_one_line(
 ) -> None:
     directory = tmp_path / "demo"
     await start_demo(demos, directory, free_port())
-    with trio.fail_after(30):
+    with trio.fail_after(60):
         proc = await trio.run_process(
             [sys.executable, "-m", "daemon.cli", "demo", "--dir", str(directory)],
             cwd=ROOT,
