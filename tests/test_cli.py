@@ -257,3 +257,15 @@ def test_a_password_typed_as_password_file_is_not_echoed(
     assert err.strip() == (
         "paymentd: error: --password-file: cannot read that file (No such file or directory)"
     )
+
+
+def test_run_on_a_missing_database_ends_in_one_error_line(pg: PgServer, tmp_path: Path) -> None:
+    cfg = config_for(tmp_path, _with_db(pg.admin_url, "paymentd_no_such_db"))
+    for extra in ("", "[daemon]\nmigrate_on_start = false\n"):
+        cfg.write_text(cfg.read_text() + extra)
+        proc = paymentd("run", "--config", str(cfg))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        # The start-up log line, then the error.
+        assert lines[-1].startswith('paymentd: error: database "paymentd_no_such_db"'), lines
+        assert len(lines) == 2, lines

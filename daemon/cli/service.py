@@ -26,7 +26,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load(args)
     setup_logging(cfg.daemon.log_level)
     logging.getLogger("paymentd").info("paymentd %s starting (config %s)", __version__, cfg.source)
-    trio.run(run_daemon, cfg, instruments=[SlowStepLogger()])
+    try:
+        trio.run(run_daemon, cfg, instruments=[SlowStepLogger()])
+    except Exception as exc:
+        # At start-up only (the daemon rides out database trouble once running): a
+        # missing database or role, or no schema with migrate_on_start = false.
+        problem = database_problem(exc, cfg)
+        if problem is None:
+            raise
+        raise problem from None
     return 0
 
 
