@@ -250,7 +250,11 @@ async def _play(
             (await http.post(webhook_url, json=lost_webhook)).raise_for_status()
             await trio.sleep(OLT_DOWN_SECONDS)
             zte.clear_faults()
-            print("scenario olt-down: olt-zte-1 is back; the task retries", flush=True)
+            print(
+                "scenario olt-down: olt-zte-1 is back; the task runs again when its circuit "
+                "closes (within a minute)",
+                flush=True,
+            )
 
 
 async def _print_events(running: Running) -> None:

@@ -68,9 +68,12 @@ async def demos(tmp_path: Path) -> AsyncIterator[list[Demo]]:
             await d.proc.wait()
 
 
-async def start_demo(demos: list[Demo], directory: Path, port: int) -> Demo:
+async def start_demo(demos: list[Demo], directory: Path, port: int, *extra: str) -> Demo:
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "daemon.cli", "demo", "--dir", str(directory), "--port", str(port)],
+        [
+            *(sys.executable, "-m", "daemon.cli", "demo"),
+            *("--dir", str(directory), "--port", str(port), *extra),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -167,3 +170,10 @@ async def test_a_second_demo_on_the_same_directory_is_refused_in_one_line(
         f"paymentd: error: another paymentd demo is running with --dir {directory.resolve()}; "
         "stop it or use another --dir"
     ], err
+
+
+async def test_the_suspend_scenario_switches_an_onu_off(tmp_path: Path, demos: list[Demo]) -> None:
+    demo = await start_demo(demos, tmp_path / "demo", free_port(), "--scenario", "suspend")
+    await demo.wait_for("state=deactivated")
+    assert "scenario suspend: UISP suspends Bruno's service (id 2)" in demo.out
+    assert "olt=olt-huawei-1 onu=0/1/0:2 action=deactivate" in demo.out
