@@ -70,23 +70,19 @@ class EmbeddedPostgres:
         uri: str = self._server.get_uri(database=database)
         return uri
 
-    @property
-    def pid(self) -> int | None:
-        pid: int | None = self._server.get_pid()
-        return pid
-
     def stop(self) -> None:
         self._server.cleanup()
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:
         return True
-    return True
+    # An exited process nobody has reaped yet ("Z", zombie) holds nothing any more.
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _postmaster_pid(datadir: Path) -> int | None:
@@ -170,7 +166,6 @@ def _print_intro(
     sink_url: str,
     lost_webhook: dict[str, Any],
     cfg_path: Path,
-    scenario: str,
 ) -> None:
     base = running.base_url
     # UISP sends the entity along; paymentd reads it back from the API anyway.
@@ -399,7 +394,7 @@ async def _run(
                 partial(run_daemon, cfg, shutdown=shutdown, handle_signals=False)
             )
             fake.webhook_url = f"{running.base_url}/webhooks/uisp/{WEBHOOK_TOKEN}"
-            _print_intro(running, fake_url, sink_url, lost, cfg_path, scenario)
+            _print_intro(running, fake_url, sink_url, lost, cfg_path)
             nursery.start_soon(_print_events, running)
             nursery.start_soon(
                 _play, scenario, fake_url, cfg.uisp.app_key, fake.webhook_url, devices, lost
