@@ -18,7 +18,11 @@ from daemon.platform.config import Config
 
 def _read_secret(value: str | None, file: str | None, env: str, prompt: str) -> str | None:
     if file:
-        return Path(file).read_text().strip()
+        try:
+            return Path(file).read_text().strip()
+        except OSError as exc:
+            # Not the path itself: a password typed in its place must not be echoed back.
+            raise UserError(f"--password-file: cannot read that file ({exc.strerror})") from None
     if value is not None:
         return value
     if os.environ.get(env):
@@ -92,14 +96,14 @@ def cmd_olt(args: argparse.Namespace) -> int:
         return 0
     if args.olt_cmd == "update":
         password = None
-        if args.password_file or args.new_password:
+        if args.password is not None or args.password_file or args.new_password:
             password = _read_secret(
-                None, args.password_file, "PAYMENTD_OLT_PASSWORD", "new OLT password: "
+                args.password, args.password_file, "PAYMENTD_OLT_PASSWORD", "new OLT password: "
             )
             if not password:
                 raise UserError(
-                    "--new-password: no password given (use --password-file, "
-                    "PAYMENTD_OLT_PASSWORD or a terminal)"
+                    "no new password given: use --password-file FILE, --new-password with "
+                    "$PAYMENTD_OLT_PASSWORD or a terminal, or --password"
                 )
         options = {"zte_style": args.zte_style} if args.zte_style else None
         if args.refresh_host_key and args.no_host_key_check:
@@ -223,10 +227,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--host", required=True)
     add.add_argument("--port", type=int, default=22)
     add.add_argument("--username", required=True)
-    add.add_argument(
+    add_pw = add.add_mutually_exclusive_group()
+    add_pw.add_argument(
         "--password", help="prefer --password-file or $PAYMENTD_OLT_PASSWORD (not in shell history)"
     )
-    add.add_argument("--password-file")
+    add_pw.add_argument("--password-file", help="read the password from this file")
     add.add_argument("--enable-password", help="ZTE enable password, if the device asks for one")
     add.add_argument(
         "--zte-style",
@@ -247,12 +252,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     upd.add_argument("--host")
     upd.add_argument("--port", type=int)
     upd.add_argument("--username")
-    upd.add_argument(
+    # The same three ways to give a password as `add` has (one at a time), so that the
+    # flag an operator knows from `add` and from the wrong-key error is real here too.
+    new_pw = upd.add_mutually_exclusive_group()
+    new_pw.add_argument(
+        "--password",
+        help="the new password (prefer --password-file or --new-password: not in shell history)",
+    )
+    new_pw.add_argument("--password-file", help="read the new password from this file")
+    new_pw.add_argument(
         "--new-password",
         action="store_true",
-        help="ask for a new password (or $PAYMENTD_OLT_PASSWORD)",
+        help="ask for a new password (or take $PAYMENTD_OLT_PASSWORD)",
     )
-    upd.add_argument("--password-file", help="read the new password from this file")
     upd.add_argument("--enable-password")
     upd.add_argument("--zte-style", choices=["onu_state", "admin"])
     upd.add_argument(
