@@ -144,7 +144,7 @@ def align_simulator(fake: uisp_server.FakeUisp, devices: list[simulator.SimDevic
 async def register_devices(
     db: Database, box: SecretBox, devices: list[simulator.SimDevice]
 ) -> None:
-    known = {d["name"] for d in await olt_store.list_devices(db)}
+    known = {d.name for d in await olt_store.list_devices(db)}
     for d in devices:
         fields: dict[str, Any] = dict(
             vendor=d.vendor,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
@@ -40,7 +41,7 @@ def cmd_olt(args: argparse.Namespace) -> int:
     if args.olt_cmd == "list":
         rows = with_db(cfg, olt_store.list_devices)
         if args.json:
-            print(json.dumps(rows, default=str, indent=2))
+            print(json.dumps([dataclasses.asdict(r) for r in rows], default=str, indent=2))
         elif not rows:
             print(
                 "no OLTs configured; add one with 'paymentd olt add NAME --vendor ... --host ...'"
@@ -48,8 +49,8 @@ def cmd_olt(args: argparse.Namespace) -> int:
         else:
             for r in rows:
                 print(
-                    f"{r['name']:<20} {r['vendor']:<7} {r['username']}@{r['host']}:{r['port']}"
-                    f"  {_host_key_text(r['host_key'], r['host_key_check'])}"
+                    f"{r.name:<20} {r.vendor:<7} {r.username}@{r.host}:{r.port}"
+                    f"  {_host_key_text(r.host_key, r.host_key_check)}"
                 )
         return 0
     if args.olt_cmd == "remove":
@@ -115,10 +116,10 @@ def cmd_olt(args: argparse.Namespace) -> int:
                 extra["enable_password"] = args.enable_password
             key = None
             if args.refresh_host_key:
-                current = {r["name"]: r for r in await olt_store.list_devices(db)}.get(args.name)
+                current = {r.name: r for r in await olt_store.list_devices(db)}.get(args.name)
                 if current is None:
                     raise UserError(f"no OLT named {args.name!r} (see 'paymentd olt list')")
-                host, port = args.host or current["host"], args.port or current["port"]
+                host, port = args.host or current.host, args.port or current.port
                 key = await _fetch_key(cfg, args.name, host, port, "update")
                 extra.update(host_key=key, host_key_check=True)
             elif args.no_host_key_check:
@@ -214,7 +215,7 @@ def cmd_onu(args: argparse.Namespace) -> int:
         print(f"removed override for service {args.service_id}")
     else:
         for r in with_db(cfg, olt_store.list_overrides):
-            print(f"{r['service_id']:<10} {r['olt_name']:<20} {r['onu']}")
+            print(f"{r.service_id:<10} {r.olt_name:<20} {r.onu}")
     return 0
 
 
