@@ -74,7 +74,8 @@ async def run_daemon(
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     env = os.environ if env is None else env
-    shutdown = shutdown or trio.Event()
+    # `or` would call Event.__bool__, which trio refuses.
+    shutdown = trio.Event() if shutdown is None else shutdown
     box = load_keyring(cfg.secrets)
     if cfg.daemon.migrate_on_start:
         report = await trio.to_thread.run_sync(

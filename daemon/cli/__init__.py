@@ -11,14 +11,14 @@ import sys
 
 from daemon import __version__
 from daemon.cli import apikeys, olt, operations, secrets, service, sim
-from daemon.cli.common import UserError
+from daemon.cli.common import Parser, UserError
 from daemon.platform.config import ConfigError
 
 GROUPS = (service, olt, secrets, operations, sim, apikeys)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="paymentd", description="Payment webhook & worker daemon")
+    p = Parser(prog="paymentd", description="Payment webhook & worker daemon")
     p.add_argument("--version", action="version", version=f"paymentd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
@@ -39,12 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         from daemon.actors.instance_lock import InstanceLockError
+        from daemon.demo import DemoError
         from daemon.network.devices import StoreError
         from daemon.network.olt.types import OltError
         from daemon.platform.auth import ApiKeyError
         from daemon.platform.secrets import SecretKeyError
 
-        user_errors += (SecretKeyError, InstanceLockError, StoreError, OltError, ApiKeyError)
+        user_errors += (
+            SecretKeyError,
+            InstanceLockError,
+            StoreError,
+            OltError,
+            DemoError,
+            ApiKeyError,
+        )
     except ImportError:  # pragma: no cover - partial installs
         pass
     args = build_parser().parse_args(argv)

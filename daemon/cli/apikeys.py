@@ -9,33 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
 
 from daemon.cli.common import load, with_config, with_db
-from daemon.platform.config import Config
-
-if TYPE_CHECKING:
-    from daemon.platform.db import Database
-
-T = TypeVar("T")
-
-
-def _run(cfg: Config, fn: Callable[[Database], Awaitable[T]]) -> T:
-    """``with_db``, with a missing table said as one line (the database is not migrated)."""
-    from asyncpg.exceptions import UndefinedTableError
-
-    from daemon.platform.auth import ApiKeyError
-
-    async def call(db: Database) -> T:
-        try:
-            return await fn(db)
-        except UndefinedTableError:
-            raise ApiKeyError(
-                "the database has no api_keys table yet: run 'paymentd migrate'"
-            ) from None
-
-    return with_db(cfg, call)
 
 
 def _fmt(value: object) -> str:
@@ -48,7 +23,7 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     cfg = load(args)
     if args.apikey_cmd == "create":
         scopes = auth.check_scopes(args.scope)
-        created = _run(cfg, lambda db: auth.create_key(db, args.name, scopes))
+        created = with_db(cfg, lambda db: auth.create_key(db, args.name, scopes))
         print(created.key)
         print(
             f"API key {created.id} ({created.name}) with scopes {', '.join(created.scopes)};"
@@ -57,7 +32,7 @@ def cmd_apikey(args: argparse.Namespace) -> int:
         )
         return 0
     if args.apikey_cmd == "list":
-        rows = _run(cfg, auth.list_keys)
+        rows = with_db(cfg, auth.list_keys)
         if args.json:
             print(json.dumps(rows, default=str, indent=2))
         elif not rows:
@@ -70,7 +45,7 @@ def cmd_apikey(args: argparse.Namespace) -> int:
                     f" last used {_fmt(r['last_used_at'])}"
                 )
         return 0
-    _run(cfg, lambda db: auth.revoke_key(db, args.id))
+    with_db(cfg, lambda db: auth.revoke_key(db, args.id))
     print(f"revoked {args.id}")
     return 0
 
@@ -78,11 +53,9 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from daemon.platform.auth import SCOPES
 
-    p = sub.add_parser("apikey", help="API keys for the HTTP APIs", allow_abbrev=False)
+    p = sub.add_parser("apikey", help="API keys for the HTTP APIs")
     actions = p.add_subparsers(dest="apikey_cmd", required=True, metavar="ACTION")
-    create = with_config(
-        actions.add_parser("create", help="create a key; prints it once", allow_abbrev=False)
-    )
+    create = with_config(actions.add_parser("create", help="create a key; prints it once"))
     create.add_argument("--name", required=True, help="who or what uses it, e.g. 'billing'")
     create.add_argument(
         "--scope",
@@ -91,10 +64,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=SCOPES,
         help="what it may do; repeat for several",
     )
-    lst = with_config(
-        actions.add_parser("list", help="list keys (never shows secrets)", allow_abbrev=False)
-    )
+    lst = with_config(actions.add_parser("list", help="list keys (never shows secrets)"))
     lst.add_argument("--json", action="store_true")
-    rev = with_config(actions.add_parser("revoke", help="revoke a key", allow_abbrev=False))
+    rev = with_config(actions.add_parser("revoke", help="revoke a key"))
     rev.add_argument("id", help="the key id (the hex part after pd_), see 'paymentd apikey list'")
     p.set_defaults(fn=cmd_apikey)

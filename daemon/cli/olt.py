@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
@@ -18,7 +19,11 @@ from daemon.platform.config import Config
 
 def _read_secret(value: str | None, file: str | None, env: str, prompt: str) -> str | None:
     if file:
-        return Path(file).read_text().strip()
+        try:
+            return Path(file).read_text().strip()
+        except OSError as exc:
+            # Not the path itself: a password typed in its place must not be echoed back.
+            raise UserError(f"--password-file: cannot read that file ({exc.strerror})") from None
     if value is not None:
         return value
     if os.environ.get(env):
@@ -36,7 +41,7 @@ def cmd_olt(args: argparse.Namespace) -> int:
     if args.olt_cmd == "list":
         rows = with_db(cfg, olt_store.list_devices)
         if args.json:
-            print(json.dumps(rows, default=str, indent=2))
+            print(json.dumps([dataclasses.asdict(r) for r in rows], default=str, indent=2))
         elif not rows:
             print(
                 "no OLTs configured; add one with 'paymentd olt add NAME --vendor ... --host ...'"
@@ -44,8 +49,8 @@ def cmd_olt(args: argparse.Namespace) -> int:
         else:
             for r in rows:
                 print(
-                    f"{r['name']:<20} {r['vendor']:<7} {r['username']}@{r['host']}:{r['port']}"
-                    f"  {_host_key_text(r['host_key'], r['host_key_check'])}"
+                    f"{r.name:<20} {r.vendor:<7} {r.username}@{r.host}:{r.port}"
+                    f"  {_host_key_text(r.host_key, r.host_key_check)}"
                 )
         return 0
     if args.olt_cmd == "remove":
@@ -92,14 +97,14 @@ def cmd_olt(args: argparse.Namespace) -> int:
         return 0
     if args.olt_cmd == "update":
         password = None
-        if args.password_file or args.new_password:
+        if args.password is not None or args.password_file or args.new_password:
             password = _read_secret(
-                None, args.password_file, "PAYMENTD_OLT_PASSWORD", "new OLT password: "
+                args.password, args.password_file, "PAYMENTD_OLT_PASSWORD", "new OLT password: "
             )
             if not password:
                 raise UserError(
-                    "--new-password: no password given (use --password-file, "
-                    "PAYMENTD_OLT_PASSWORD or a terminal)"
+                    "no new password given: use --password-file FILE, --new-password with "
+                    "$PAYMENTD_OLT_PASSWORD or a terminal, or --password"
                 )
         options = {"zte_style": args.zte_style} if args.zte_style else None
         if args.refresh_host_key and args.no_host_key_check:
@@ -111,10 +116,10 @@ def cmd_olt(args: argparse.Namespace) -> int:
                 extra["enable_password"] = args.enable_password
             key = None
             if args.refresh_host_key:
-                current = {r["name"]: r for r in await olt_store.list_devices(db)}.get(args.name)
+                current = {r.name: r for r in await olt_store.list_devices(db)}.get(args.name)
                 if current is None:
                     raise UserError(f"no OLT named {args.name!r} (see 'paymentd olt list')")
-                host, port = args.host or current["host"], args.port or current["port"]
+                host, port = args.host or current.host, args.port or current.port
                 key = await _fetch_key(cfg, args.name, host, port, "update")
                 extra.update(host_key=key, host_key_check=True)
             elif args.no_host_key_check:
@@ -210,7 +215,7 @@ def cmd_onu(args: argparse.Namespace) -> int:
         print(f"removed override for service {args.service_id}")
     else:
         for r in with_db(cfg, olt_store.list_overrides):
-            print(f"{r['service_id']:<10} {r['olt_name']:<20} {r['onu']}")
+            print(f"{r.service_id:<10} {r.olt_name:<20} {r.onu}")
     return 0
 
 
@@ -223,10 +228,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--host", required=True)
     add.add_argument("--port", type=int, default=22)
     add.add_argument("--username", required=True)
-    add.add_argument(
+    add_pw = add.add_mutually_exclusive_group()
+    add_pw.add_argument(
         "--password", help="prefer --password-file or $PAYMENTD_OLT_PASSWORD (not in shell history)"
     )
-    add.add_argument("--password-file")
+    add_pw.add_argument("--password-file", help="read the password from this file")
     add.add_argument("--enable-password", help="ZTE enable password, if the device asks for one")
     add.add_argument(
         "--zte-style",
@@ -247,12 +253,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     upd.add_argument("--host")
     upd.add_argument("--port", type=int)
     upd.add_argument("--username")
-    upd.add_argument(
+    # The same three ways to give a password as `add` has (one at a time), so that the
+    # flag an operator knows from `add` and from the wrong-key error is real here too.
+    new_pw = upd.add_mutually_exclusive_group()
+    new_pw.add_argument(
+        "--password",
+        help="the new password (prefer --password-file or --new-password: not in shell history)",
+    )
+    new_pw.add_argument("--password-file", help="read the new password from this file")
+    new_pw.add_argument(
         "--new-password",
         action="store_true",
-        help="ask for a new password (or $PAYMENTD_OLT_PASSWORD)",
+        help="ask for a new password (or take $PAYMENTD_OLT_PASSWORD)",
     )
-    upd.add_argument("--password-file", help="read the new password from this file")
     upd.add_argument("--enable-password")
     upd.add_argument("--zte-style", choices=["onu_state", "admin"])
     upd.add_argument(

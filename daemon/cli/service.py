@@ -9,7 +9,14 @@ from pathlib import Path
 import trio
 
 from daemon import __version__
-from daemon.cli.common import load, setup_logging, with_config, with_db
+from daemon.cli.common import (
+    NotMigrated,
+    database_problem,
+    load,
+    setup_logging,
+    with_config,
+    with_db,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -21,15 +28,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger("paymentd").info("paymentd %s starting (config %s)", __version__, cfg.source)
     for notice in cfg.notices:
         logging.getLogger("paymentd").warning("config: %s", notice)
-    trio.run(run_daemon, cfg, instruments=[SlowStepLogger()])
+    try:
+        trio.run(run_daemon, cfg, instruments=[SlowStepLogger()])
+    except Exception as exc:
+        # At start-up only (the daemon rides out database trouble once running): a
+        # missing database or role, or no schema with migrate_on_start = false.
+        problem = database_problem(exc, cfg)
+        if problem is None:
+            raise
+        raise problem from None
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from daemon.platform.migrate import migrate
+    from daemon.platform.migrate import MigrationError, migrate
 
     cfg = load(args)
-    report = migrate(cfg.database.url.reveal(), notify_throttle_ms=cfg.database.notify_throttle_ms)
+    try:
+        report = migrate(
+            cfg.database.url.reveal(), notify_throttle_ms=cfg.database.notify_throttle_ms
+        )
+    except MigrationError as exc:
+        raise (database_problem(exc, cfg) or exc) from None
     print(f"migrations applied: {', '.join(report.applied) or 'none (up to date)'}")
     print(f"pgmq: {report.pgmq}; queues: {', '.join(report.queues)}")
     return 0
@@ -52,6 +72,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         warnings.append(
             f"database.url: cannot connect ({exc}); key not checked against stored secrets"
         )
+    except NotMigrated as exc:
+        # A fresh database is fine when the daemon migrates it at start (the unit's
+        # ExecStartPre runs this before the first start); otherwise it is the mistake.
+        if not cfg.daemon.migrate_on_start:
+            raise
+        warnings.append(f"{exc} (or let the daemon do it at start: daemon.migrate_on_start)")
     if not cfg.uisp.webhook_token:
         warnings.append("uisp.webhook_token is empty: the UISP webhook endpoint is disabled")
     if not cfg.http.admin_token:

@@ -11,6 +11,9 @@ import trio_asyncio
 
 from daemon.cli.common import setup_logging
 
+# Kept here, not imported from daemon.demo: argparse needs them before the demo's imports.
+SCENARIOS = ("reconnect", "suspend", "olt-down")
+
 
 def cmd_sim(args: argparse.Namespace) -> int:
     from daemon.network.olt.cli import run_simulator_forever
@@ -31,7 +34,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     setup_logging("warning" if not args.verbose else "info")
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run_demo, Path(args.dir), args.port)
+        trio.run(run_demo, Path(args.dir), args.port, args.scenario)
     return 0
 
 
@@ -49,5 +52,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     demo.add_argument("--dir", default=".demo", help="where the demo keeps its database and config")
     demo.add_argument("--port", type=int, default=8080, help="HTTP port of the daemon")
+    demo.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default="reconnect",
+        help="reconnect: wait for your curls (default); suspend: UISP suspends a service; "
+        "olt-down: an OLT drops every session while a reconnection arrives",
+    )
     demo.add_argument("--verbose", "-v", action="store_true")
     demo.set_defaults(fn=cmd_demo)

@@ -69,11 +69,20 @@ class SmsSink:
             status = 503
         self._failures += [_Failure(status, code, delay)] * n
 
-    async def wait_messages(self, count: int) -> list[dict[str, Any]]:
-        """Wait until ``count`` messages were accepted; return them."""
-        while len(self.messages) < count:
-            await self._arrived.wait()
-        return self.messages[:count]
+    async def wait_messages(self, count: int, seconds: float = 30.0) -> list[dict[str, Any]]:
+        """Wait until ``count`` messages were accepted; return them.
+
+        Bounded, so that a regression that drops an SMS fails its test with this error
+        instead of hanging the suite: ``TimeoutError`` after ``seconds``.
+        """
+        with trio.move_on_after(seconds):
+            while len(self.messages) < count:
+                await self._arrived.wait()
+            return self.messages[:count]
+        raise TimeoutError(
+            f"SMS sink: {len(self.messages)} of {count} message(s) after {seconds:g} s "
+            f"(requests seen: {self.requests})"
+        )
 
     def _authorised(self) -> bool:
         header = request.headers.get("Authorization", "")

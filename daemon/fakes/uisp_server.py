@@ -279,11 +279,18 @@ class FakeUisp:
         if self._nursery is not None:
             self._nursery.start_soon(deliver_all)
 
-    async def wait_deliveries(self, count: int) -> list[Entity]:
-        """Wait until ``count`` webhook deliveries were attempted; return them."""
-        while len(self.deliveries) < count:
-            await self._delivered.wait()
-        return self.deliveries[:count]
+    async def wait_deliveries(self, count: int, seconds: float = 30.0) -> list[Entity]:
+        """Wait until ``count`` webhook deliveries were attempted; return them.
+
+        Bounded like ``SmsSink.wait_messages``: ``TimeoutError`` after ``seconds``.
+        """
+        with trio.move_on_after(seconds):
+            while len(self.deliveries) < count:
+                await self._delivered.wait()
+            return self.deliveries[:count]
+        raise TimeoutError(
+            f"fake UISP: {len(self.deliveries)} of {count} webhook deliveries after {seconds:g} s"
+        )
 
     def fail_next(self, n: int = 1, status: int = 503) -> None:
         """The next ``n`` API requests (past the key check) answer ``status``."""

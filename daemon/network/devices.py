@@ -14,9 +14,11 @@ for the CLI; the database CHECK constraints repeat the important rules as a back
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast, get_args
 
 from daemon.network.olt.ssh import parse_host_key
@@ -249,7 +251,35 @@ async def remove_device(db: Database, name: str, *, force: bool = False) -> bool
     return status != "DELETE 0"
 
 
-async def list_devices(db: Executor) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Device:
+    """A configured OLT as listed: never a password, nor its ciphertext."""
+
+    id: int
+    name: str
+    vendor: str
+    host: str
+    port: int
+    username: str
+    has_enable_password: bool
+    options: dict[str, Any]
+    host_key: str | None
+    host_key_check: bool
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Override:
+    service_id: int
+    olt_name: str
+    onu: str
+    note: str | None
+    created_at: dt.datetime
+
+
+async def list_devices(db: Executor) -> list[Device]:
     """All devices, ordered by name, without any password (only whether one is set)."""
     rows = await db.fetch(
         """
@@ -259,7 +289,7 @@ async def list_devices(db: Executor) -> list[dict[str, Any]]:
         FROM olt_devices ORDER BY name
         """
     )
-    return [dict(r) for r in rows]
+    return [Device(**{k: r[k] for k in Device.__dataclass_fields__}) for r in rows]
 
 
 def _spec(box: SecretBox, row: Mapping[str, Any]) -> DeviceSpec:
@@ -362,7 +392,7 @@ async def get_override(db: Executor, service_id: int) -> tuple[str, str] | None:
     return None if row is None else (row["olt_name"], row["onu"])
 
 
-async def list_overrides(db: Executor, olt_name: str | None = None) -> list[dict[str, Any]]:
+async def list_overrides(db: Executor, olt_name: str | None = None) -> list[Override]:
     """All overrides (or those of one OLT), ordered by service id."""
     rows = await db.fetch(
         """
@@ -372,4 +402,4 @@ async def list_overrides(db: Executor, olt_name: str | None = None) -> list[dict
         """,
         olt_name,
     )
-    return [dict(r) for r in rows]
+    return [Override(**{k: r[k] for k in Override.__dataclass_fields__}) for r in rows]
