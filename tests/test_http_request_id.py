@@ -92,7 +92,9 @@ class ContextRecorder(logging.Handler):
         self.seen.append((record.getMessage(), logcontext.current()))
 
 
-async def test_the_request_id_is_bound_to_log_lines_of_that_request(deps: Deps) -> None:
+async def test_the_request_id_and_webhook_uuid_are_bound_to_that_request_s_lines(
+    deps: Deps,
+) -> None:
     recorder = ContextRecorder()
     logger = logging.getLogger("daemon")
     logger.addHandler(recorder)
@@ -107,14 +109,16 @@ async def test_the_request_id_is_bound_to_log_lines_of_that_request(deps: Deps) 
                 await client.post(
                     "/api/v1/tasks/77/retry", headers={**ADMIN, "X-Request-ID": "r-2"}
                 )
-                await client.post(WEBHOOK_PATH, json=uisp_event(), headers={"X-Request-ID": "r-3"})
+                event = uisp_event()
+                await client.post(WEBHOOK_PATH, json=event, headers={"X-Request-ID": "r-3"})
     finally:
         logger.removeHandler(recorder)
         logger.setLevel(old_level)
     refused = [ctx for msg, ctx in recorder.seen if msg.startswith("UISP webhook refused")]
     assert refused == [{"request_id": "r-1"}]
     queued = [ctx for msg, ctx in recorder.seen if "queued" in msg and "UISP webhook" in msg]
-    assert queued == [{"request_id": "r-3"}]
+    # The webhook's uuid is bound too, once the body is known to be one.
+    assert queued == [{"request_id": "r-3", "webhook_uuid": event["uuid"]}]
     # Nothing leaks out of a request into the serving task's own lines.
     assert all(ctx.get("request_id") in {None, "r-1", "r-2", "r-3"} for _, ctx in recorder.seen)
     assert [ctx for msg, ctx in recorder.seen if "listening" in msg] == [{}]

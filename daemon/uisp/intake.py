@@ -34,6 +34,7 @@ from quart import Blueprint, Response, request
 from quart_schema import hide
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from daemon.platform import logcontext
 from daemon.platform.db import BIGINT_MAX, DatabaseError
 from daemon.platform.deps import Deps
 from daemon.platform.http import schema
@@ -238,6 +239,11 @@ def blueprint(deps: Deps) -> Blueprint:
             log.warning("UISP webhook refused: %s", exc)
             raise
 
+        # Every line logged about this event from here on names it.
+        with logcontext.bind(webhook_uuid=str(hook.uuid)):
+            return await accept(hook)
+
+    async def accept(hook: UispWebhook) -> Response:
         if hook.is_test:
             count("test")
             announce(hook, "test")
