@@ -55,6 +55,7 @@ from daemon.platform.events import EventBus
 from daemon.platform.health import Health
 from daemon.platform.metrics import Metrics
 from daemon.uisp.webhooks import QUEUE as UISP_QUEUE
+from daemon.wiring import QUEUE_NAMES
 
 Q = UISP_QUEUE
 TOKEN = "bench-token"
@@ -179,7 +180,7 @@ class CountingWakeups(Wakeups):
     """The daemon's ``Wakeups``, counting the insert notifications the listener got."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(QUEUE_NAMES)
         self.notified = 0
 
     def wake(self, queue: str, *, notified: bool = False) -> None:
@@ -317,7 +318,11 @@ async def bench(args: argparse.Namespace, url: str) -> int:
                 wakeups = CountingWakeups()
                 shutdown = trio.Event()
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(partial(listener.run, deps, wakeups))
+                    listen = listener.ListenerDeps(
+                        url, QUEUE_NAMES, wakeups, deps.metrics, deps.events,
+                        cfg.database.safety_poll_seconds, cfg.database.notify_throttle_ms,
+                    )  # fmt: skip
+                    await nursery.start(partial(listener.run, listen))
                     base_url = await nursery.start(
                         partial(http_ingress.run, deps, shutdown=shutdown)
                     )

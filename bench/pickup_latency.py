@@ -38,7 +38,7 @@ from daemon.actors import listener
 from daemon.platform import db as dbmod
 from daemon.platform import queues
 from daemon.platform.config import Config, DatabaseConfig
-from daemon.platform.consumer import ConsumerSettings, Wakeups, consume
+from daemon.platform.consumer import ConsumerSettings, Lease, Wakeups, consume
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
 from daemon.platform.events import EventBus
@@ -46,6 +46,7 @@ from daemon.platform.health import Health
 from daemon.platform.metrics import Metrics
 from daemon.platform.queues import Message
 from daemon.uisp.webhooks import QUEUE as UISP_QUEUE
+from daemon.wiring import QUEUE_NAMES
 
 Q = UISP_QUEUE
 
@@ -66,8 +67,8 @@ class Recorder:
         self.all_handled = trio.Event()
 
 
-def make_handler(db: Database, rec: Recorder) -> Callable[[Message], Awaitable[None]]:
-    async def handler(msg: Message) -> None:
+def make_handler(db: Database, rec: Recorder) -> Callable[..., Awaitable[None]]:
+    async def handler(msg: Message, lease: Lease | None = None) -> None:
         rec.started_at.setdefault(msg.message["seq"], time.perf_counter())
         await queues.archive(db, Q, msg.msg_id)
         rec.handled += 1
@@ -84,7 +85,7 @@ async def poller(wakeups: Wakeups, every: float) -> None:
 
 
 async def plain_poller(
-    db: Database, handler: Callable[[Message], Awaitable[None]], every: float
+    db: Database, handler: Callable[..., Awaitable[None]], every: float
 ) -> None:
     """The old system's shape: every ``every`` s read until empty; no other wake-ups."""
     limiter = trio.CapacityLimiter(8)
@@ -126,12 +127,15 @@ async def run_mode(
     async with Database.open(url, min_size=2, max_size=10) as db:
         metrics = Metrics()
         deps = Deps(cfg, db, metrics, EventBus(), Health(5, 60))
-        wakeups = Wakeups()
+        wakeups = Wakeups(QUEUE_NAMES)
         stop = trio.Event()
-        settings = ConsumerSettings(Q, vt_seconds=60, throttle_seconds=throttle_ms / 1000)
+        settings = ConsumerSettings(Q, lease_seconds=60, throttle_seconds=throttle_ms / 1000)
         async with trio.open_nursery() as nursery:
             if mode.startswith("listen"):
-                await nursery.start(partial(listener.run, deps, wakeups))
+                listen = listener.ListenerDeps(
+                    url, QUEUE_NAMES, wakeups, metrics, deps.events, 300.0, throttle_ms
+                )
+                await nursery.start(partial(listener.run, listen))
             elif mode.startswith("consumer"):
                 nursery.start_soon(poller, wakeups, args.poll)
             if mode.startswith("plain"):
