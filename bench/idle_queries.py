@@ -18,7 +18,7 @@ and counts what it sends to PostgreSQL in that window (start-up excluded) two wa
 restart.
 
 Extrapolation: statements within 1 s after each listener tick (its one statement,
-``daemon.actors.listener._READABLE_SQL``) belong to
+``daemon.platform.queues.readable_sql(QUEUE_NAMES)``) belong to
 that tick; everything else is background. At the default ``safety_poll_seconds`` (300):
     per_day = per_tick * 86400 / 300 + background_per_second * 86400
 """
@@ -40,7 +40,6 @@ import asyncpg
 import psycopg
 import trio
 
-from daemon.actors.listener import _READABLE_SQL as TICK_SQL
 from daemon.app import Running, run_daemon
 from daemon.platform.config import (
     Config,
@@ -50,8 +49,11 @@ from daemon.platform.config import (
     SecretsConfig,
     SmsConfig,
 )
+from daemon.platform.queues import readable_sql
 from daemon.platform.secrets import keygen
+from daemon.wiring import QUEUE_NAMES
 
+TICK_SQL = readable_sql(QUEUE_NAMES)  # the listener's one statement per safety tick
 DEFAULT_TICK = DatabaseConfig().safety_poll_seconds
 OLD_POLL_SECONDS = 2.0  # the old system: one queue query every 2 s, day and night
 OLD_DOCUMENTED_PER_DAY = 40  # its fallback: every 15 min, 8:00-18:00 only (10 h * 4)

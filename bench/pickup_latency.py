@@ -84,9 +84,7 @@ async def poller(wakeups: Wakeups, every: float) -> None:
         wakeups.wake(Q)
 
 
-async def plain_poller(
-    db: Database, handler: Callable[..., Awaitable[None]], every: float
-) -> None:
+async def plain_poller(db: Database, handler: Callable[..., Awaitable[None]], every: float) -> None:
     """The old system's shape: every ``every`` s read until empty; no other wake-ups."""
     limiter = trio.CapacityLimiter(8)
 
