@@ -5,7 +5,10 @@ Prometheus scrapes) and the daemon's ``shutdown`` event.
 Produces: whatever the routes produce (``uisp_webhooks`` rows, ``uisp_events`` messages,
 task retries); reports the bound base URL (``http://host:port``, the real port when
 ``http.port`` is 0) through ``task_status.started()`` once the socket is listening.
-Owns: the listening socket and every in-flight request.
+Owns: the listening socket, every in-flight request, and the cap on open connections
+(``http.max_connections``, lowered to fit the open-file limit, which it raises at start):
+past it a new connection gets an instant 503, except probes and webhooks, which have a
+few reserved slots (``PRIORITY_SLOTS``).
 
 Shutdown is hypercorn's own graceful path: when ``shutdown`` is set it stops accepting,
 lets in-flight requests finish for ``daemon.shutdown_grace_seconds``, then cancels them,
@@ -15,15 +18,24 @@ Open SSE streams watch the same event and end by themselves.
 
 from __future__ import annotations
 
+import errno
 import logging
-from collections.abc import Mapping
+import resource
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from functools import partial
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HyperConfig
+from hypercorn.config import Sockets
 from hypercorn.logging import Logger as HyperLogger
-from hypercorn.trio import serve
-from hypercorn.typing import ResponseSummary, WWWScope
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState, ResponseSummary, WWWScope
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 from daemon.platform.config import Config
 from daemon.platform.deps import Deps
@@ -114,6 +126,232 @@ def hypercorn_config(config: Config) -> HyperConfig:
     return hyper
 
 
+class ListenError(OSError):
+    """The configured address cannot be listened on; the message names the setting.
+
+    An ``OSError`` so the CLI reports it as a user error (one line, exit 2).
+    """
+
+
+def _listen_error(exc: OSError, host: str, port: int) -> ListenError:
+    where = f"{bind_address(host, port)} (http.host:http.port)"
+    if exc.errno == errno.EADDRINUSE:
+        return ListenError(
+            f"cannot listen on {where}: the port is already in use by another process"
+            " (another paymentd?); stop it or set http.port to a free port"
+        )
+    if exc.errno == errno.EACCES:
+        return ListenError(
+            f"cannot listen on {where}: permission denied (ports below 1024 need"
+            " CAP_NET_BIND_SERVICE); set http.port to 1024 or above"
+        )
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return ListenError(
+            f"cannot listen on {where}: no such local address; set http.host to an"
+            " address of this machine (127.0.0.1, 0.0.0.0, ::)"
+        )
+    return ListenError(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+# File descriptors kept out of the connection cap: the database pool, the LISTEN
+# connection, OLT sessions, outbound HTTP clients, log files.
+FD_RESERVE = 128
+# Connections admitted past the cap when their first bytes are one of these requests, so
+# probes and UISP keep getting answers while idle clients hold every ordinary slot.
+PRIORITY_SLOTS = 16
+PRIORITY_REQUESTS = (b"GET /healthz ", b"GET /readyz ", b"POST /webhooks/uisp/")
+# How long an over-the-cap connection may take to show its request line.
+PRIORITY_PEEK_SECONDS = 0.5
+_REFUSAL_BODY = (
+    b'{"type":"about:blank","title":"Service Unavailable","status":503,'
+    b'"detail":"too many connections"}'
+)
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n"
+    b"connection: close\r\nretry-after: 1\r\n"
+    + f"content-length: {len(_REFUSAL_BODY)}\r\n\r\n".encode()
+    + _REFUSAL_BODY
+)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; return the soft limit now in force.
+
+    The default soft limit (1,024) is what a flood of idle connections exhausted; the hard
+    limit is what the operator granted (``LimitNOFILE=`` in the unit).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+            return soft
+        log.info("open-file limit raised from %d to %d", soft, hard)
+        return hard
+    return soft
+
+
+def connection_cap(configured: int, fd_limit: int) -> int:
+    """``http.max_connections``, lowered so ordinary plus priority slots fit ``fd_limit``."""
+    fit = fd_limit - FD_RESERVE - PRIORITY_SLOTS
+    return max(1, min(configured, fit))
+
+
+class ConnectionCap:
+    """Counts open client connections; decides admit, admit-as-priority or refuse."""
+
+    def __init__(self, limit: int, priority: int = PRIORITY_SLOTS) -> None:
+        self.limit = limit
+        self.priority = priority
+        self.active = 0
+        self.priority_active = 0
+        self.refused = 0
+        self._full_since: float | None = None
+
+    def take(self) -> bool:
+        if self.active < self.limit:
+            self.active += 1
+            return True
+        if self._full_since is None:
+            self._full_since = trio.current_time()
+            log.warning(
+                "HTTP connection cap reached (%d open, http.max_connections); refusing new"
+                " connections except health checks and webhooks",
+                self.active,
+            )
+        return False
+
+    def give_back(self) -> None:
+        self.active -= 1
+        if self._full_since is not None and self.active < self.limit * 9 // 10:
+            log.warning(
+                "HTTP connections back under the cap after %.0f s; %d refused meanwhile",
+                trio.current_time() - self._full_since,
+                self.refused,
+            )
+            self._full_since = None
+            self.refused = 0
+
+
+async def _is_priority(stream: trio.SocketStream) -> bool:
+    """Whether the first bytes (peeked, not consumed) are a probe or a webhook request."""
+    want = max(len(p) for p in PRIORITY_REQUESTS)
+    with trio.move_on_after(PRIORITY_PEEK_SECONDS):
+        while True:
+            head = await stream.socket.recv(want, socket.MSG_PEEK)
+            if not head or any(head.startswith(p) for p in PRIORITY_REQUESTS):
+                return bool(head)
+            if len(head) >= want or not any(p.startswith(head) for p in PRIORITY_REQUESTS):
+                return False
+            await trio.sleep(0.01)  # a partial request line: let the rest arrive
+    return False
+
+
+async def _refuse(stream: trio.SocketStream) -> None:
+    """A tiny 503 without parsing the request, then close; bounded to a quarter second.
+
+    Closing a socket with unread request bytes makes the kernel send a reset, which can
+    destroy the 503 before the client reads it; so half-close first and discard what the
+    client already sent.
+    """
+    with trio.move_on_after(0.25), suppress(trio.BrokenResourceError, OSError):
+        await stream.send_all(REFUSAL)
+        await stream.send_eof()
+        received = 0
+        while received < 65536 and (chunk := await stream.receive_some(16384)):
+            received += len(chunk)
+    await trio.aclose_forcefully(stream)
+
+
+async def serve(
+    app: Any,
+    hyper: HyperConfig,
+    sockets: Sockets,
+    cap: ConnectionCap,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """hypercorn's ``trio.run.worker_serve`` (HTTP only), with a cap on open connections.
+
+    hypercorn has no connection limit, and past the process's fd limit ``accept()`` fails
+    for everyone, ``/healthz`` included. Each accepted stream takes a slot; beyond the cap
+    it is refused at once unless its first bytes are a probe or a webhook
+    (``PRIORITY_REQUESTS``), which may use one of ``cap.priority`` extra slots.
+    """
+    wrapped = wrap_app(app, hyper.wsgi_max_body_size, None)
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, hyper, lifespan_state)
+    context = WorkerContext(None)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        general = cap.take()
+        priority = False
+        if not general:
+            if cap.priority_active >= cap.priority:
+                cap.refused += 1
+                await _refuse(stream)
+                return
+            cap.priority_active += 1
+            priority = True
+            if not await _is_priority(stream):
+                cap.priority_active -= 1
+                cap.refused += 1
+                await _refuse(stream)
+                return
+        try:
+            state = ConnectionState(lifespan_state.copy())
+            # hypercorn types the stream as SSLStream but handles a plain one (no TLS here).
+            await TCPServer(wrapped, hyper, context, state, stream)  # type: ignore[arg-type]
+        finally:
+            if priority:
+                cap.priority_active -= 1
+            else:
+                cap.give_back()
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            listeners = []
+            binds = []
+            for sock in sockets.insecure_sockets:
+                listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+                binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            task_status.started(binds)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(
+                        partial(
+                            trio.serve_listeners, handle, listeners, handler_nursery=server_nursery
+                        )
+                    )
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as error:
+                _, others = error.split((ShutdownError, KeyboardInterrupt))
+                if others is not None:
+                    raise others from None
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = trio.current_time() + hyper.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+def listen(hyper: HyperConfig, host: str, port: int) -> Sockets:
+    """Bind and listen before serving, so a taken port is one clear error."""
+    try:
+        sockets = hyper.create_sockets()
+        for sock in sockets.insecure_sockets:
+            sock.listen(hyper.backlog)
+    except OSError as exc:
+        raise _listen_error(exc, host, port) from None
+    return sockets
+
+
 async def run(
     deps: Deps,
     *,
@@ -121,17 +359,31 @@ async def run(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown`` is set; returns normally after the graceful drain."""
+    http = deps.config.http
+    fd_limit = raise_fd_limit()
+    cap = ConnectionCap(connection_cap(http.max_connections, fd_limit))
+    if cap.limit < http.max_connections:
+        log.warning(
+            "http.max_connections lowered from %d to %d to fit the open-file limit (%d)",
+            http.max_connections,
+            cap.limit,
+            fd_limit,
+        )
     app = create_app(deps, shutdown=shutdown)
     hyper = hypercorn_config(deps.config)
-    async with trio.open_nursery() as nursery:
-        # hypercorn reports its binds (["http://127.0.0.1:54321"]) only after listen(),
-        # so the URL we pass on is already accepting connections.
-        binds: list[str] = await nursery.start(
-            partial(serve, app, hyper, shutdown_trigger=shutdown.wait)
-        )
-        if not binds:
-            raise RuntimeError(f"hypercorn bound no socket for {hyper.bind}")
-        base_url = binds[0]
-        log.info("HTTP ingress listening on %s", base_url)
-        task_status.started(base_url)
+    sockets = listen(hyper, http.host, http.port)
+    try:
+        async with trio.open_nursery() as nursery:
+            # The URL we pass on is already accepting connections.
+            binds: list[str] = await nursery.start(
+                partial(serve, app, hyper, sockets, cap, shutdown_trigger=shutdown.wait)
+            )
+            if not binds:
+                raise RuntimeError(f"hypercorn bound no socket for {hyper.bind}")
+            base_url = binds[0]
+            log.info("HTTP ingress listening on %s (at most %d connections)", base_url, cap.limit)
+            task_status.started(base_url)
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()
     log.info("HTTP ingress stopped")

@@ -1,0 +1,130 @@
+"""Starting the daemon on a port that is taken: one line naming the setting, exit 2."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from daemon.actors import http_ingress
+from daemon.platform.config import Config, DatabaseConfig, HttpConfig, OltConfig, SmsConfig, to_toml
+from daemon.platform.db import Database
+from daemon.platform.secrets import keygen
+from tests.http_fixtures import ADMIN_TOKEN, WEBHOOK_PATH, make_deps, serving, uisp_event
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_port_in_use_fails_the_start_naming_http_port(db_url: str, tmp_path: Path) -> None:
+    keygen(tmp_path / "secret.key")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = Config().replace(
+            database=DatabaseConfig(url=db_url, pool_min=1, pool_max=2),
+            http=HttpConfig(host="127.0.0.1", port=port),
+            olt=OltConfig(key_file=str(tmp_path / "secret.key")),
+            sms=SmsConfig(provider="none"),
+        )
+        (tmp_path / "config.toml").write_text(to_toml(cfg))
+        proc = subprocess.run(
+            [sys.executable, "-m", "daemon.cli", "run", "--config", str(tmp_path / "config.toml")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("paymentd: error:")]
+    assert errors == [
+        f"paymentd: error: cannot listen on 127.0.0.1:{port} (http.host:http.port): the port is"
+        " already in use by another process (another paymentd?); stop it or set http.port to a"
+        " free port"
+    ]
+    # Everything else is the daemon's structured log (stderr is not a terminal).
+    assert all(json.loads(line)["logger"] for line in lines if line not in errors)
+
+
+async def http_get(
+    port: int, path: str, method: str = "GET", body: bytes = b""
+) -> tuple[int, bytes]:
+    """One request on a fresh connection; (status, body)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        head = f"{method} {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n"
+        if body:
+            head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        await stream.send_all(head.encode() + b"\r\n" + body)
+        # hypercorn keeps the socket open after a "connection: close" answer: read by
+        # content-length rather than to EOF.
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < _expected_length(data):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def _expected_length(data: bytes) -> int:
+    head, _, _ = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(data)
+
+
+async def test_past_the_connection_cap_new_clients_get_503_but_probes_and_webhooks_pass(
+    db: Database,
+) -> None:
+    deps = make_deps(db, http=HttpConfig(port=0, admin_token=ADMIN_TOKEN, max_connections=4))
+    with trio.fail_after(30):
+        async with serving(deps) as client:
+            port = int(str(client.base_url).rsplit(":", 1)[1].rstrip("/"))
+            idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]
+            try:
+                # Bounded wait until the four idle connections hold every ordinary slot.
+                while (await http_get(port, "/metrics"))[0] != 503:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                status, body = await http_get(port, "/metrics")
+                assert status == 503
+                assert json.loads(body)["detail"] == "too many connections"
+                # Probes and webhooks still get through, on the reserved slots.
+                assert (await http_get(port, "/healthz"))[0] == 200
+                hook = json.dumps(uisp_event()).encode()
+                assert (await http_get(port, WEBHOOK_PATH, "POST", hook))[0] == 200
+            finally:
+                for stream in idle:
+                    await stream.aclose()
+            # Once the idle clients are gone, everyone is served again.
+            while (await http_get(port, "/metrics"))[0] == 503:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            assert (await http_get(port, "/metrics"))[0] == 200
+
+
+def test_the_cap_fits_under_the_open_file_limit() -> None:
+    assert http_ingress.connection_cap(1024, 1024) == 1024 - 128 - 16
+    assert http_ingress.connection_cap(100, 65536) == 100
+
+
+def test_the_soft_open_file_limit_is_raised_to_the_hard_one() -> None:
+    script = (
+        "import resource\n"
+        "from daemon.actors.http_ingress import raise_fd_limit\n"
+        "_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "print(raise_fd_limit() == hard == resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert out.stdout.strip() == "True", out.stderr
