@@ -8,6 +8,7 @@ timeout too (``command_timeout``), because a trio deadline cannot cut an asyncio
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 import trio
+import trio_asyncio
 from trio_asyncio import aio_as_trio
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,40 @@ async def bridge(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> 
         raise DatabaseError(str(exc) or type(exc).__name__) from exc
 
 
+# How many cancelled timers a loop may hold before they are swept out of its heap.
+_SWEEP_AFTER = 256
+
+
+def prune_cancelled_timers() -> None:
+    """Make the running trio-asyncio loop drop cancelled timers, as asyncio's own loop does.
+
+    Every asyncpg call arms asyncio timers (``command_timeout``, the pool-acquire
+    ``timeout``, the pool's idle-connection timer re-armed on each release) and cancels
+    them when the call ends. asyncio's loop sweeps cancelled timers out of its heap once
+    they are half of it; trio-asyncio 0.16's ``_timer_handle_cancelled`` does nothing, so
+    each stays in the heap until its due time (30 s to 300 s later) together with the
+    ``contextvars.Context`` it captured: the request's context, so the request's socket
+    stream and hypercorn's events too. That was ~16 KB held per request
+    (bench/soak_memory.py). Sweeping here keeps it flat. Idempotent; per loop.
+    """
+    loop = trio_asyncio.current_loop.get()
+    if loop is None or getattr(loop, "_paymentd_sweeps", False):
+        return
+    cancelled = 0
+
+    def timer_handle_cancelled(handle: asyncio.TimerHandle) -> None:
+        nonlocal cancelled
+        cancelled += 1
+        timers: list[asyncio.TimerHandle] = loop._timers
+        if cancelled > _SWEEP_AFTER and cancelled * 2 > len(timers):
+            timers[:] = [t for t in timers if not t.cancelled()]
+            heapq.heapify(timers)
+            cancelled = 0
+
+    loop._timer_handle_cancelled = timer_handle_cancelled
+    loop._paymentd_sweeps = True
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -78,6 +114,7 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 async def connect(url: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
     """One dedicated connection (the listener's); caller closes it with ``close_conn``."""
+    prune_cancelled_timers()
     conn: asyncpg.Connection = await bridge(asyncpg.connect, url, timeout=connect_timeout)
     await bridge(_init_connection, conn)
     return conn
@@ -135,6 +172,7 @@ class Database:
         max_size: int = 10,
         command_timeout: float = 30.0,
     ) -> AsyncIterator[Database]:
+        prune_cancelled_timers()
         pool = await bridge(
             asyncpg.create_pool,
             url,
@@ -143,6 +181,13 @@ class Database:
             command_timeout=command_timeout,
             init=_init_connection,
             reset=_reset_connection,
+            # asyncpg arms 300 s timers in the caller's context, which keep that
+            # request's objects alive until they fire: one re-armed on every release (idle
+            # connection lifetime) and one per newly prepared statement (cache expiry).
+            # Pool connections stay open instead (at most database.pool_max), and the
+            # statement cache is bounded by size alone (the daemon's SQL is fixed text).
+            max_inactive_connection_lifetime=0,
+            max_cached_statement_lifetime=0,
             timeout=10,
         )
         try:
