@@ -25,7 +25,7 @@ async def test_a_finished_call_does_not_keep_its_context_alive(db: Database) -> 
         state = RequestState()
         held = weakref.ref(state)
 
-        async def request() -> None:
+        async def request(state: RequestState) -> None:
             _request.set(state)
             # A pooled statement and a transaction: command and acquire timeouts, the
             # pool's idle timer re-armed on release.
@@ -34,7 +34,7 @@ async def test_a_finished_call_does_not_keep_its_context_alive(db: Database) -> 
                 await conn.execute("SELECT 1")
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(request)
+            nursery.start_soon(request, state)
         del state
         # Other requests come and go (the daemon's normal traffic).
         for _ in range(400):
@@ -42,4 +42,3 @@ async def test_a_finished_call_does_not_keep_its_context_alive(db: Database) -> 
         gc.collect()
         # asyncpg's cancelled timers (due in 30-300 s) must not still hold the request.
         assert held() is None
-
