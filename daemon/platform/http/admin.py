@@ -24,7 +24,7 @@ from quart.wrappers.response import ResponseBody
 from daemon.network import tasks
 from daemon.platform.db import BIGINT_MAX
 from daemon.platform.deps import Deps
-from daemon.platform.events import Event, EventBus
+from daemon.platform.events import Event, EventBus, Subscription, TooManySubscribers
 from daemon.platform.http.health import queue_stats
 from daemon.platform.http.problem import Problem, dumps, json_response
 
@@ -114,11 +114,14 @@ class EventStream(ResponseBody):
         self._shutdown = shutdown
         self._keepalive = keepalive
         self._stack = ExitStack()
-        self._receive: trio.MemoryReceiveChannel[Event] | None = None
+        self._receive: Subscription | None = None
         self._greeted = False
 
     async def __aenter__(self) -> EventStream:
-        self._receive = self._stack.enter_context(self._bus.subscribe())
+        # The route refused with 503 when full; losing a race to the last slot ends the
+        # stream at once instead.
+        with suppress(TooManySubscribers):
+            self._receive = self._stack.enter_context(self._bus.subscribe())
         return self
 
     async def __aexit__(
@@ -148,8 +151,8 @@ class EventStream(ResponseBody):
                     event = await self._receive.receive()
                 nursery.cancel_scope.cancel()
         if event is not None:
-            return format_event(event)
-        if self._shutdown.is_set() or self._receive.statistics().open_send_channels == 0:
+            return event.rendered(format_event)
+        if self._shutdown.is_set() or self._receive.closed:
             raise StopAsyncIteration
         return b": keepalive\n\n"
 
@@ -204,6 +207,8 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
 
     @bp.get("/events")
     async def events() -> Response:
+        if deps.events.full:
+            raise Problem(503, "too many event stream subscribers; try again later")
         stream = EventStream(deps.events, shutdown)
         response = Response(stream, mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-store"
