@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -146,8 +147,15 @@ async def store(deps: Deps, hook: UispWebhook) -> bool:
     instead of four.
     """
     args = (hook.uuid, hook.event_name, hook.entity, hook.entity_id, hook.change_type, hook.body)
-    inserted: bool = await deps.db.fetchval(_STORE_SQL, *args)
-    return inserted
+    # Answer 503 well before UISP's 10 s timeout, whatever the database does (the bridge
+    # passes this deadline to asyncpg, which gives up just before it).
+    with trio.move_on_after(STORE_DEADLINE_SECONDS):
+        inserted: bool = await deps.db.fetchval(_STORE_SQL, *args)
+        return inserted
+    raise DatabaseError(f"no answer from the database within {STORE_DEADLINE_SECONDS:g} s")
+
+
+STORE_DEADLINE_SECONDS = 7.0
 
 
 _STORE_SQL = f"""
