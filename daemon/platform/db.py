@@ -74,7 +74,8 @@ def budget(limit: float | None = None) -> float | None:
     deadline = trio.current_effective_deadline()
     if deadline == math.inf:
         return limit
-    left = max(deadline - trio.current_time() - DEADLINE_MARGIN, 0.001)
+    left = deadline - trio.current_time()
+    left = max(left - min(DEADLINE_MARGIN, left / 5), 0.001)
     return left if limit is None else min(limit, left)
 
 
@@ -150,10 +151,13 @@ async def bridge(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> 
         availability.failed("database call cancelled on the asyncio side")
         raise DatabaseError(f"database call cancelled on the asyncio side: {exc!r}") from exc
     except _UNAVAILABLE as exc:
-        if isinstance(exc, TimeoutError):
-            # Our own deadline (see budget()): the caller's trio scope is about to expire.
-            await trio.lowlevel.checkpoint_if_cancelled()
         availability.failed(_describe(exc))
+        deadline = trio.current_effective_deadline()
+        if isinstance(exc, TimeoutError) and deadline - trio.current_time() <= DEADLINE_MARGIN:
+            # Our own budget() expired just ahead of the caller's trio deadline: let that
+            # deadline fire as the caller wrote it (move_on_after / fail_after), rather
+            # than surprising it with an error a few milliseconds early.
+            await trio.sleep_until(deadline)
         raise DatabaseError(_describe(exc)) from exc
     availability.succeeded()
     return result
