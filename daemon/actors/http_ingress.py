@@ -222,6 +222,9 @@ class ConnectionCap:
             )
         return False
 
+    def release_priority(self) -> None:
+        self.priority_active -= 1
+
     def give_back(self) -> None:
         self.active -= 1
         if self._full_since is not None and self.active < self.limit * 9 // 10:
@@ -232,6 +235,44 @@ class ConnectionCap:
             )
             self._full_since = None
             self.refused = 0
+
+
+class _SlotStream:
+    """The accepted stream, giving its connection slot back as soon as it is closed.
+
+    A client that connects and leaves without sending a byte (a flood, a TCP health
+    check, a port scan) is closed at once: hypercorn would hold that socket until its
+    ``keep_alive_timeout`` (5 s) and the slot with it.
+    """
+
+    def __init__(self, stream: trio.SocketStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self.socket = stream.socket
+        self._release: Callable[[], None] | None = release
+        self._received = False
+
+    def give_back(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self._stream.receive_some(max_bytes)
+        if data:
+            self._received = True
+        elif not self._received:
+            await self.aclose()
+        return data
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        self.give_back()
+        await self._stream.aclose()
 
 
 async def _is_priority(stream: trio.SocketStream) -> bool:
@@ -300,15 +341,13 @@ async def serve(
                 cap.refused += 1
                 await _refuse(stream)
                 return
+        counted = _SlotStream(stream, cap.release_priority if priority else cap.give_back)
         try:
             state = ConnectionState(lifespan_state.copy())
             # hypercorn types the stream as SSLStream but handles a plain one (no TLS here).
-            await TCPServer(wrapped, hyper, context, state, stream)  # type: ignore[arg-type]
+            await TCPServer(wrapped, hyper, context, state, counted)  # type: ignore[arg-type]
         finally:
-            if priority:
-                cap.priority_active -= 1
-            else:
-                cap.give_back()
+            counted.give_back()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
