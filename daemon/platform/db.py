@@ -207,7 +207,8 @@ def _absorb_abandoned_connects(loop: Any) -> None:
     server went away) leaves asyncpg's TLS-negotiation future failed and unread: asyncio
     reports "Future exception was never retrieved" through the loop's exception handler,
     which by default tears the whole bridge down and in the daemon logs an ERROR each
-    time. It is an outage symptom: count it as one, and pass everything else on."""
+    time. The call that abandoned it already failed (or was cancelled: a shutdown, a
+    deadline) and said so; this is only its echo. Everything else is passed on."""
     previous = loop.get_exception_handler()
 
     def handler(the_loop: Any, context: dict[str, Any]) -> None:
@@ -215,7 +216,7 @@ def _absorb_abandoned_connects(loop: Any) -> None:
         if context.get("message") == "Future exception was never retrieved" and isinstance(
             exc, ConnectionError | OSError
         ):
-            availability.failed(_describe(exc))
+            log.debug("abandoned connection attempt: %s", _describe(exc))
             return
         if previous is not None:
             previous(the_loop, context)
