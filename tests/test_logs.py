@@ -172,3 +172,10 @@ def test_setup_writes_json_when_not_a_terminal_and_text_on_one(no_secrets: None)
         for h in [h for h in root.handlers if isinstance(h, logs.Handler)]:
             root.removeHandler(h)
         root.setLevel(before[0])
+
+
+def test_a_short_secret_is_masked_where_it_stands_alone_only(no_secrets: None) -> None:
+    logs.register_secret("t")
+    assert logs.redact("paymentd starting: Bearer t, /webhooks/uisp/t") == (
+        "paymentd starting: Bearer ***, /webhooks/uisp/***"
+    )

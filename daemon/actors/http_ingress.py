@@ -7,8 +7,9 @@ task retries); reports the bound base URL (``http://host:port``, the real port w
 ``http.port`` is 0) through ``task_status.started()`` once the socket is listening.
 Owns: the listening socket, every in-flight request, and the cap on open connections
 (``http.max_connections``, lowered to fit the open-file limit, which it raises at start):
-past it a new connection gets an instant 503, except probes and webhooks, which have a
-few reserved slots (``PRIORITY_SLOTS``).
+at it, the oldest connection that never sent a byte is closed to make room; if every
+slot carries traffic, a new connection gets an instant 503, except probes and webhooks,
+which have a few reserved slots (``PRIORITY_SLOTS``).
 
 Shutdown is hypercorn's own graceful path: when ``shutdown`` is set it stops accepting,
 lets in-flight requests finish for ``daemon.shutdown_grace_seconds``, then cancels them,
@@ -162,6 +163,8 @@ PRIORITY_SLOTS = 16
 PRIORITY_REQUESTS = (b"GET /healthz ", b"GET /readyz ", b"POST /webhooks/uisp/")
 # How long an over-the-cap connection may take to show its request line.
 PRIORITY_PEEK_SECONDS = 0.5
+# How long a refused connection is given to read its 503 before it is closed.
+REFUSAL_SECONDS = 0.02
 _REFUSAL_BODY = (
     b'{"type":"about:blank","title":"Service Unavailable","status":503,'
     b'"detail":"too many connections"}'
@@ -199,7 +202,12 @@ def connection_cap(configured: int, fd_limit: int) -> int:
 
 
 class ConnectionCap:
-    """Counts open client connections; decides admit, admit-as-priority or refuse."""
+    """Counts open client connections; decides admit, evict, admit-as-priority or refuse.
+
+    At the cap, the oldest connection that has not sent a byte yet is closed to make room
+    (an idle flood then only displaces itself); only when every slot carries real
+    traffic is a newcomer refused, unless it is a probe or a webhook.
+    """
 
     def __init__(self, limit: int, priority: int = PRIORITY_SLOTS) -> None:
         self.limit = limit
@@ -207,6 +215,9 @@ class ConnectionCap:
         self.active = 0
         self.priority_active = 0
         self.refused = 0
+        self.evicted = 0
+        # Admitted connections that have not sent a byte yet, oldest first.
+        self.silent: dict[_SlotStream, None] = {}
         self._full_since: float | None = None
 
     def take(self) -> bool:
@@ -216,10 +227,17 @@ class ConnectionCap:
         if self._full_since is None:
             self._full_since = trio.current_time()
             log.warning(
-                "HTTP connection cap reached (%d open, http.max_connections); refusing new"
-                " connections except health checks and webhooks",
+                "HTTP connection cap reached (%d open, http.max_connections): closing the"
+                " oldest connections that sent nothing; refusing others except health"
+                " checks and webhooks",
                 self.active,
             )
+        if self.silent:
+            oldest = next(iter(self.silent))
+            oldest.evict()  # gives its slot back
+            self.evicted += 1
+            self.active += 1
+            return True
         return False
 
     def release_priority(self) -> None:
@@ -229,12 +247,21 @@ class ConnectionCap:
         self.active -= 1
         if self._full_since is not None and self.active < self.limit * 9 // 10:
             log.warning(
-                "HTTP connections back under the cap after %.0f s; %d refused meanwhile",
+                "HTTP connections back under the cap after %.0f s; %d closed silent and %d"
+                " refused meanwhile",
                 trio.current_time() - self._full_since,
+                self.evicted,
                 self.refused,
             )
             self._full_since = None
-            self.refused = 0
+            self.refused = self.evicted = 0
+
+    def admitted(self, stream: trio.SocketStream, priority: bool) -> _SlotStream:
+        counted = _SlotStream(stream, self.release_priority if priority else self.give_back)
+        if not priority:
+            counted.on_first_byte = partial(self.silent.pop, counted, None)
+            self.silent[counted] = None
+        return counted
 
 
 class _SlotStream:
@@ -250,11 +277,23 @@ class _SlotStream:
         self.socket = stream.socket
         self._release: Callable[[], None] | None = release
         self._received = False
+        self.on_first_byte: Callable[[], object] | None = None
 
     def give_back(self) -> None:
+        self._spoke()
         release, self._release = self._release, None
         if release is not None:
             release()
+
+    def _spoke(self) -> None:
+        callback, self.on_first_byte = self.on_first_byte, None
+        if callback is not None:
+            callback()
+
+    def evict(self) -> None:
+        """Close it now (to make room): hypercorn's pending read ends with an error."""
+        self.give_back()
+        self.socket.close()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
@@ -262,7 +301,9 @@ class _SlotStream:
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         data = await self._stream.receive_some(max_bytes)
         if data:
-            self._received = True
+            if not self._received:
+                self._received = True
+                self._spoke()
         elif not self._received:
             await self.aclose()
         return data
@@ -290,13 +331,13 @@ async def _is_priority(stream: trio.SocketStream) -> bool:
 
 
 async def _refuse(stream: trio.SocketStream) -> None:
-    """A tiny 503 without parsing the request, then close; bounded to a quarter second.
+    """A tiny 503 without parsing the request, then close, within ``REFUSAL_SECONDS``.
 
     Closing a socket with unread request bytes makes the kernel send a reset, which can
     destroy the 503 before the client reads it; so half-close first and discard what the
-    client already sent.
+    client already sent. Kept short: under a flood, refused sockets still hold fds.
     """
-    with trio.move_on_after(0.25), suppress(trio.BrokenResourceError, OSError):
+    with trio.move_on_after(REFUSAL_SECONDS), suppress(trio.BrokenResourceError, OSError):
         await stream.send_all(REFUSAL)
         await stream.send_eof()
         received = 0
@@ -341,7 +382,7 @@ async def serve(
                 cap.refused += 1
                 await _refuse(stream)
                 return
-        counted = _SlotStream(stream, cap.release_priority if priority else cap.give_back)
+        counted = cap.admitted(stream, priority)
         try:
             state = ConnectionState(lifespan_state.copy())
             # hypercorn types the stream as SSLStream but handles a plain one (no TLS here).

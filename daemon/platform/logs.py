@@ -59,7 +59,19 @@ def register_secret(value: Any) -> None:
         _secrets.update({text, quote(text, safe=""), quote(text)})
         # Longest first, so a secret that contains another is masked whole.
         ordered = sorted(_secrets, key=len, reverse=True)
-        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        _pattern = re.compile("|".join(_alternative(s) for s in ordered))
+
+
+# Shorter secrets are masked only where they stand alone (between characters that cannot
+# be part of a token), so a one-letter test token does not turn "starting" into "s***ar…".
+_SHORT = 8
+_TOKEN_CHAR = r"[A-Za-z0-9_\-]"
+
+
+def _alternative(secret: str) -> str:
+    if len(secret) >= _SHORT:
+        return re.escape(secret)
+    return f"(?<!{_TOKEN_CHAR}){re.escape(secret)}(?!{_TOKEN_CHAR})"
 
 
 def forget_secrets() -> None:
