@@ -164,7 +164,12 @@ async def bridge(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> 
 
 
 async def _pooled(
-    pool: asyncpg.Pool, method: str, sql: str, args: tuple[Any, ...], limit: float
+    pool: asyncpg.Pool,
+    method: str,
+    sql: str,
+    args: tuple[Any, ...],
+    limit: float,
+    statement_limit: float,
 ) -> Any:
     """One statement on a pooled connection, on the asyncio side (one bridge crossing).
 
@@ -175,7 +180,7 @@ async def _pooled(
     started = time.monotonic()
     con = await pool.acquire(timeout=min(limit, ACQUIRE_TIMEOUT))
     try:
-        left = max(limit - (time.monotonic() - started), 0.001)
+        left = max(min(limit - (time.monotonic() - started), statement_limit), 0.001)
         return await getattr(con, method)(sql, *args, timeout=left)
     except BaseException as exc:
         if not isinstance(exc, asyncpg.PostgresError):  # a refused statement is harmless
@@ -423,7 +428,7 @@ class Database:
 
     async def _run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         limit = budget(self._command_timeout + ACQUIRE_TIMEOUT)
-        return await bridge(_pooled, self._pool, method, sql, args, limit)
+        return await bridge(_pooled, self._pool, method, sql, args, limit, self._command_timeout)
 
 
 Executor = Database | Conn
