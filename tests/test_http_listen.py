@@ -153,11 +153,13 @@ async def test_at_the_cap_a_connection_that_sent_nothing_makes_room(db: Database
                     closed_by_server.set()
 
             try:
-                async with trio.open_nursery() as nursery:
-                    for stream in silent:
-                        nursery.start_soon(watch, stream)
-                    await closed_by_server.wait()
-                    nursery.cancel_scope.cancel()
+                # Well before hypercorn's own keep_alive_timeout (5 s) would close them.
+                with trio.fail_after(3):
+                    async with trio.open_nursery() as nursery:
+                        for stream in silent:
+                            nursery.start_soon(watch, stream)
+                        await closed_by_server.wait()
+                        nursery.cancel_scope.cancel()
                 assert (await http_get(port, "/metrics"))[0] == 200
             finally:
                 for stream in [*silent, busy]:
