@@ -34,6 +34,7 @@ import trio_asyncio
 from daemon import wiring
 from daemon.actors import http_ingress, instance_lock, listener, queue_consumer, scheduler
 from daemon.actors.olt_pool import OltPool
+from daemon.platform import logs
 from daemon.platform.config import Config
 from daemon.platform.consumer import Wakeups
 from daemon.platform.db import Database, DatabaseError
@@ -76,6 +77,8 @@ async def run_daemon(
     env = os.environ if env is None else env
     # `or` would call Event.__bool__, which trio refuses.
     shutdown = trio.Event() if shutdown is None else shutdown
+    # Whoever embeds the daemon (the CLI, the demo, tests) gets its secrets redacted.
+    logs.register_config(cfg)
     box = load_keyring(cfg.secrets)
     if cfg.daemon.migrate_on_start:
         report = await trio.to_thread.run_sync(

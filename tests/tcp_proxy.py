@@ -1,55 +1,88 @@
-"""A TCP proxy the tests can cut: a database outage without stopping the shared server."""
+"""A TCP proxy in front of PostgreSQL that a test can break: refuse, freeze, restore.
+
+Real sockets both ways; the database itself is untouched. ``down()`` closes every
+proxied connection and refuses new ones (a database that went away); ``freeze()`` keeps
+connections open but stops forwarding bytes (a database that hangs: SIGSTOP, a dead
+route); ``up()`` restores normal service.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
+from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
 
 class Proxy:
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
         self.port = 0
-        self._up = True
-        self._conns: set[trio.CancelScope] = set()
+        self._state = "up"
+        self._changed = trio.Event()
+        self._scopes: set[trio.CancelScope] = set()
 
-    def cut(self) -> None:
-        """Drop every connection and refuse new ones (they are closed at once)."""
-        self._up = False
-        for scope in list(self._conns):
+    def url(self, database_url: str) -> str:
+        """``database_url`` pointed at the proxy."""
+        parts = urlsplit(database_url)
+        auth = parts.netloc.rpartition("@")[0]
+        netloc = f"{auth}@127.0.0.1:{self.port}" if auth else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def _set(self, state: str) -> None:
+        self._state = state
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def down(self) -> None:
+        self._set("down")
+        for scope in list(self._scopes):
             scope.cancel()
 
-    def restore(self) -> None:
-        self._up = True
+    def freeze(self) -> None:
+        self._set("frozen")
+
+    def up(self) -> None:
+        self._set("up")
+
+    async def _pipe(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        try:
+            while True:
+                while self._state == "frozen":
+                    await self._changed.wait()
+                data = await src.receive_some(65536)
+                if not data:
+                    return
+                while self._state == "frozen":
+                    await self._changed.wait()
+                await dst.send_all(data)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # either side hung up: so does the proxy
 
     async def _handle(self, client: trio.SocketStream) -> None:
         async with client:
-            if not self._up:
+            if self._state == "down":
                 return
             with trio.CancelScope() as scope:
-                self._conns.add(scope)
+                self._scopes.add(scope)
                 try:
-                    server = await trio.open_tcp_stream(*self.upstream)
+                    server = await trio.open_tcp_stream(*self.target)
                     async with server, trio.open_nursery() as nursery:
-                        nursery.start_soon(_pump, client, server, nursery.cancel_scope)
-                        nursery.start_soon(_pump, server, client, nursery.cancel_scope)
+                        nursery.start_soon(self._pipe, client, server)
+                        await self._pipe(server, client)
+                        nursery.cancel_scope.cancel()
+                except OSError:
+                    pass  # the server refused: the client sees its connection close
                 finally:
-                    self._conns.discard(scope)
+                    self._scopes.discard(scope)
 
 
-async def _pump(src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope) -> None:
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        async for data in src:
-            await dst.send_all(data)
-    scope.cancel()
-
-
-@contextlib.asynccontextmanager
-async def running_proxy(host: str, port: int) -> AsyncIterator[Proxy]:
-    proxy = Proxy(host, port)
+@asynccontextmanager
+async def proxy_for(database_url: str) -> AsyncIterator[Proxy]:
+    parts = urlsplit(database_url)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1"))
         proxy.port = listeners[0].socket.getsockname()[1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 import trio
@@ -18,7 +18,7 @@ from daemon.network import tasks
 from daemon.network.olt.types import OnuRef
 from daemon.platform.db import Database
 from tests.flow_harness import ADMIN_TOKEN, World, daemon, world
-from tests.tcp_proxy import running_proxy
+from tests.tcp_proxy import proxy_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ANA_ONU = OnuRef(0, 1, 3, 7)
@@ -180,13 +180,6 @@ async def test_a_slow_olt_never_delays_work_for_another_olt(w: World) -> None:
     assert not fast.is_active(OnuRef(0, 1, 4, 1))
 
 
-def _via(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0] + "@" if len(netloc) == 2 else ""
-    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
-
-
 async def test_a_database_outage_mid_task_costs_at_most_a_lease(w: World) -> None:
     """The database goes away for 5 s while three reconnections are on the OLT: each
     finishes within a lease (3 s here) or so of the database coming back."""
@@ -197,8 +190,8 @@ async def test_a_database_outage_mid_task_costs_at_most_a_lease(w: World) -> Non
     onus = [OnuRef(0, 1, 5, n) for n in (1, 2, 3)]
     for onu in onus:
         hw.add_onu(onu.frame, onu.slot, onu.port, onu.onu_id, active=True)
-    async with running_proxy(parts.hostname or "127.0.0.1", parts.port) as proxy:
-        w.db_url = _via(w.db_url, proxy.port)
+    async with proxy_for(w.db_url) as proxy:
+        w.db_url = proxy.url(w.db_url)
         async with daemon(w) as flow:
             hw.latency = 0.5
             await _queue_tasks(w.db, "olt-hw", onus, 3000)
@@ -210,9 +203,9 @@ async def test_a_database_outage_mid_task_costs_at_most_a_lease(w: World) -> Non
                 return bool(n == 3)
 
             await flow.wait_for(all_running, "three tasks on the OLT", seconds=20)
-            proxy.cut()
+            proxy.down()
             await trio.sleep(5)
-            proxy.restore()
+            proxy.up()
             back = trio.current_time()
             await flow.wait_task_state("succeeded", count=3)
             took = trio.current_time() - back

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
@@ -15,6 +14,7 @@ import trio
 import trio_asyncio
 
 from daemon.platform import config as configmod
+from daemon.platform import logs
 from daemon.platform.config import Config
 
 T = TypeVar("T")
@@ -90,17 +90,17 @@ def load(args: argparse.Namespace) -> Config:
     path = args.config or os.environ.get("PAYMENTD_CONFIG")
     if path is None and Path(DEFAULT_CONFIG).exists():
         path = DEFAULT_CONFIG
-    return configmod.load(path)
+    cfg = configmod.load(path)
+    # Before anything can log: from here on no line shows the config's secrets.
+    logs.register_config(cfg)
+    return cfg
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+    """JSON lines on stderr (readable lines on a terminal), secrets redacted."""
+    logs.setup(
+        level, stream=sys.stderr, quiet=("asyncssh", "hypercorn.access", "httpx", "httpcore")
     )
-    for noisy in ("asyncssh", "hypercorn.access", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def with_db(cfg: Config, fn: Callable[..., Awaitable[T]], *args: Any) -> T:

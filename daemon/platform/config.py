@@ -163,6 +163,9 @@ class HttpConfig(_Section, frozen=True):
     host: NonEmpty = "127.0.0.1"
     port: Port = 8080
     max_body_bytes: Count = 1024 * 1024
+    # Concurrent client connections; beyond it new ones get an instant 503 and close (a few
+    # more are kept for /healthz, /readyz and webhooks). Lowered to fit the fd limit.
+    max_connections: Count = 1024
     # Bearer token for /api/v1/*; empty disables the admin API (it answers 503).
     admin_token: Secret = _secret()
 

@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import trio
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -153,10 +154,17 @@ async def store(deps: Deps, hook: UispWebhook) -> str:
     a crash in between loses neither or both, and a redelivery of a webhook that did not
     fail only bumps ``deliveries``.
     """
-    return await webhooks.store(
-        deps.db, hook.uuid, hook.event_name, hook.entity, hook.entity_id, hook.change_type,
-        hook.body,
-    )  # fmt: skip
+    # Answer 503 well before UISP's 10 s timeout, whatever the database does (the bridge
+    # passes this deadline to asyncpg, which gives up just before it).
+    with trio.move_on_after(STORE_DEADLINE_SECONDS):
+        return await webhooks.store(
+            deps.db, hook.uuid, hook.event_name, hook.entity, hook.entity_id, hook.change_type,
+            hook.body,
+        )  # fmt: skip
+    raise DatabaseError(f"no answer from the database within {STORE_DEADLINE_SECONDS:g} s")
+
+
+STORE_DEADLINE_SECONDS = 7.0
 
 
 def blueprint(deps: Deps) -> Blueprint:

@@ -31,7 +31,7 @@ from daemon.network import tasks
 from daemon.platform import auth
 from daemon.platform.db import BIGINT_MAX
 from daemon.platform.deps import Deps
-from daemon.platform.events import Event, EventBus
+from daemon.platform.events import Event, EventBus, Subscription, TooManySubscribers
 from daemon.platform.http import schema
 from daemon.platform.http.health import queue_stats
 from daemon.platform.http.problem import Problem, dumps
@@ -180,11 +180,14 @@ class EventStream(ResponseBody):
         self._shutdown = shutdown
         self._keepalive = keepalive
         self._stack = ExitStack()
-        self._receive: trio.MemoryReceiveChannel[Event] | None = None
+        self._receive: Subscription | None = None
         self._greeted = False
 
     async def __aenter__(self) -> EventStream:
-        self._receive = self._stack.enter_context(self._bus.subscribe())
+        # The route refused with 503 when full; losing a race to the last slot ends the
+        # stream at once instead.
+        with suppress(TooManySubscribers):
+            self._receive = self._stack.enter_context(self._bus.subscribe())
         return self
 
     async def __aexit__(
@@ -214,8 +217,8 @@ class EventStream(ResponseBody):
                     event = await self._receive.receive()
                 nursery.cancel_scope.cancel()
         if event is not None:
-            return format_event(event)
-        if self._shutdown.is_set() or self._receive.statistics().open_send_channels == 0:
+            return event.rendered(format_event)
+        if self._shutdown.is_set() or self._receive.closed:
             raise StopAsyncIteration
         return b": keepalive\n\n"
 
@@ -286,6 +289,8 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
     )
     async def events() -> Response:
         """Live events (webhooks, tasks, SMS) as Server-Sent Events."""
+        if deps.events.full:
+            raise Problem(503, "too many event stream subscribers; try again later")
         stream = EventStream(deps.events, shutdown)
         response = Response(stream, mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-store"
