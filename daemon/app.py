@@ -53,6 +53,9 @@ log = logging.getLogger("paymentd")
 # exiting; after losing the lock (a database restart) the database may need a while.
 LOCK_WAIT_START_SECONDS = 2.0
 LOCK_WAIT_AGAIN_SECONDS = 10.0
+# Taking the lock again while the database is down: quick at first, then every 5 s.
+LOCK_RETRY_FIRST_SECONDS = 0.5
+LOCK_RETRY_MAX_SECONDS = 5.0
 
 
 @dataclass
@@ -170,7 +173,10 @@ async def _worker_group(
     sup = _supervisor(res)
     wakeups = Wakeups(wiring.QUEUE_NAMES)
     started = False
+    retry_delay = LOCK_RETRY_FIRST_SECONDS
     while True:
+        if stop.is_set():
+            return
         wait = LOCK_WAIT_AGAIN_SECONDS if started else LOCK_WAIT_START_SECONDS
         try:
             url = cfg.database.url.reveal()
@@ -232,15 +238,22 @@ async def _worker_group(
         except DatabaseError as exc:
             if not started:
                 raise
-            log.warning("instance lock: database unavailable (%s); retrying", exc)
-            await trio.sleep(1)
+            # Said once per outage (the database layer logs its start and end too).
+            if retry_delay == LOCK_RETRY_FIRST_SECONDS:
+                log.warning("instance lock: database unavailable (%s); retrying", exc)
+            await trio.sleep(retry_delay)
+            retry_delay = min(retry_delay * 2, LOCK_RETRY_MAX_SECONDS)
             continue
+        retry_delay = LOCK_RETRY_FIRST_SECONDS
         if stop.is_set():
             return
         log.error(
             "instance lock lost (database connection gone): workers stopped; "
             "they start again once the lock is held"
         )
+        # Not ready while they are down (/readyz, the systemd status line say so).
+        for name in ("listener", "scheduler", *(f"consumer:{q}" for q in wiring.QUEUE_NAMES)):
+            deps.health.set_state(name, "stopped")
         deps.events.publish("instance_lock.lost")
 
 
