@@ -118,6 +118,9 @@ async def test_a_poison_message_is_dead_lettered_listed_and_replayed(w: World) -
         assert "delivered 31 times" in task["last_error"]
         r = await flow.http.get("/api/v1/queues/failed", headers=AUTH)
         [dead] = r.json()["failed"]
+        await flow.http.get("/api/v1/queues", headers=AUTH)  # refreshes the gauges
+        gauge = flow.running.deps.metrics.dead_letters.labels("reconnect")
+        assert gauge._value.get() == 1
         assert (dead["queue"], dead["message"]) == ("reconnect", {"task_id": task_id})
         r = await flow.http.post(f"/api/v1/queues/failed/{dead['id']}/replay", headers=AUTH)
         assert r.status_code == 202, r.text

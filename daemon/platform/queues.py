@@ -254,6 +254,14 @@ async def list_dead(
     return [_dead(r) for r in rows]
 
 
+async def count_dead(db: Executor) -> dict[str, int]:
+    """Dead letters not yet replayed, per queue (the ``paymentd_dead_letters`` gauge)."""
+    rows = await db.fetch(
+        "SELECT queue, count(*) AS n FROM failed_messages WHERE replayed_at IS NULL GROUP BY queue"
+    )
+    return {r["queue"]: int(r["n"]) for r in rows}
+
+
 class DeadLetterNotFound(LookupError):
     pass
 

@@ -41,7 +41,9 @@ async def queue_stats(deps: Deps) -> list[dict[str, Any]]:
     Database errors propagate (the admin route turns them into a 503 problem).
     """
     result = []
+    dead = await queues.count_dead(deps.db)
     for name in deps.queue_names:
+        deps.metrics.dead_letters.labels(name).set(dead.get(name, 0))
         stats = await queues.stats(deps.db, name)
         deps.metrics.queue_depth.labels(name).set(stats.depth)
         # An empty queue has no oldest message; 0 reads right on a dashboard.
