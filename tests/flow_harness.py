@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import trio
 
 from daemon.app import Running, run_daemon
@@ -168,8 +169,12 @@ async def world(db_url: str, tmp: Path) -> AsyncIterator[World]:
 
 
 @asynccontextmanager
-async def daemon(w: World, **uisp: Any) -> AsyncIterator[Flow]:
+async def daemon(
+    w: World, *, olt: dict[str, Any] | None = None, **uisp: Any
+) -> AsyncIterator[Flow]:
     cfg = make_config(w.db_url, w.tmp, w.fake_url, w.sink_url, **uisp)
+    if olt:
+        cfg = cfg.replace(olt=msgspec.structs.replace(cfg.olt, **olt))
     if not await w.db.fetchval("SELECT count(*) FROM olt_devices"):
         await register(w.db_url, cfg, list(w.devices.values()))
     async with trio.open_nursery() as nursery:

@@ -309,6 +309,27 @@ async def test_an_olt_update_reaches_the_running_daemon_and_the_retry_uses_it(
     assert len(w.sink.messages) == 1
 
 
+async def test_an_olt_update_wakes_a_task_waiting_minutes_for_its_retry(w: World) -> None:
+    """With a 60 s retry backoff, fixing the port must not cost the customer a minute."""
+    hw = w.devices["olt-hw"]
+    async with daemon(w, olt={"retry_backoff_seconds": 60.0}) as flow:
+        box = load_keyring(flow.cfg.secrets)
+        await olt_store.update_device(w.db, box, "olt-hw", port=1)  # nothing listens there
+        await w.fake.record_payment(1, 30.0)
+
+        async def waiting_for_its_retry() -> bool:
+            rows = await flow.task_rows()
+            return bool(rows) and rows[0]["state"] == "queued" and rows[0]["attempts"] == 1
+
+        await flow.wait_for(waiting_for_its_retry, "the task waiting 60 s to retry")
+        await trio.sleep(5.5)  # its last read is now a few seconds old
+        await olt_store.update_device(w.db, box, "olt-hw", port=hw.port)
+        with trio.fail_after(10):  # not 60 s
+            [task] = await flow.wait_task_state("succeeded")
+        await w.sink.wait_messages(1)
+    assert task["attempts"] == 2
+
+
 async def test_a_wrong_olt_password_fails_the_task_saying_how_to_fix_it(w: World) -> None:
     hw = w.devices["olt-hw"]
     async with daemon(w) as flow:

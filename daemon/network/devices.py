@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast, get_args
 
+from daemon.network import tasks
 from daemon.network.olt.ssh import parse_host_key
 from daemon.network.olt.types import DeviceSpec, OnuRef, Vendor
 from daemon.platform.db import Database, Executor
@@ -226,6 +227,8 @@ async def update_device(
     )
     if status == "UPDATE 0":
         raise DeviceNotFound(f"no OLT named {name!r}")
+    # Tasks waiting to retry against the old settings try the new ones now.
+    await tasks.hurry_waiting(db, name)
 
 
 async def remove_device(db: Database, name: str, *, force: bool = False) -> bool:
@@ -248,6 +251,8 @@ async def remove_device(db: Database, name: str, *, force: bool = False) -> bool
             )
         await tx.execute("DELETE FROM onu_overrides WHERE olt_name = $1", name)
         status = await tx.execute("DELETE FROM olt_devices WHERE name = $1", name)
+        # Its waiting tasks learn now that the device is gone (they fail, saying so).
+        await tasks.hurry_waiting(tx, name)
     return status != "DELETE 0"
 
 

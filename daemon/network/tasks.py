@@ -146,6 +146,30 @@ async def create(
     return task_id
 
 
+async def hurry_waiting(db: Executor, olt_name: str) -> int:
+    """Make the device's tasks that wait for a retry run now (its settings changed).
+
+    Only messages nobody holds: deferred ones (never read since they were re-queued) and
+    retries whose last read is seconds old; a task being handled is ``running``. A changed
+    vt wakes nobody by itself, so the queue's insert channel is notified too.
+    """
+    hurried: int = await db.fetchval(
+        f"""
+        WITH hurried AS (
+            UPDATE pgmq.q_{QUEUE} q SET vt = clock_timestamp() FROM reconnect_tasks t
+            WHERE t.id = (q.message->>'task_id')::bigint AND t.olt_name = $1
+              AND t.state = 'queued' AND q.vt > clock_timestamp()
+              AND (q.read_ct = 0 OR q.last_read_at < clock_timestamp() - interval '5 seconds')
+            RETURNING q.msg_id
+        ), n AS (SELECT count(*) AS n FROM hurried)
+        SELECT n, CASE WHEN n > 0 THEN pg_notify($2, '') END FROM n
+        """,
+        olt_name,
+        queues.notify_channel(QUEUE),
+    )
+    return hurried
+
+
 async def lock(tx: Conn, task_id: int) -> Task | None:
     """The task, locked ``FOR UPDATE`` for the rest of the caller's transaction."""
     row = await tx.fetchrow(
