@@ -65,11 +65,14 @@ class QueueDecl(Generic[D]):
     on_poison: PoisonHandler
     on_replay: ReplayHandler
     description: str
+    # The handler's lease on a message, extended while it works; None: the configured
+    # database.visibility_timeout_seconds. A crash costs at most this before a retry.
+    lease_seconds: int | None = None
 
     def consumer_settings(self, cfg: Config) -> ConsumerSettings:
         return ConsumerSettings(
             self.name,
-            lease_seconds=cfg.database.visibility_timeout_seconds,
+            lease_seconds=self.lease_seconds or cfg.database.visibility_timeout_seconds,
             concurrency=self.concurrency,
             throttle_seconds=cfg.database.notify_throttle_ms / 1000,
             on_poison=self.on_poison,
