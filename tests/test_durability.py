@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
+from daemon.actors import instance_lock
 from daemon.network import tasks
 from daemon.network.olt.types import OnuRef
 from daemon.platform.db import Database
@@ -215,3 +216,33 @@ async def test_a_database_outage_mid_task_costs_at_most_a_lease(w: World) -> Non
     # One lease (3 s) to notice, plus the OLT work again (~6 commands at 0.5 s each).
     assert took < 3 + 3 * 6 * 0.5 + 10, took
     assert not any(hw.is_active(o) for o in onus)
+
+
+async def test_losing_the_instance_lock_stops_the_workers_then_they_resume(w: World) -> None:
+    async with daemon(w) as flow:
+        health = flow.running.deps.health
+        with flow.running.deps.events.subscribe() as events:
+            killed = await w.db.fetchval(
+                "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l"
+                " WHERE l.locktype = 'advisory' AND l.granted"
+                " AND l.objid = ($1::bigint & 4294967295)::oid",
+                instance_lock.INSTANCE_LOCK,
+            )
+            assert killed == 1
+            seen: list[str] = []
+            with trio.fail_after(20):
+                async for event in events:
+                    seen.append(event.kind)
+                    # The worker group (its listener first) starts again after the loss.
+                    if "instance_lock.lost" in seen and event.kind == "listener.connected":
+                        break
+        assert seen.index("instance_lock.lost") < len(seen) - 1
+
+        async def ready_again() -> bool:
+            return health.ready
+
+        await flow.wait_for(ready_again, "the workers running again", seconds=20)
+        await w.fake.record_payment(1, 30.0)
+        await flow.wait_task_state("succeeded")
+        await w.sink.wait_messages(1)
+    assert w.devices["olt-hw"].is_active(ANA_ONU)
