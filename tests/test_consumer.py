@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
+import pytest
 import trio
 
 from daemon.notifications.messages import QUEUE as SMS_QUEUE
+from daemon.platform import consumer as consumer_module
 from daemon.platform import queues
 from daemon.platform.consumer import ConsumerSettings, Handler, Lease, Wakeups, consume
-from daemon.platform.db import Conn, Database
+from daemon.platform.db import Conn, Database, DatabaseError
 from daemon.platform.metrics import Metrics
 from daemon.platform.queues import Message
 from daemon.wiring import QUEUE_NAMES
@@ -203,3 +206,65 @@ async def test_a_message_held_by_a_killed_consumer_runs_again_one_lease_later(
         async with consuming(db, ConsumerSettings(SMS_QUEUE, lease_seconds=2), handler, Metrics()):
             await done.wait()
     assert orphan.read_ct == 1
+
+
+async def test_handlers_returning_from_detached_never_break_the_reads(db: Database) -> None:
+    """A detached handler takes its slot back while a read is in flight: no crash."""
+    for i in range(300):
+        await queues.send(db, SMS_QUEUE, {"n": i})
+    done: list[int] = []
+    rng = random.Random(7)
+
+    async def handler(msg: Message, lease: Lease) -> None:
+        async with lease.detached():
+            await trio.sleep(rng.uniform(0, 0.01))
+        await queues.archive(db, SMS_QUEUE, msg.msg_id)
+        done.append(msg.msg_id)
+
+    metrics = Metrics()
+    settings = ConsumerSettings(SMS_QUEUE, lease_seconds=30, concurrency=2, batch=10)
+    with trio.fail_after(60):
+        async with consuming(db, settings, handler, metrics):
+            while len(done) < 300:  # noqa: ASYNC110 - waits for the handlers' side effect
+                await trio.sleep(0.05)
+    assert sorted(done) == sorted(set(done)) and len(done) == 300
+    assert metrics.jobs.labels(SMS_QUEUE, "crash")._value.get() == 0
+
+
+@pytest.mark.parametrize("detached", [False, True])
+async def test_a_lease_that_cannot_be_extended_never_runs_one_message_twice_at_once(
+    db: Database, monkeypatch: pytest.MonkeyPatch, detached: bool
+) -> None:
+    """The database stalls longer than a lease: the handler stops before its lease lapses,
+    so the reader that takes the message next is never working beside it."""
+
+    async def failing(*_args: object) -> None:
+        raise DatabaseError("simulated stall: the keeper cannot reach the database")
+
+    monkeypatch.setattr(consumer_module.queues, "extend_lease", failing)
+    await queues.send(db, SMS_QUEUE, {"n": 1})
+    running = 0
+    peak = 0
+    starts: list[int] = []
+
+    async def handler(msg: Message, lease: Lease) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        starts.append(msg.read_ct)
+        try:
+            if detached:
+                async with lease.detached():
+                    await trio.sleep(3)
+            else:
+                await trio.sleep(3)
+        finally:
+            running -= 1
+
+    with trio.fail_after(20):
+        async with consuming(
+            db, ConsumerSettings(SMS_QUEUE, lease_seconds=1, concurrency=2), handler, Metrics()
+        ):
+            await trio.sleep(4)
+    assert len(starts) >= 2  # it ran again after each lost lease...
+    assert peak == 1  # ...but never twice at once

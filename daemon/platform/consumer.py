@@ -89,32 +89,58 @@ class ConsumerSettings:
     crash_backoff_seconds: float = 1.0  # first delay after a crash; doubles, capped at the lease
 
 
-class Lease:
-    """A handler's hold on its message: kept alive by a keeper task while the handler runs."""
+class _Slot:
+    """One of a queue's handler slots, held by one lease (the limiter's borrower).
 
-    def __init__(
-        self, msg: Message, limiter: trio.CapacityLimiter, on_slot_free: Callable[[], None]
-    ) -> None:
+    Not the msg_id: a lease that lapsed while its handler still runs lets the same message
+    be read again, and its second handler needs a slot of its own.
+    """
+
+    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+        self._limiter = limiter
+        self.held = False
+
+    def take_nowait(self) -> None:
+        self._limiter.acquire_on_behalf_of_nowait(self)
+        self.held = True
+
+    async def take(self) -> None:
+        await self._limiter.acquire_on_behalf_of(self)
+        self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self._limiter.release_on_behalf_of(self)
+
+
+class Lease:
+    """A handler's hold on its message: kept alive by a keeper task while the handler runs.
+
+    If another reader takes the message (the lease lapsed, e.g. the database stalled for
+    longer than a lease), ``lost`` is set and the handler is cancelled: the new holder
+    does the work, as after a crash.
+    """
+
+    def __init__(self, msg: Message, slot: _Slot, on_slot_free: Callable[[], None]) -> None:
         self.msg = msg
         self.vt: dt.datetime = msg.vt  # the vt we last set; extensions are conditional on it
-        self.lost = trio.Event()  # the keeper found the message no longer ours
-        self._limiter = limiter
+        self.lost = trio.Event()
+        self._slot = slot
         self._on_slot_free = on_slot_free
-        self.holding_slot = True
+        self.scope = trio.CancelScope()  # the handler's; cancelled when the lease is lost
 
     @contextlib.asynccontextmanager
     async def detached(self) -> AsyncIterator[None]:
         """Wait for something slow without holding one of the queue's handler slots."""
-        self._limiter.release_on_behalf_of(self.msg.msg_id)
-        self.holding_slot = False
+        self._slot.give_back()
         self._on_slot_free()
         try:
             yield
         finally:
             # Back under the concurrency bound for the database work that follows. (If
-            # cancelled while waiting, no slot is held and run_one releases none.)
-            await self._limiter.acquire_on_behalf_of(self.msg.msg_id)
-            self.holding_slot = True
+            # cancelled while waiting, no slot is held and run_one gives none back.)
+            await self._slot.take()
 
 
 Handler = Callable[[Message, Lease], Awaitable[None]]
@@ -122,22 +148,59 @@ Handler = Callable[[Message, Lease], Awaitable[None]]
 
 async def _keep_lease(db: Database, queue: str, lease: Lease, seconds: int) -> None:
     interval = max(seconds / 3, 0.05)
+    # When the lease runs out by our clock (the read set it a moment before we got here).
+    expires = trio.current_time() + seconds
     while True:
         await trio.sleep(interval)
         try:
             with trio.fail_after(interval):
                 new_vt = await queues.extend_lease(db, queue, lease.msg.msg_id, lease.vt, seconds)
         except (DatabaseError, trio.TooSlowError) as exc:
-            # The lease may lapse if this lasts; the message then runs again (handlers
-            # are idempotent), which is the price of a database outage, not a bug.
-            log.warning("%s: lease of message %s not extended: %s", queue, lease.msg.msg_id, exc)
-            continue
+            if trio.current_time() + interval < expires:
+                log.warning(
+                    "%s: lease of message %s not extended: %s", queue, lease.msg.msg_id, exc
+                )
+                continue
+            # It would lapse before the next try, and another reader could take the
+            # message: stop now rather than work on it twice at once (it runs again,
+            # as after a crash).
+            log.warning(
+                "%s: lease of message %s could not be extended (%s); stopping this handler",
+                queue,
+                lease.msg.msg_id,
+                exc,
+            )
+            _lose(lease)
+            return
         if new_vt is None:
-            # Archived or re-timed by the handler (it is finishing), or taken by another
-            # reader after the lease lapsed.
-            lease.lost.set()
+            # Archived or re-timed by the handler (it is finishing): nothing to keep. Or
+            # read again by someone else after the lease lapsed: the handler must stop.
+            if await _taken_over(db, queue, lease):
+                log.warning(
+                    "%s: lease of message %s lapsed and another reader took it; "
+                    "stopping this handler",
+                    queue,
+                    lease.msg.msg_id,
+                )
+                _lose(lease)
             return
         lease.vt = new_vt
+        expires = trio.current_time() + seconds
+
+
+def _lose(lease: Lease) -> None:
+    lease.lost.set()
+    lease.scope.cancel()
+
+
+async def _taken_over(db: Database, queue: str, lease: Lease) -> bool:
+    with trio.move_on_after(5), contextlib.suppress(DatabaseError):
+        read_ct = await db.fetchval(
+            f"SELECT read_ct FROM pgmq.q_{queues.check_name(queue)} WHERE msg_id = $1",
+            lease.msg.msg_id,
+        )
+        return read_ct is not None and int(read_ct) > lease.msg.read_ct
+    return False
 
 
 async def consume(
@@ -173,8 +236,8 @@ async def consume(
             async for _ in wake:
                 poke_now()
 
-    async def run_one(msg: Message) -> None:
-        lease = Lease(msg, limiter, poke_now)
+    async def run_one(msg: Message, slot: _Slot) -> None:
+        lease = Lease(msg, slot, poke_now)
         try:
             if msg.read_ct > settings.max_deliveries:
                 await _dead_letter(db, settings, msg, metrics)
@@ -182,9 +245,12 @@ async def consume(
             async with trio.open_nursery() as keeper:
                 keeper.start_soon(_keep_lease, db, q, lease, settings.lease_seconds)
                 try:
-                    await handler(msg, lease)
+                    with lease.scope:
+                        await handler(msg, lease)
                 finally:
                     keeper.cancel_scope.cancel()
+            if lease.lost.is_set():
+                metrics.jobs.labels(q, "lease_lost").inc()
         except Exception:
             delay = min(
                 backoff(settings.crash_backoff_seconds, msg.read_ct, cap=settings.lease_seconds),
@@ -200,8 +266,7 @@ async def consume(
             metrics.jobs.labels(q, "crash").inc()
             await _after_crash(db, q, lease, delay)
         finally:
-            if lease.holding_slot:
-                limiter.release_on_behalf_of(msg.msg_id)
+            slot.give_back()
             poke_now()
 
     async with trio.open_nursery() as handlers:
@@ -262,22 +327,38 @@ async def _drain(
     settings: ConsumerSettings,
     limiter: trio.CapacityLimiter,
     handlers: trio.Nursery,
-    run_one: Callable[[Message], Awaitable[None]],
+    run_one: Callable[[Message, _Slot], Awaitable[None]],
     metrics: Metrics,
 ) -> bool:
-    """Read and dispatch until the queue is empty (True) or every slot is busy (False)."""
+    """Read and dispatch until the queue is empty (True) or every slot is busy (False).
+
+    Slots are taken before reading (a detached handler may take one back while the read
+    is in flight), and those the read did not fill are given back.
+    """
     q = settings.queue
     while True:
-        free = int(limiter.available_tokens)
-        if free == 0:
+        slots: list[_Slot] = []
+        while len(slots) < settings.batch:
+            slot = _Slot(limiter)
+            try:
+                slot.take_nowait()
+            except trio.WouldBlock:
+                break
+            slots.append(slot)
+        if not slots:
             return False
-        want = min(free, settings.batch)
-        batch = await queues.read(db, q, settings.lease_seconds, want)
+        try:
+            batch = await queues.read(db, q, settings.lease_seconds, len(slots))
+        except BaseException:
+            for slot in slots:
+                slot.give_back()
+            raise
         now = time.time()
-        for msg in batch:
+        for msg, slot in zip(batch, slots, strict=False):
             if msg.read_ct == 1:
                 metrics.queue_pickup.labels(q).observe(max(0.0, now - msg.enqueued_at.timestamp()))
-            limiter.acquire_on_behalf_of_nowait(msg.msg_id)
-            handlers.start_soon(run_one, msg, name=f"{q}:{msg.msg_id}")
-        if len(batch) < want:
+            handlers.start_soon(run_one, msg, slot, name=f"{q}:{msg.msg_id}")
+        for slot in slots[len(batch) :]:
+            slot.give_back()
+        if len(batch) < len(slots):
             return True
