@@ -143,22 +143,28 @@ async def _serve(
         if handle_signals:
             infra.start_soon(_signals, shutdown)
         await infra.start(sup, "olt_pool", res.pool.run)
-        await infra.start(partial(_worker_group, res, stop))
-        async with trio.open_nursery() as front:
-            base_url = await front.start(
-                sup, "http_ingress", partial(http_ingress.run, deps, shutdown=shutdown)
-            )
-            log.info("paymentd ready on %s", base_url)
-            notifier.ready(status=deps.health.status_line())
-            infra.start_soon(partial(watchdog_loop, notifier, lambda: not deps.health.flapping()))
-            infra.start_soon(_status_updates, notifier, deps.health)
-            task_status.started(Running(deps, base_url, res.pool, shutdown, res))
-            await shutdown.wait()
-            log.info("shutting down (grace %.0f s)", cfg.daemon.shutdown_grace_seconds)
-            notifier.stopping()
-            deps.health.stopping = True
-            stop.set()
-        # The worker group returns once its consumers finished (or the grace ran out).
+        async with trio.open_nursery() as work:
+            await work.start(partial(_worker_group, res, stop))
+            async with trio.open_nursery() as front:
+                base_url = await front.start(
+                    sup, "http_ingress", partial(http_ingress.run, deps, shutdown=shutdown)
+                )
+                log.info("paymentd ready on %s", base_url)
+                notifier.ready(status=deps.health.status_line())
+                infra.start_soon(
+                    partial(watchdog_loop, notifier, lambda: not deps.health.flapping())
+                )
+                infra.start_soon(_status_updates, notifier, deps.health)
+                task_status.started(Running(deps, base_url, res.pool, shutdown, res))
+                await shutdown.wait()
+                log.info("shutting down (grace %.0f s)", cfg.daemon.shutdown_grace_seconds)
+                notifier.stopping()
+                deps.health.stopping = True
+                stop.set()
+            # HTTP has drained. The worker group returns once its consumers finished what
+            # they hold (they get the grace period; the OLT pool stays up meanwhile); a
+            # backstop in case it does not.
+            work.cancel_scope.deadline = trio.current_time() + cfg.daemon.shutdown_grace_seconds + 5
         infra.cancel_scope.cancel()
 
 
@@ -235,7 +241,13 @@ async def _worker_group(
                     group.cancel_scope.cancel()
                 if not lost.is_set():
                     return  # shut down
-        except DatabaseError as exc:
+        except (DatabaseError, BaseExceptionGroup) as exc:
+            if isinstance(exc, BaseExceptionGroup):
+                # A worker's first start after re-taking the lock failed (trio wraps it):
+                # the database again, so keep trying like any outage; anything else is a bug.
+                _, rest = exc.split(DatabaseError)
+                if rest is not None:
+                    raise
             if not started:
                 raise
             # Said once per outage (the database layer logs its start and end too).

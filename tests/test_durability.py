@@ -17,6 +17,7 @@ import trio
 from daemon.actors import instance_lock
 from daemon.network import tasks
 from daemon.network.olt.types import OnuRef
+from daemon.platform import db as dbmod
 from daemon.platform.db import Database
 from tests.flow_harness import ADMIN_TOKEN, World, daemon, world
 from tests.tcp_proxy import proxy_for
@@ -245,4 +246,49 @@ async def test_losing_the_instance_lock_stops_the_workers_then_they_resume(w: Wo
         await w.fake.record_payment(1, 30.0)
         await flow.wait_task_state("succeeded")
         await w.sink.wait_messages(1)
+    assert w.devices["olt-hw"].is_active(ANA_ONU)
+
+
+async def test_shutdown_lets_a_reconnection_on_the_olt_finish(w: World) -> None:
+    """SIGTERM mid-task: the task gets the grace period (3 s here) and succeeds, SMS queued."""
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        hw.latency = 0.15  # an activation takes ~1-2 s: well inside the grace
+        await w.fake.record_payment(1, 30.0)
+        await flow.wait_task_state("running")
+        flow.running.shutdown.set()
+    [task] = [dict(r) for r in await w.db.fetch("SELECT state FROM reconnect_tasks")]
+    assert task["state"] == "succeeded"
+    assert hw.is_active(ANA_ONU)
+
+
+async def test_a_worker_failing_its_restart_after_a_lost_lock_does_not_kill_the_daemon(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_connect = dbmod.connect
+    calls = {"armed": False, "n": 0}
+
+    async def connect(url: str, **kwargs: Any) -> Any:
+        if calls["armed"]:
+            calls["n"] += 1
+            if calls["n"] == 2:  # 1st: the instance lock again; 2nd: the new listener
+                raise dbmod.DatabaseError("simulated: too many connections")
+        return await real_connect(url, **kwargs)
+
+    monkeypatch.setattr(dbmod, "connect", connect)
+    async with daemon(w) as flow:
+        calls["armed"] = True
+        await w.db.fetchval(
+            "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l"
+            " WHERE l.locktype = 'advisory' AND l.granted"
+            " AND l.objid = ($1::bigint & 4294967295)::oid",
+            instance_lock.INSTANCE_LOCK,
+        )
+
+        async def ready_again() -> bool:
+            return calls["n"] >= 3 and flow.running.deps.health.ready
+
+        await flow.wait_for(ready_again, "the workers running again", seconds=20)
+        await w.fake.record_payment(1, 30.0)
+        await flow.wait_task_state("succeeded")
     assert w.devices["olt-hw"].is_active(ANA_ONU)
