@@ -197,7 +197,7 @@ curl -sS -X POST {fake_root}/_fake/clients/1/payments \\
 Or suspend Bruno in UISP (service.suspend: his ONU is switched off, no SMS):
 
 curl -sS -X PATCH {fake_url}/clients/services/2/suspend -d '{{}}' \\
-  -H 'X-Auth-App-Key: {running.deps.config.uisp.app_key}' -H 'Content-Type: application/json'
+  -H 'X-Auth-App-Key: {running.deps.config.uisp.app_key.reveal()}' -H 'Content-Type: application/json'
 
 Scripted scenarios (run instead of plain `paymentd demo`):
   paymentd demo --scenario suspend    UISP suspends Bruno: his ONU goes off, no SMS

@@ -177,3 +177,16 @@ async def test_the_suspend_scenario_switches_an_onu_off(tmp_path: Path, demos: l
     await demo.wait_for("state=deactivated")
     assert "scenario suspend: UISP suspends Bruno's service (id 2)" in demo.out
     assert "olt=olt-huawei-1 onu=0/1/0:2 action=deactivate" in demo.out
+
+
+async def test_the_printed_suspend_curl_works_as_pasted(tmp_path: Path, demos: list[Demo]) -> None:
+    demo = await start_demo(demos, tmp_path / "demo", free_port())
+    m = re.search(
+        r"curl -sS -X PATCH (\S+) -d '\{\}' \\\n\s+-H 'X-Auth-App-Key: ([^']+)'", demo.out
+    )
+    assert m, demo.out
+    url, key = m.groups()
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.patch(url, headers={"X-Auth-App-Key": key}, json={})
+    assert r.status_code == 200, r.text
+    await demo.wait_for("state=deactivated")
