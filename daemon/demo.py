@@ -176,6 +176,7 @@ def _print_intro(
     short = {**lost_webhook, "extraData": {"entity": None, "entityBeforeEdit": None}}
     body = json.dumps(short)
     fake_root = fake_url.rsplit("/crm/", 1)[0]
+    app_key = running.deps.config.uisp.app_key.reveal()  # the fake's: meant to be pasted
     print(
         f"""
 paymentd demo is running — daemon {base}, config {cfg_path}
@@ -197,7 +198,7 @@ curl -sS -X POST {fake_root}/_fake/clients/1/payments \\
 Or suspend Bruno in UISP (service.suspend: his ONU is switched off, no SMS):
 
 curl -sS -X PATCH {fake_url}/clients/services/2/suspend -d '{{}}' \\
-  -H 'X-Auth-App-Key: {running.deps.config.uisp.app_key.reveal()}' -H 'Content-Type: application/json'
+  -H 'X-Auth-App-Key: {app_key}' -H 'Content-Type: application/json'
 
 Scripted scenarios (run instead of plain `paymentd demo`):
   paymentd demo --scenario suspend    UISP suspends Bruno: his ONU goes off, no SMS

@@ -269,3 +269,25 @@ def test_run_on_a_missing_database_ends_in_one_error_line(pg: PgServer, tmp_path
         # The start-up log line, then the error.
         assert lines[-1].startswith('paymentd: error: database "paymentd_no_such_db"'), lines
         assert len(lines) == 2, lines
+
+
+@pytest.mark.parametrize("limit", ["-5", "99999999999999999999", "ten"])
+def test_a_bad_limit_is_one_line(
+    limit: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[database]\nurl = "postgresql://postgres@127.0.0.1:5432/postgres"\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["uisp", "list", "--limit", limit, "-c", str(config)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--limit: must be a whole number from 1 to 1000" in err and "Traceback" not in err
+
+
+def test_a_database_url_with_a_bad_port_names_the_setting(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[database]\nurl = "postgresql://postgres:pw-secret@127.0.0.1:notaport/x"\n')
+    for command in (("check-config",), ("queues", "failed"), ("olt", "list")):
+        proc = paymentd(*command, "--config", str(config))
+        assert_one_line(proc, "database.url: the port must be a number from 1 to 65535")
+        assert "pw-secret" not in proc.stderr

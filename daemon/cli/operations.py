@@ -65,6 +65,12 @@ def cmd_queues(args: argparse.Namespace) -> int:
     raise AssertionError(args.queues_cmd)
 
 
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1000, got {text!r}")
+    return int(text)
+
+
 def _uuid(text: str) -> str:
     try:
         return str(uuid.UUID(text))
@@ -149,7 +155,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     failed = with_config(q_sub.add_parser("failed", help="list dead-lettered messages"))
     failed.add_argument("--queue", help="only this queue")
     failed.add_argument("--all", action="store_true", help="include replayed ones")
-    failed.add_argument("--limit", type=int, default=50)
+    failed.add_argument("--limit", type=_limit, default=50)
     failed.add_argument("--json", action="store_true")
     rp = with_config(q_sub.add_parser("replay", help="send dead-lettered messages again"))
     rp.add_argument("ids", nargs="+", type=int, metavar="ID")
@@ -159,7 +165,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     u_sub = u.add_subparsers(dest="uisp_cmd", required=True, metavar="ACTION")
     ul = with_config(u_sub.add_parser("list", help="list stored webhooks, newest first"))
     ul.add_argument("--state", choices=["queued", "processed", "failed"])
-    ul.add_argument("--limit", type=int, default=50)
+    ul.add_argument("--limit", type=_limit, default=50)
     ul.add_argument("--json", action="store_true")
     ur = with_config(u_sub.add_parser("replay", help="re-run stored webhooks (any state)"))
     ur.add_argument("uuids", nargs="+", type=_uuid, metavar="UUID")

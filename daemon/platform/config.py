@@ -508,6 +508,17 @@ def _check(cfg: Config) -> Config:
     url = db.url.reveal()
     if not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"database.url: expected a postgresql:// URL, got {str(db.url)!r}")
+    try:
+        # Each host of a multi-host URL may carry a port; asyncpg would fail on a bad one
+        # deep in a connect, with a traceback.
+        for host in urlsplit(url).netloc.rpartition("@")[2].split(","):
+            port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+            if port and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(port)
+    except ValueError:
+        raise ConfigError(
+            f"database.url: the port must be a number from 1 to 65535, got {str(db.url)!r}"
+        ) from None
     d = cfg.daemon
     if d.restart_backoff_max_seconds < d.restart_backoff_min_seconds:
         raise ConfigError(
