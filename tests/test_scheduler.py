@@ -139,3 +139,41 @@ async def test_the_retention_job_is_declared_and_runs_once_from_the_cli(
     )
     assert bad.returncode == 2 and "unknown job 'nope'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+async def test_a_run_whose_lease_lapsed_never_touches_the_new_holders_lease(db: Database) -> None:
+    async def noop() -> str:
+        return "ok"
+
+    job = Job("j", 3600, noop)
+    await scheduler.register(db, [job])
+    first = await scheduler._claim(db, "j", due_only=False)
+    await db.execute("UPDATE scheduled_jobs SET lease_until = now() - interval '1 second'")
+    second = await scheduler._claim(db, "j", due_only=False)
+    assert first is not None and second is not None and first != second
+    await scheduler._finish(db, job, first, "late", None)  # the first run ends, late
+    [state] = await scheduler.states(db)
+    assert state.lease_until is not None and state.runs == 0  # still the second's
+    await scheduler._finish(db, job, second, "ok", None)
+    [state] = await scheduler.states(db)
+    assert state.lease_until is None and state.runs == 1 and state.last_outcome == "ok"
+
+
+async def test_an_interrupted_run_keeps_its_due_time(db: Database) -> None:
+    started = trio.Event()
+
+    async def forever() -> str:
+        started.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    job = Job("slow", 3600, forever)
+    await scheduler.register(db, [job])
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scheduler.run_due, db, job)
+            await started.wait()
+            nursery.cancel_scope.cancel()  # a shutdown
+    [state] = await scheduler.states(db)
+    assert state.lease_until is None and state.runs == 0
+    assert await scheduler.seconds_until_due(db, ["slow"]) == 0  # due now, not in an hour

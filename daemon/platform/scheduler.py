@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,10 @@ class UnknownJob(LookupError):
     pass
 
 
+class JobLeaseLost(Exception):
+    """The run's lease lapsed (the database was unreachable too long); it was stopped."""
+
+
 async def register(db: Database, jobs: Sequence[Job]) -> None:
     """Make sure every job has its row; a changed interval applies from the next run."""
     for job in jobs:
@@ -77,72 +82,119 @@ async def seconds_until_due(db: Database, names: Sequence[str]) -> float | None:
     return None if value is None else max(0.0, float(value))
 
 
-async def _claim(db: Database, name: str, *, due_only: bool) -> bool:
+async def _claim(db: Database, name: str, *, due_only: bool) -> str | None:
+    """Take the job's lease; the owner token that extends and ends it, or None if busy."""
+    owner = secrets.token_hex(8)
     claimed = await db.fetchval(
         "UPDATE scheduled_jobs SET lease_until = clock_timestamp()"
-        " + make_interval(secs => $2::float8), last_started_at = clock_timestamp()"
+        " + make_interval(secs => $2::float8), lease_owner = $4,"
+        " last_started_at = clock_timestamp()"
         " WHERE name = $1 AND (NOT $3 OR next_run_at <= clock_timestamp())"
         " AND (lease_until IS NULL OR lease_until < clock_timestamp()) RETURNING name",
         name,
         LEASE_SECONDS,
         due_only,
+        owner,
     )
-    return claimed is not None
+    return None if claimed is None else owner
 
 
-async def _finish(db: Database, job: Job, outcome: str | None, error: str | None) -> None:
+async def _finish(
+    db: Database, job: Job, owner: str, outcome: str | None, error: str | None
+) -> None:
+    # Only the lease's owner records the run (one whose lease lapsed must not clear a
+    # lease another process holds now).
     await db.execute(
-        "UPDATE scheduled_jobs SET lease_until = NULL, last_finished_at = clock_timestamp(),"
+        "UPDATE scheduled_jobs SET lease_until = NULL, lease_owner = NULL,"
+        " last_finished_at = clock_timestamp(),"
         " next_run_at = clock_timestamp() + make_interval(secs => interval_seconds),"
-        " runs = runs + 1, last_outcome = $2, last_error = $3 WHERE name = $1",
+        " runs = runs + 1, last_outcome = $2, last_error = $3"
+        " WHERE name = $1 AND lease_owner = $4",
         job.name,
         outcome,
         error,
+        owner,
     )
 
 
-async def _keep_lease(db: Database, name: str) -> None:
+async def _release(db: Database, job: Job, owner: str) -> None:
+    """An interrupted run gives the lease back and keeps its due time: it runs again soon."""
+    await db.execute(
+        "UPDATE scheduled_jobs SET lease_until = NULL, lease_owner = NULL"
+        " WHERE name = $1 AND lease_owner = $2",
+        job.name,
+        owner,
+    )
+
+
+async def _keep_lease(db: Database, name: str, owner: str, lost: trio.CancelScope) -> None:
+    interval = LEASE_SECONDS / 3
+    expires = trio.current_time() + LEASE_SECONDS
     while True:
-        await trio.sleep(LEASE_SECONDS / 3)
+        await trio.sleep(interval)
         try:
-            await db.execute(
-                "UPDATE scheduled_jobs SET lease_until = clock_timestamp()"
-                " + make_interval(secs => $2::float8) WHERE name = $1",
-                name,
-                LEASE_SECONDS,
-            )
-        except DatabaseError as exc:
-            log.warning("job %s: lease not extended: %s", name, exc)
+            with trio.fail_after(interval):
+                kept = await db.fetchval(
+                    "UPDATE scheduled_jobs SET lease_until = clock_timestamp()"
+                    " + make_interval(secs => $2::float8) WHERE name = $1 AND lease_owner = $3"
+                    " RETURNING name",
+                    name,
+                    LEASE_SECONDS,
+                    owner,
+                )
+        except (DatabaseError, trio.TooSlowError) as exc:
+            if trio.current_time() + interval < expires:
+                log.warning("job %s: lease not extended: %s", name, exc)
+                continue
+            kept = None
+        if kept is None:
+            # Lapsed (or about to), so another process may run it: this run stops.
+            log.warning("job %s: lease lost; stopping this run", name)
+            lost.cancel()
+            return
+        expires = trio.current_time() + LEASE_SECONDS
 
 
-async def _run_claimed(db: Database, job: Job) -> str:
+async def _run_claimed(db: Database, job: Job, owner: str) -> str:
     outcome: str | None = None
-    error: str | None = None
+    error: Exception | None = None
+    finished = False  # ran to an outcome (or an error): record it; otherwise release
+    lost = trio.CancelScope()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_keep_lease, db, job.name)
+            nursery.start_soon(_keep_lease, db, job.name, owner, lost)
             try:
-                outcome = await job.run()
+                with lost:
+                    outcome = await job.run()
+                    finished = True
+            except Exception as exc:  # kept out of the nursery's exception group
+                error, finished = exc, True
             finally:
                 nursery.cancel_scope.cancel()
-        return outcome
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        raise
     finally:
         with trio.move_on_after(10, shield=True):
             try:
-                await _finish(db, job, outcome, error)
+                if finished:
+                    text = None if error is None else f"{type(error).__name__}: {error}"
+                    await _finish(db, job, owner, outcome, text)
+                else:  # cancelled (shutdown) or the lease was lost: runs again soon
+                    await _release(db, job, owner)
             except DatabaseError as exc:
                 # The lease lapses by itself; the job runs again when it is due.
                 log.warning("job %s: outcome not recorded: %s", job.name, exc)
+    if error is not None:
+        raise error
+    if outcome is None:
+        raise JobLeaseLost(f"job {job.name!r}: lease lost while running; not recorded")
+    return outcome
 
 
 async def run_due(db: Database, job: Job) -> str | None:
     """Run ``job`` if it is due and not running; its summary, or None if not claimed."""
-    if not await _claim(db, job.name, due_only=True):
+    owner = await _claim(db, job.name, due_only=True)
+    if owner is None:
         return None
-    return await _run_claimed(db, job)
+    return await _run_claimed(db, job, owner)
 
 
 async def run_once(db: Database, jobs: Sequence[Job], name: str) -> str:
@@ -151,9 +203,10 @@ async def run_once(db: Database, jobs: Sequence[Job], name: str) -> str:
     if name not in by_name:
         raise UnknownJob(f"unknown job {name!r} (known: {', '.join(sorted(by_name))})")
     await register(db, jobs)
-    if not await _claim(db, name, due_only=False):
+    owner = await _claim(db, name, due_only=False)
+    if owner is None:
         raise JobBusy(f"job {name!r} is running right now; try again when it has finished")
-    return await _run_claimed(db, by_name[name])
+    return await _run_claimed(db, by_name[name], owner)
 
 
 async def states(db: Database) -> list[JobState]:

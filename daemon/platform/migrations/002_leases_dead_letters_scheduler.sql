@@ -43,6 +43,7 @@ CREATE TABLE scheduled_jobs (
     interval_seconds  double precision NOT NULL CHECK (interval_seconds > 0),
     next_run_at       timestamptz NOT NULL DEFAULT now(),
     lease_until       timestamptz,
+    lease_owner       text,  -- who holds the lease: extend and finish are conditional on it
     last_started_at   timestamptz,
     last_finished_at  timestamptz,
     last_outcome      text,
