@@ -103,9 +103,7 @@ async def handle(deps: ReconnectDeps, msg: Message, lease: Lease) -> None:
         if newer is not None:
             # A later event for this service carries the latest intent: running this one
             # now (e.g. a deactivate stuck in retry after the client paid) would undo it.
-            await tasks.finish(tx, task_id, "superseded")
-            await tasks.add_event(tx, task_id, "superseded", by_task=newer)
-            await queues.archive(tx, QUEUE, msg.msg_id)
+            await _supersede(tx, msg, task_id, newer)
             deps.events.publish("task.superseded", task_id=task_id, by_task=newer)
             return
         attempt = await tasks.mark_running(tx, task_id)
@@ -121,6 +119,14 @@ async def handle(deps: ReconnectDeps, msg: Message, lease: Lease) -> None:
         onu = OnuRef.parse(task.onu)
     except ValueError as exc:
         await _fail(deps, msg, task, f"bad ONU location {task.onu!r}: {exc}", "")
+        return
+    # Once more, right before the device: a newer task created while our "running" mark
+    # was committing must not have its command overtaken by this older one.
+    newer = await tasks.newer_for_service(db, task)
+    if newer is not None:
+        async with db.transaction() as tx:
+            await _supersede(tx, msg, task_id, newer)
+        deps.events.publish("task.superseded", task_id=task_id, by_task=newer)
         return
     try:
         with trio.fail_after(deps.task_deadline):
@@ -152,10 +158,17 @@ async def handle(deps: ReconnectDeps, msg: Message, lease: Lease) -> None:
         await _succeed(deps, msg, task, result)
 
 
+async def _supersede(tx: Conn, msg: Message, task_id: int, newer: int) -> None:
+    await tasks.finish(tx, task_id, "superseded")
+    await tasks.add_event(tx, task_id, "superseded", by_task=newer)
+    await queues.archive(tx, QUEUE, msg.msg_id)
+
+
 async def _succeed(deps: ReconnectDeps, msg: Message, task: Task, result: OltResult) -> None:
     task_id = task.id
     sms_id = None
     async with deps.db.transaction() as tx:
+        await tasks.lock_service(tx, task.service_id)
         await tasks.finish(tx, task_id, "succeeded", output=result.output[-OUTPUT_EXCERPT:])
         await tasks.add_event(tx, task_id, "succeeded", state=result.state, seconds=result.seconds)
         previous = await tasks.previous_success(tx, task)

@@ -178,7 +178,22 @@ async def lock(tx: Conn, task_id: int) -> Task | None:
     return None if row is None else _task(row)
 
 
-async def newer_for_service(tx: Conn, task: Task) -> int | None:
+# The two-integer advisory lock keyspace is separate from the daemon's one-bigint locks
+# (migrations, instance); 1 names "a service's task outcomes".
+_SERVICE_LOCK_CLASS = 1
+
+
+async def lock_service(tx: Conn, service_id: int) -> None:
+    """Serialise outcome transactions of one service's tasks (the one-SMS rule reads the
+    service's previous success: two overlapping successes must not both see none)."""
+    await tx.execute(
+        "SELECT pg_advisory_xact_lock($1, ($2::bigint % 2147483647)::int)",
+        _SERVICE_LOCK_CLASS,
+        service_id,
+    )
+
+
+async def newer_for_service(tx: Executor, task: Task) -> int | None:
     """The newest task for the same service created after ``task``, if any."""
     newer: int | None = await tx.fetchval(
         "SELECT max(id) FROM reconnect_tasks WHERE service_id = $1 AND id > $2",
