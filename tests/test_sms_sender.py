@@ -12,13 +12,14 @@ import trio
 from daemon import wiring
 from daemon.actors import queue_consumer
 from daemon.fakes import sms_sink
+from daemon.notifications import delivery
 from daemon.notifications.delivery import SmsDeps, SmsSettings, handle_sms
 from daemon.notifications.messages import QUEUE as SMS_QUEUE
 from daemon.notifications.sms import LabsMobile
 from daemon.platform import queues
 from daemon.platform.config import Config
 from daemon.platform.consumer import Wakeups
-from daemon.platform.db import Database
+from daemon.platform.db import Database, DatabaseError
 from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
 from daemon.wiring import QUEUE_NAMES
@@ -252,3 +253,24 @@ async def test_the_actor_sends_what_is_queued_until_stopped(
             wakeups.wake_all()
         states = {(await row(deps.db, i))["state"] for i in ids}
     assert states == {"sent"}
+
+
+async def test_a_database_blip_after_the_provider_accepted_does_not_send_it_again(
+    deps: SmsDeps, sink: tuple[sms_sink.SmsSink, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, _ = sink
+    real_finish = delivery._finish
+    failures = [DatabaseError("simulated: connection lost at COMMIT")]
+
+    async def finish_after_a_blip(*args: Any, **kwargs: Any) -> None:
+        if failures and args[3] == "sent":
+            raise failures.pop()
+        await real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(delivery, "_finish", finish_after_a_blip)
+    with trio.fail_after(10):
+        sms_id = await queue_sms(deps.db, task=True)
+        await deliver(deps)
+    assert not failures  # the blip happened...
+    assert len(fake.messages) == 1  # ...and the SMS went out once
+    assert (await row(deps.db, sms_id))["state"] == "sent"

@@ -27,7 +27,7 @@ from daemon.platform import queues
 from daemon.platform.backoff import backoff
 from daemon.platform.config import Config
 from daemon.platform.consumer import Lease
-from daemon.platform.db import Conn, Database
+from daemon.platform.db import Conn, Database, DatabaseError
 from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
 from daemon.platform.queues import Message
@@ -114,9 +114,28 @@ async def handle_sms(deps: SmsDeps, msg: Message, lease: Lease | None = None) ->
         error = str(exc) or f"no answer within {deadline:.0f} s"
         await _retry_or_fail(deps, msg, sms, provider, error)
     else:
-        async with deps.db.transaction() as tx:
-            await _finish(tx, msg, sms, "sent", None, provider=provider.name, ref=ref)
+        await _record_sent(deps, msg, sms, provider, ref)
         _report(deps, sms, "sent", provider, ref=ref)
+
+
+async def _record_sent(
+    deps: SmsDeps, msg: Message, sms: Sms, provider: SmsProvider, ref: str
+) -> None:
+    """The provider accepted it: record that, riding out a database blip.
+
+    Giving up here would send the SMS again once the message comes back; keep trying
+    while the lease holds (its keeper stops this handler if the outage outlasts it).
+    """
+    delay = 0.5
+    while True:
+        try:
+            async with deps.db.transaction() as tx:
+                await _finish(tx, msg, sms, "sent", None, provider=provider.name, ref=ref)
+            return
+        except DatabaseError as exc:
+            log.warning("sms %s sent but not yet recorded (%s); retrying", sms.id, exc)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def _retry_or_fail(
