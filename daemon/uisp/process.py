@@ -106,7 +106,7 @@ async def handle(p: UispDeps, msg: Message, lease: Lease) -> None:
             )
             if task_id is not None:
                 created.append(task_id)
-        await webhooks.record_outcome(tx, webhook.uuid, "processed", decision.outcome)
+        await webhooks.record_outcome(tx, webhook, "processed", decision.outcome)
         await queues.archive(tx, QUEUE, msg.msg_id)
     p.metrics.jobs.labels(QUEUE, "processed").inc()
     for task_id in created:
@@ -139,7 +139,7 @@ async def _finish(
     p: UispDeps, msg: Message, webhook: Webhook, state: webhooks.State, outcome: str
 ) -> None:
     async with p.db.transaction() as tx:
-        await webhooks.record_outcome(tx, webhook.uuid, state, outcome)
+        await webhooks.record_outcome(tx, webhook, state, outcome)
         await queues.archive(tx, QUEUE, msg.msg_id)
     p.metrics.jobs.labels(QUEUE, "error").inc()
     p.events.publish("webhook.processed", uuid=str(webhook.uuid), outcome=outcome)

@@ -116,17 +116,22 @@ async def count_attempt(tx: Conn, webhook_uuid: uuid.UUID, error: str) -> int:
     return attempts
 
 
-async def record_outcome(
-    tx: Conn, webhook_uuid: uuid.UUID | str, state: State, outcome: str
-) -> None:
-    await tx.execute(
+async def record_outcome(tx: Conn, webhook: Webhook, state: State, outcome: str) -> bool:
+    """Record the decision on the webhook as it was read; False if it was replayed meanwhile.
+
+    Conditional on the replay count the handler read, so a replay that arrived while it
+    was deciding stays queued for its own message instead of being swallowed.
+    """
+    status = await tx.execute(
         "UPDATE uisp_webhooks SET state = $2, processed_at = now(), outcome = $3,"
         " last_error = CASE WHEN $2 = 'failed' THEN $3 ELSE last_error END"
-        " WHERE uuid = $1::uuid",
-        str(webhook_uuid),
+        " WHERE uuid = $1::uuid AND replays = $4",
+        str(webhook.uuid),
         state,
         outcome,
+        webhook.replays,
     )
+    return status.endswith(" 1")
 
 
 async def fail_unfinished(tx: Conn, webhook_uuid: str, reason: str) -> None:
