@@ -359,7 +359,8 @@ class _DeviceActor:
         if remaining > 0:
             raise OltCircuitOpen(
                 f"{self.name}: circuit open for {remaining:.1f}s more "
-                f"after {breaker.failures} failed attempts"
+                f"after {breaker.failures} failed attempts",
+                retry_in=remaining,
             )
         deadline = self.pool.settings.operation_deadline
         with trio.move_on_after(deadline):

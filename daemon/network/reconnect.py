@@ -147,7 +147,7 @@ async def handle(deps: ReconnectDeps, msg: Message, lease: Lease) -> None:
     except OltCircuitOpen as exc:
         # The device is known to be down (VPN, power): waiting for the breaker is not an
         # attempt on the device, so it must not use up the task's attempts.
-        delay = deps.olt.breaker_reset_seconds
+        delay = exc.retry_in if exc.retry_in is not None else deps.olt.breaker_reset_seconds
         await _defer(deps, msg, task, attempt - 1, str(exc), delay, "waiting_for_device")
     except (OltTransientError, trio.TooSlowError) as exc:
         reason = str(exc) or type(exc).__name__

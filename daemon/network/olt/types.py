@@ -117,6 +117,10 @@ class OltTimeout(OltTransientError):
 class OltCircuitOpen(OltTransientError):
     """The device failed repeatedly; not trying it again until the breaker resets."""
 
+    def __init__(self, message: str, retry_in: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in  # seconds until the breaker lets a request through
+
 
 class OltBusy(OltTransientError):
     """The device's request queue is full: try again shortly (not an attempt on the device)."""
