@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 import subprocess
 import sys
 import uuid
@@ -290,4 +291,16 @@ def test_a_database_url_with_a_bad_port_names_the_setting(tmp_path: Path) -> Non
     for command in (("check-config",), ("queues", "failed"), ("olt", "list")):
         proc = paymentd(*command, "--config", str(config))
         assert_one_line(proc, "database.url: the port must be a number from 1 to 65535")
+        assert "pw-secret" not in proc.stderr
+
+
+def test_an_unreachable_database_is_one_line_naming_database_url(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "config.toml"
+    config.write_text(f'[database]\nurl = "postgresql://postgres:pw-secret@127.0.0.1:{port}/x"\n')
+    for command in (("queues", "failed"), ("uisp", "list"), ("olt", "list")):
+        proc = paymentd(*command, "--config", str(config))
+        assert_one_line(proc, "cannot reach the database (database.url = ", "is PostgreSQL running")
         assert "pw-secret" not in proc.stderr

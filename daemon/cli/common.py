@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -104,7 +105,7 @@ def setup_logging(level: str) -> None:
 
 
 def with_db(cfg: Config, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    from daemon.platform.db import Database
+    from daemon.platform.db import Database, DatabaseError
 
     async def main() -> T:
         async with (
@@ -113,13 +114,26 @@ def with_db(cfg: Config, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         ):
             return await fn(db, *args)
 
+    # The database layer's "unavailable ... retrying in the background" is the daemon's
+    # story; a one-shot command says it once, below, and stops.
+    quiet = logging.getLogger("daemon.platform.db")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         return trio.run(main)
     except Exception as exc:
+        leaves = _leaves(exc)  # trio wraps what fails inside its nurseries
+        if leaves and all(type(e) is DatabaseError for e in leaves):
+            raise DatabaseError(
+                f"cannot reach the database (database.url = {cfg.database.url}): {leaves[0]};"
+                " is PostgreSQL running there?"
+            ) from None
         problem = database_problem(exc, cfg)
         if problem is None:
             raise
         raise problem from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
