@@ -38,6 +38,10 @@ PRIORITY_REQUESTS = (b"GET /healthz ", b"GET /readyz ", b"POST /webhooks/uisp/")
 PRIORITY_PEEK_SECONDS = 0.5
 # How long a refused connection is given to read its 503 before it is closed.
 REFUSAL_SECONDS = 0.02
+# Refusals in progress at once (each holds an fd for up to REFUSAL_SECONDS); past this, a
+# burst of connections is closed at once without the 503, so a flood accepted faster
+# than it can be answered never takes the process past its open-file limit.
+MAX_REFUSING = 32
 _REFUSAL_BODY = (
     b'{"type":"about:blank","title":"Service Unavailable","status":503,'
     b'"detail":"too many connections"}'
@@ -89,6 +93,7 @@ class ConnectionCap:
         self.priority_active = 0
         self.refused = 0
         self.evicted = 0
+        self.refusing = 0
         # Admitted connections that have not sent a byte yet, oldest first.
         self.silent: dict[_SlotStream, None] = {}
         self._full_since: float | None = None
@@ -134,17 +139,26 @@ class ConnectionCap:
         priority = False
         if not self.take():
             if self.priority_active >= self.priority:
-                self.refused += 1
-                await _refuse(stream)
+                await self._refuse(stream)
                 return None
             self.priority_active += 1
             if not await _is_priority(stream):
                 self.priority_active -= 1
-                self.refused += 1
-                await _refuse(stream)
+                await self._refuse(stream)
                 return None
             priority = True
         return self._admitted(stream, priority)
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        self.refused += 1
+        if self.refusing >= MAX_REFUSING:
+            await trio.aclose_forcefully(stream)
+            return
+        self.refusing += 1
+        try:
+            await _refuse(stream)
+        finally:
+            self.refusing -= 1
 
     def _admitted(self, stream: trio.SocketStream, priority: bool) -> _SlotStream:
         counted = _SlotStream(stream, self.release_priority if priority else self.give_back)
