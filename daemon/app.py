@@ -32,7 +32,7 @@ import trio
 import trio_asyncio
 
 from daemon import wiring
-from daemon.actors import http_ingress, instance_lock, listener, queue_consumer, scheduler
+from daemon.actors import http_ingress, instance_lock
 from daemon.actors.olt_pool import OltPool
 from daemon.platform import logs
 from daemon.platform.config import Config
@@ -189,47 +189,18 @@ async def _worker_group(
             async with instance_lock.hold(
                 url, wait_seconds=wait, ping_seconds=cfg.database.safety_poll_seconds
             ) as lost:
+                actors = wiring.worker_actors(res, url, wakeups, stop)
                 async with trio.open_nursery() as group:
                     group.start_soon(_cancel_when_set, lost, group.cancel_scope)
-                    await group.start(
-                        sup,
-                        "listener",
-                        partial(
-                            listener.run,
-                            listener.ListenerDeps(
-                                url,
-                                wiring.QUEUE_NAMES,
-                                wakeups,
-                                deps.metrics,
-                                deps.events,
-                                cfg.database.safety_poll_seconds,
-                                cfg.database.notify_throttle_ms,
-                            ),
-                        ),
-                    )
+                    # Actors that run until cancelled (the listener) start first and stop
+                    # last; the ones that finish their work on ``stop`` run inside.
+                    for actor in actors:
+                        if actor.until == "cancelled":
+                            await group.start(sup, actor.name, actor.run)
                     async with trio.open_nursery() as workers:
-                        for decl in wiring.QUEUES:
-                            consumer = queue_consumer.ConsumerDeps(
-                                res.db,
-                                decl.consumer_settings(cfg),
-                                decl.bind(res),
-                                wakeups,
-                                deps.metrics,
-                                stop,
-                            )
-                            await workers.start(
-                                sup, f"consumer:{decl.name}", partial(queue_consumer.run, consumer)
-                            )
-                        await workers.start(
-                            sup,
-                            "scheduler",
-                            partial(
-                                scheduler.run,
-                                scheduler.SchedulerDeps(
-                                    res.db, wiring.jobs(deps), deps.metrics, deps.events, stop
-                                ),
-                            ),
-                        )
+                        for actor in actors:
+                            if actor.until == "stop":
+                                await workers.start(sup, actor.name, actor.run)
                         if not started:
                             started = True
                             task_status.started()
@@ -264,8 +235,8 @@ async def _worker_group(
             "they start again once the lock is held"
         )
         # Not ready while they are down (/readyz, the systemd status line say so).
-        for name in ("listener", "scheduler", *(f"consumer:{q}" for q in wiring.QUEUE_NAMES)):
-            deps.health.set_state(name, "stopped")
+        for actor in actors:
+            deps.health.set_state(actor.name, "stopped")
         deps.events.publish("instance_lock.lost")
 
 

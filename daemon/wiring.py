@@ -15,17 +15,18 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import trio
 
+from daemon.actors import listener, queue_consumer, scheduler
 from daemon.actors.olt_pool import OltPool, OltPoolSettings
 from daemon.network import devices, reconnect, tasks
 from daemon.notifications import delivery, messages
 from daemon.notifications.sms import SmsProvider, make_provider
 from daemon.platform import queues, retention
 from daemon.platform.config import Config
-from daemon.platform.consumer import ConsumerSettings, Lease
+from daemon.platform.consumer import ConsumerSettings, Lease, Wakeups
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
 from daemon.platform.queues import Message, PoisonHandler, ReplayHandler
@@ -137,6 +138,43 @@ QUEUE_NAMES: tuple[str, ...] = tuple(q.name for q in QUEUES)
 BY_NAME: dict[str, QueueDecl[Any]] = {q.name: q for q in QUEUES}
 
 
+@dataclass(frozen=True)
+class ActorDecl:
+    """One supervised actor: its name (health, metrics) and its run function, bound."""
+
+    name: str
+    run: Callable[..., Awaitable[Any]]  # async def run(*, task_status)
+    # "stop": finishes what it holds once the daemon's stop event is set (consumers);
+    # "cancelled": runs until its group is cancelled, after the others (the listener).
+    until: Literal["stop", "cancelled"]
+
+
+def worker_actors(res: Resources, url: str, wakeups: Wakeups, stop: trio.Event) -> list[ActorDecl]:
+    """The actors that run under the instance lock: the listener, one consumer per
+    declared queue, the scheduler. (The OLT pool and the HTTP ingress run outside it.)"""
+    cfg, deps = res.config, res.deps
+    listen = listener.ListenerDeps(
+        url,
+        QUEUE_NAMES,
+        wakeups,
+        deps.metrics,
+        deps.events,
+        cfg.database.safety_poll_seconds,
+        cfg.database.notify_throttle_ms,
+    )
+    actors = [ActorDecl("listener", partial(listener.run, listen), "cancelled")]
+    for decl in QUEUES:
+        consumer = queue_consumer.ConsumerDeps(
+            res.db, decl.consumer_settings(cfg), decl.bind(res), wakeups, deps.metrics, stop
+        )
+        actors.append(
+            ActorDecl(f"consumer:{decl.name}", partial(queue_consumer.run, consumer), "stop")
+        )
+    sched = scheduler.SchedulerDeps(res.db, jobs(deps), deps.metrics, deps.events, stop)
+    actors.append(ActorDecl("scheduler", partial(scheduler.run, sched), "stop"))
+    return actors
+
+
 def retention_targets() -> list[retention.Target]:
     """What retention deletes, per capability; never a webhook still waiting to run."""
     targets = [
@@ -225,6 +263,7 @@ __all__ = [
     "BY_NAME",
     "QUEUES",
     "QUEUE_NAMES",
+    "ActorDecl",
     "QueueDecl",
     "Resources",
     "jobs",
@@ -232,4 +271,5 @@ __all__ = [
     "replay_dead",
     "replay_webhooks",
     "retention_targets",
+    "worker_actors",
 ]
