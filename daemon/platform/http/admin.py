@@ -35,6 +35,7 @@ from daemon.platform.events import Event, EventBus, Subscription, TooManySubscri
 from daemon.platform.http import schema
 from daemon.platform.http.health import queue_stats
 from daemon.platform.http.problem import Problem, dumps
+from daemon.platform.queues import QueueStats
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,6 @@ class TaskDetail(Task):
 class TaskPage(Shape):
     tasks: list[Task]
     next_before_id: int | None = Field(description="pass as before_id for the next page")
-
-
-class QueueStats(Shape):
-    queue: str
-    depth: int
-    oldest_age_seconds: float | None
-    total_messages: int
 
 
 class Queues(Shape):

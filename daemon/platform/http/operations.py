@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import uuid
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -24,7 +23,10 @@ from daemon.platform.deps import Deps
 from daemon.platform.http import schema
 from daemon.platform.http.admin import AUTH_PROBLEMS, MAX_LIMIT, Shape
 from daemon.platform.http.problem import Problem
+from daemon.platform.queues import DeadLetter
+from daemon.platform.scheduler import JobState
 from daemon.uisp import webhooks
+from daemon.uisp.webhooks import Webhook
 
 
 class FailedQuery(Shape):
@@ -42,20 +44,8 @@ class FailedQuery(Shape):
         return True if value == "" else value  # ?all works as well as ?all=true
 
 
-class DeadLetter(Shape):
-    """A message that exhausted its deliveries, kept with its reason until replayed."""
-
-    id: int
-    queue: str
-    msg_id: int
-    message: dict[str, Any]
-    deliveries: int
-    reason: str
-    failed_at: dt.datetime
-    replayed_at: dt.datetime | None
-
-
 class FailedList(Shape):
+    # The store's own row types: pydantic validates and documents dataclasses as they are.
     failed: list[DeadLetter]
 
 
@@ -70,45 +60,16 @@ class WebhookQuery(Shape):
     limit: int = Field(50, ge=1, le=MAX_LIMIT)
 
 
-class StoredWebhook(Shape):
-    uuid: uuid.UUID
-    event_name: str
-    entity: str
-    entity_id: int | None
-    change_type: str
-    received_at: dt.datetime
-    queued_at: dt.datetime
-    deliveries: int
-    state: str
-    attempts: int
-    replays: int
-    processed_at: dt.datetime | None
-    outcome: str | None
-    last_error: str | None
-
-
 class WebhookList(Shape):
-    webhooks: list[StoredWebhook]
+    webhooks: list[Webhook]
 
 
 class WebhookReplayed(Shape):
-    webhook: StoredWebhook
-
-
-class Job(Shape):
-    name: str
-    interval_seconds: float
-    next_run_at: dt.datetime
-    lease_until: dt.datetime | None
-    last_started_at: dt.datetime | None
-    last_finished_at: dt.datetime | None
-    last_outcome: str | None
-    last_error: str | None
-    runs: int
+    webhook: Webhook
 
 
 class Jobs(Shape):
-    jobs: list[Job]
+    jobs: list[JobState]
 
 
 def failed_query(queue_names: Sequence[str]) -> type[FailedQuery]:
