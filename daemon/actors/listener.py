@@ -71,7 +71,10 @@ async def run(
             backoff = min(backoff * 2, 30.0)
             continue
         try:
-            rearmed = await dbmod.bridge(_rearm, conn, names, deps.notify_throttle_ms)
+            with trio.fail_after(10):
+                rearmed = await queues.rearm_notify(
+                    dbmod.Conn(conn), names, deps.notify_throttle_ms
+                )
             if rearmed:
                 log.warning(
                     "listener: %d queue(s) had lost their insert notifications (PostgreSQL "
@@ -99,25 +102,13 @@ async def run(
                 log.info("listener: reconnected; consumers draining")
             deps.events.publish("listener.connected")
             await _watch(conn, lost_recv, tick_sql, names, deps)
-        except (dbmod.DatabaseError, asyncpg.PostgresError) as exc:
+        except (dbmod.DatabaseError, asyncpg.PostgresError, trio.TooSlowError) as exc:
             if not started:
                 raise
             log.warning("listener: connection lost (%s); reconnecting", exc)
             deps.events.publish("listener.lost", error=str(exc))
         finally:
             await dbmod.close_conn(conn)
-
-
-async def _rearm(conn: asyncpg.Connection, names: list[str], throttle_ms: int) -> int:
-    status: str = await conn.execute(
-        "INSERT INTO pgmq.notify_insert_throttle (queue_name, throttle_interval_ms)"
-        " SELECT q, $2::integer FROM unnest($1::text[]) AS q"
-        " ON CONFLICT (queue_name) DO NOTHING",
-        names,
-        throttle_ms,
-        timeout=10,
-    )
-    return int(status.split()[-1])
 
 
 def _on_lost(lost: trio.MemorySendChannel[str]) -> Callable[[Any], None]:
