@@ -14,6 +14,7 @@ that way — the wait a crash cost before leases (nobody waits 27 minutes in a b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import statistics
 import sys
@@ -27,7 +28,7 @@ from daemon import wiring
 from daemon.network.tasks import QUEUE
 from daemon.platform import queues
 from daemon.platform.config import Config
-from daemon.platform.consumer import Lease, Wakeups, consume
+from daemon.platform.consumer import ConsumerSettings, Handler, Lease, Wakeups, consume
 from daemon.platform.db import Database
 from daemon.platform.metrics import Metrics
 from daemon.platform.queues import Message
@@ -35,9 +36,28 @@ from daemon.platform.queues import Message
 OLD_VT = 1620  # the old reconnect queue's read visibility timeout with default OLT settings
 
 
+def _settings(lease_seconds: int) -> ConsumerSettings:
+    """The reconnect queue's declared settings, with the given lease."""
+    declared = wiring.BY_NAME[QUEUE].consumer_settings(Config())
+    return dataclasses.replace(declared, lease_seconds=lease_seconds)
+
+
+async def _consume_until(
+    db: Database, lease_seconds: int, handler: Handler, done: trio.Event
+) -> None:
+    """Run the daemon's consumer on the queue until ``done`` is set."""
+    wakeups, stop = Wakeups([QUEUE]), trio.Event()
+    async with trio.open_nursery() as nursery:
+        settings = _settings(lease_seconds)
+        await nursery.start(
+            partial(consume, db, settings, wakeups.receiver(QUEUE), handler, Metrics(), stop=stop)
+        )
+        await done.wait()
+        stop.set()
+        wakeups.wake_all()
+
+
 async def crash_once(db: Database, lease_seconds: int) -> float:
-    settings = wiring.BY_NAME[QUEUE].consumer_settings(Config())
-    settings = type(settings)(**{**settings.__dict__, "lease_seconds": lease_seconds})
     await queues.send(db, QUEUE, {"task_id": 0})
     starts: list[float] = []
     done = trio.Event()
@@ -49,39 +69,24 @@ async def crash_once(db: Database, lease_seconds: int) -> float:
         await queues.archive(db, QUEUE, msg.msg_id)
         done.set()
 
-    wakeups, stop = Wakeups([QUEUE]), trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            partial(consume, db, settings, wakeups.receiver(QUEUE), handler, Metrics(), stop=stop)
-        )
-        await done.wait()
-        stop.set()
-        wakeups.wake_all()
+    await _consume_until(db, lease_seconds, handler, done)
     return starts[1] - starts[0]
 
 
 async def killed_reader(db: Database, lease_seconds: int) -> float:
-    settings = wiring.BY_NAME[QUEUE].consumer_settings(Config())
-    settings = type(settings)(**{**settings.__dict__, "lease_seconds": lease_seconds})
     await queues.send(db, QUEUE, {"task_id": 0})
     await queues.read(db, QUEUE, lease_seconds, 1)  # the reader that was SIGKILLed
     t0 = trio.current_time()
     done = trio.Event()
+    handled_at: list[float] = []
 
     async def handler(msg: Message, lease: Lease) -> None:
+        handled_at.append(trio.current_time())
         await queues.archive(db, QUEUE, msg.msg_id)
         done.set()
 
-    wakeups, stop = Wakeups([QUEUE]), trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            partial(consume, db, settings, wakeups.receiver(QUEUE), handler, Metrics(), stop=stop)
-        )
-        await done.wait()
-        took = trio.current_time() - t0
-        stop.set()
-        wakeups.wake_all()
-    return took
+    await _consume_until(db, lease_seconds, handler, done)
+    return handled_at[0] - t0
 
 
 async def old_wait(db: Database) -> float:
