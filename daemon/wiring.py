@@ -12,7 +12,7 @@ by ``open_resources`` (also used by the CLI, the demo, the tests and the benches
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, Literal, TypeVar
@@ -214,20 +214,33 @@ def jobs(deps: Deps) -> list[Job]:
     ]
 
 
-async def replay_dead(db: Database, dead_id: int) -> queues.DeadLetter:
-    """Send a dead-lettered message again, after its queue's domain reset (one transaction)."""
+async def replay_dead(db: Database, dead_ids: Sequence[int]) -> list[queues.DeadLetter]:
+    """Send dead-lettered messages again, each after its queue's domain reset.
+
+    All or nothing, in one transaction: ``DeadLetterNotFound`` for an unknown id (or one
+    already replayed) replays none of them.
+    """
+    replayed = []
     async with db.transaction() as tx:
-        dead = await queues.take_dead(tx, dead_id)
-        decl = BY_NAME.get(dead.queue)
-        if decl is not None:
-            await decl.on_replay(tx, dead.message)
-        await queues.send(tx, dead.queue, dead.message)
-    return dead
+        for dead_id in dead_ids:
+            dead = await queues.take_dead(tx, dead_id)
+            decl = BY_NAME.get(dead.queue)
+            if decl is not None:
+                await decl.on_replay(tx, dead.message)
+            await queues.send(tx, dead.queue, dead.message)
+            replayed.append(dead)
+    return replayed
 
 
-async def replay_webhooks(db: Database, uuids: list[str]) -> list[webhooks.Webhook]:
-    """``paymentd uisp replay`` / the admin route: re-run stored webhooks."""
-    return [await webhooks.replay(db, u) for u in uuids]
+async def replay_webhooks(db: Database, uuids: Sequence[str]) -> list[webhooks.Webhook]:
+    """``paymentd uisp replay`` / the admin route: re-run stored webhooks, whatever their
+    state. All or nothing: ``WebhookNotFound`` for an unknown uuid replays none.
+
+    A replay's tasks get new dedupe keys (the replay count is part of them), so a replay
+    of a processed webhook really acts again — that is what an operator asks for.
+    """
+    async with db.transaction() as tx:
+        return [await webhooks.requeue(tx, u, replay=True) for u in uuids]
 
 
 def make_pool(deps: Deps, box: SecretBox) -> OltPool:

@@ -47,17 +47,14 @@ def cmd_queues(args: argparse.Namespace) -> int:
     if args.queues_cmd == "replay":
 
         async def replay(db: Any) -> list[str]:
-            done = []
-            for dead_id in args.ids:
-                try:
-                    dead = await wiring.replay_dead(db, dead_id)
-                except queues.DeadLetterNotFound:
-                    raise UserError(
-                        f"no dead letter {dead_id} waiting for a replay "
-                        "(see 'paymentd queues failed')"
-                    ) from None
-                done.append(f"replayed {dead.id}: {dead.queue} {json.dumps(dead.message)}")
-            return done
+            try:
+                done = await wiring.replay_dead(db, args.ids)
+            except queues.DeadLetterNotFound as exc:
+                raise UserError(
+                    f"no dead letter {exc} waiting for a replay (see 'paymentd queues failed');"
+                    " nothing replayed"
+                ) from None
+            return [f"replayed {d.id}: {d.queue} {json.dumps(d.message)}" for d in done]
 
         for line in with_db(cfg, replay):
             print(line)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from daemon.platform import queues
-from daemon.platform.db import Conn, Database, Executor
+from daemon.platform.db import Conn, Executor
 
 QUEUE = "uisp_events"  # {"uuid": "..."}: decide what a stored webhook means
 
@@ -169,16 +169,6 @@ async def requeue(tx: Conn, webhook_uuid: str, *, replay: bool) -> Webhook:
         raise WebhookNotFound(webhook_uuid)
     await queues.send(tx, QUEUE, {"uuid": str(webhook_uuid)})
     return _webhook(row)
-
-
-async def replay(db: Database, webhook_uuid: str) -> Webhook:
-    """Re-run a stored webhook whatever its state; ``WebhookNotFound`` if unknown.
-
-    Its tasks get new dedupe keys (the replay count is part of them), so a replay of a
-    processed webhook really acts again — that is what an operator asks for.
-    """
-    async with db.transaction() as tx:
-        return await requeue(tx, webhook_uuid, replay=True)
 
 
 async def list_recent(

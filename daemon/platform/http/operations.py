@@ -110,7 +110,7 @@ def blueprint(deps: Deps) -> Blueprint:
         if dead_id > BIGINT_MAX:
             raise Problem(404, f"no dead letter {dead_id} waiting for a replay")
         try:
-            dead = await wiring.replay_dead(deps.db, dead_id)
+            [dead] = await wiring.replay_dead(deps.db, [dead_id])
         except queues.DeadLetterNotFound:
             raise Problem(404, f"no dead letter {dead_id} waiting for a replay") from None
         deps.events.publish("queue.replayed", queue=dead.queue, dead_letter=dead.id)
