@@ -113,6 +113,13 @@ class World:
     tmp: Path
     db: Database
 
+    def delivered(self, event_name: str) -> dict[str, Any]:
+        """The body of the first webhook of that event the fake UISP delivered."""
+        body: dict[str, Any] = next(
+            d["body"] for d in self.fake.deliveries if d["body"]["eventName"] == event_name
+        )
+        return body
+
 
 @dataclass
 class Flow:

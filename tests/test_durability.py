@@ -32,12 +32,6 @@ async def w(db_url: str, tmp_path: Path, aio_loop: None) -> AsyncIterator[World]
         yield running_world
 
 
-def _suspend_cancel(w: World) -> dict[str, Any]:
-    bodies = [d["body"] for d in w.fake.deliveries]
-    body: dict[str, Any] = next(b for b in bodies if b["eventName"] == "service.suspend_cancel")
-    return body
-
-
 async def _webhook_state(db: Database, uuid: str) -> str | None:
     state: str | None = await db.fetchval(
         "SELECT state FROM uisp_webhooks WHERE uuid = $1::uuid", uuid
@@ -50,11 +44,7 @@ async def test_a_webhook_failed_by_a_uisp_outage_is_requeued_by_its_redelivery(w
     w.fake.fail_next(10_000)
     async with daemon(w, retry_for_seconds=1) as flow:
         await w.fake.record_payment(1, 30.0)
-        cancel = next(
-            d["body"]
-            for d in w.fake.deliveries
-            if d["body"]["eventName"] == "service.suspend_cancel"
-        )
+        cancel = w.delivered("service.suspend_cancel")
 
         async def failed() -> bool:
             return await _webhook_state(w.db, cancel["uuid"]) == "failed"
@@ -82,11 +72,7 @@ async def test_replaying_a_processed_webhook_acts_again_and_sends_no_second_sms(
         await w.fake.record_payment(1, 30.0)
         await flow.wait_task_state("succeeded")
         await w.sink.wait_messages(1)
-        cancel = next(
-            d["body"]
-            for d in w.fake.deliveries
-            if d["body"]["eventName"] == "service.suspend_cancel"
-        )
+        cancel = w.delivered("service.suspend_cancel")
         r = await flow.http.post(f"/api/v1/uisp/webhooks/{cancel['uuid']}/replay", headers=AUTH)
         assert r.status_code == 202, r.text
         assert r.json()["webhook"]["replays"] == 1

@@ -63,11 +63,7 @@ async def test_the_same_webhook_three_times_makes_one_task_and_one_sms(w: World)
         await w.fake.record_payment(1, 30.0)
         await flow.wait_task_state("succeeded")
         await w.sink.wait_messages(1)
-        cancel = next(
-            d["body"]
-            for d in w.fake.deliveries
-            if d["body"]["eventName"] == "service.suspend_cancel"
-        )
+        cancel = w.delivered("service.suspend_cancel")
         for _ in range(3):
             r = await flow.post_webhook(cancel)
             assert (r.status_code, r.json()["status"]) == (200, "duplicate")
