@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import trio
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -82,3 +84,30 @@ def table(
     out = [line(cells[0]), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in cells[1:]]
     return "\n".join(out)
+
+
+async def read_response(stream: trio.SocketStream, buf: bytearray) -> tuple[int, bool]:
+    """Read one HTTP/1.1 answer from ``stream`` (``buf`` keeps what follows it): its
+    status, and whether the server said it closes the connection."""
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+    head = bytes(buf[:end]).decode("latin-1").lower().split("\r\n")
+    status = int(head[0].split(" ", 2)[1])
+    length, close = 0, False
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        if name == "content-length":
+            length = int(value)
+        elif name == "connection" and "close" in value:
+            close = True
+    need = end + 4 + length
+    while len(buf) < need:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection mid-body")
+        buf += chunk
+    del buf[:need]
+    return status, close

@@ -79,33 +79,6 @@ def _body(entity_id: int) -> bytes:
     ).encode()
 
 
-async def _read_response(stream: trio.SocketStream, buf: bytearray) -> tuple[int, bool]:
-    """One HTTP/1.1 response (Content-Length framed); returns (status, server closes)."""
-    while (end := buf.find(b"\r\n\r\n")) < 0:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buf += chunk
-    head = bytes(buf[:end]).decode("latin-1").lower().split("\r\n")
-    status = int(head[0].split(" ", 2)[1])
-    length = 0
-    close = False
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        if name == "content-length":
-            length = int(value)
-        elif name == "connection" and "close" in value:
-            close = True
-    need = end + 4 + length
-    while len(buf) < need:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection mid-body")
-        buf += chunk
-    del buf[:need]
-    return status, close
-
-
 async def _load(url: str, seconds: float, warmup: float, conns: int) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
@@ -136,7 +109,7 @@ async def _load(url: str, seconds: float, warmup: float, conns: int) -> dict[str
                     stream = await trio.open_tcp_stream(host, port)
                     buf.clear()
                 await stream.send_all(request)
-                status, close = await _read_response(stream, buf)
+                status, close = await _common.read_response(stream, buf)
             except (OSError, ConnectionError, trio.BrokenResourceError) as exc:
                 key = type(exc).__name__
                 errors[key] = errors.get(key, 0) + 1

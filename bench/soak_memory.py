@@ -86,31 +86,6 @@ def _requests(n: int) -> list[tuple[str, str, dict[str, str], bytes, set[int]]]:
     ]
 
 
-async def _read_response(stream: trio.SocketStream, buf: bytearray) -> tuple[int, bool]:
-    while (end := buf.find(b"\r\n\r\n")) < 0:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buf += chunk
-    head = bytes(buf[:end]).decode("latin-1").lower().split("\r\n")
-    status = int(head[0].split(" ", 2)[1])
-    length, close = 0, False
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        if name == "content-length":
-            length = int(value)
-        elif name == "connection" and "close" in value:
-            close = True
-    need = end + 4 + length
-    while len(buf) < need:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection mid-body")
-        buf += chunk
-    del buf[:need]
-    return status, close
-
-
 async def _load(url: str, total: int, conns: int, reopen: int, offset: int) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -138,7 +113,7 @@ async def _load(url: str, total: int, conns: int, reopen: int, offset: int) -> d
                 lines += [f"{k}: {v}" for k, v in headers.items()]
                 lines.append(f"Content-Length: {len(body)}")
                 await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-                status, close = await _read_response(stream, buf)
+                status, close = await _common.read_response(stream, buf)
                 statuses[str(status)] += 1
                 if status not in ok:
                     unexpected[f"{method} {path.split('/')[1]} -> {status}"] += 1
