@@ -19,7 +19,7 @@ from daemon.platform.db import Conn, Database, Executor
 QUEUE = "reconnect"  # {"task_id": n}: run the task on its OLT
 
 Action = Literal["activate", "deactivate"]
-STATES = ("queued", "running", "succeeded", "failed", "superseded")
+State = Literal["queued", "running", "succeeded", "failed", "superseded"]
 FINAL_STATES = ("succeeded", "failed", "superseded")
 
 

@@ -23,7 +23,6 @@ from daemon.platform.db import Conn, Executor
 QUEUE = "uisp_events"  # {"uuid": "..."}: decide what a stored webhook means
 
 State = Literal["queued", "processed", "failed"]
-STATES = ("queued", "processed", "failed")
 
 
 @dataclass(frozen=True)

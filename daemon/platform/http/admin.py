@@ -39,7 +39,7 @@ from daemon.platform.queues import QueueStats
 
 log = logging.getLogger(__name__)
 
-TaskState = Literal["queued", "running", "succeeded", "failed", "superseded"]
+TaskState = tasks.State
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 # A comment line this often keeps proxies and clients from timing an idle stream out.

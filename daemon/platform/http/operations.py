@@ -56,7 +56,7 @@ class Replayed(Shape):
 class WebhookQuery(Shape):
     model_config = ConfigDict(extra="forbid")
 
-    state: Literal["queued", "processed", "failed"] | None = None
+    state: webhooks.State | None = None
     limit: int = Field(50, ge=1, le=MAX_LIMIT)
 
 
