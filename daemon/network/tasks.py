@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from daemon.platform import queues
@@ -75,11 +75,7 @@ class TaskDetail:
     sms: TaskSms | None
 
     def as_json(self) -> dict[str, Any]:
-        return {**_asdict(self.task), "events": self.events, "sms": self.sms}
-
-
-def _asdict(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+        return {**asdict(self.task), "events": self.events, "sms": self.sms}
 
 
 TASK_COLUMNS = ", ".join(f.name for f in fields(Task))
