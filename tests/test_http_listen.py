@@ -89,6 +89,8 @@ async def http_get(
                 break
             data += chunk
     status_line, _, rest = data.partition(b"\r\n")
+    if not status_line:
+        return 0, b""  # closed without an answer
     return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
 
 
@@ -194,11 +196,17 @@ FLOOD_FD_LIMIT = 400
 
 
 async def answered(port: int, path: str, method: str = "GET", body: bytes = b"") -> int:
-    """The first answer that is not the cap's 503 (the reserved slots can be busy for a
-    moment while the flood's own connections are being looked at)."""
-    while (status := (await http_get(port, path, method, body))[0]) == 503:  # noqa: ASYNC110
+    """The first answer that is not a refusal (the reserved slots can be busy for a moment
+    while the flood's own connections are being looked at). A refusal is the cap's 503,
+    or, past ``MAX_REFUSING`` refusals at once, a close without an answer."""
+    while True:
+        try:
+            status = (await http_get(port, path, method, body))[0]
+        except trio.BrokenResourceError:
+            status = 0  # reset by the close of a refused connection
+        if status not in (0, 503):
+            return status
         await trio.sleep(0.1)
-    return status
 
 
 async def test_a_flood_of_stalled_connections_leaves_healthz_and_webhooks_answering(
