@@ -100,4 +100,3 @@ async def get(db: Any, event_id: str) -> Event | None:
         "SELECT id, seq, type, occurred_at, subject, data FROM events WHERE id = $1", event_id
     )
     return None if row is None else _event(row)
-
