@@ -56,6 +56,18 @@ async def ana_paid_and_reconnected(w: World, flow: Flow) -> dict[str, Any]:
     return task
 
 
+async def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "daemon.cli", *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    )
+
+
 def suspend_without_webhook(w: World, service_id: int) -> None:
     """UISP suspends the service, and its webhook never reaches paymentd (a restart)."""
     w.fake._set_suspended(service_id, True)  # builds the webhooks; nobody delivers them
@@ -92,6 +104,10 @@ async def test_a_webhook_never_delivered_is_drift_and_fix_queues_the_deactivatio
         filtered = await flow.http.get("/api/v1/network/drift?kind=onu_missing", headers=ADMIN)
         assert filtered.json()["drift"] == []
         assert (await flow.http.get("/api/v1/network/drift")).status_code == 401
+        document = (await flow.http.get("/openapi.json")).json()
+        operation = document["paths"]["/api/v1/network/drift"]["get"]
+        assert operation["security"] == [{"bearer": ["admin"]}]
+        assert "kind" in {p["name"] for p in operation["parameters"]}
         bad = await flow.http.get("/api/v1/network/drift?kind=nope", headers=ADMIN)
         assert bad.status_code == 400
         assert bad.headers["content-type"].startswith("application/problem+json")
@@ -191,26 +207,23 @@ async def test_mappings_to_a_missing_onu_or_olt_are_their_own_kinds_not_a_crash(
     # The same from the command line, with --fix: nothing it can fix, nothing queued.
     config = tmp_path / "drift.toml"
     config.write_text(configmod.to_toml(flow.cfg))
-    out = await trio.to_thread.run_sync(
-        lambda: subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "daemon.cli",
-                "network",
-                "reconcile",
-                "--fix",
-                "-c",
-                str(config),
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-    )
+    out = await cli("network", "reconcile", "--fix", "-c", str(config))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
+    listed = await cli("network", "drift", "--kind", "olt_unknown", "-c", str(config))
+    assert listed.returncode == 0, listed.stderr
+    [header, row] = listed.stdout.splitlines()
+    assert header.startswith("run ") and "(fix, cli)" in header and "4 drift(s)" in header
+    assert row.startswith(f"service {nowhere} ") and "olt-nope 0/0/0:1" in row
+    # UISP unreachable: one line saying what to check, exit 2, the run recorded as failed.
+    config.write_text(configmod.to_toml(flow.cfg.replace(uisp=msgspec.structs.replace(
+        flow.cfg.uisp, base_url="http://127.0.0.1:9/crm/api/v1.0", timeout_seconds=2
+    ))))  # fmt: skip
+    down = await cli("network", "reconcile", "-c", str(config))
+    assert down.returncode == 2 and "Traceback" not in down.stderr
+    assert "check uisp.base_url and uisp.app_key" in down.stderr
+    [last] = await drift_store.last_runs(w.db, limit=1)
+    assert last.state == "failed" and "UispTransientError" in (last.error or "")
     assert "4 drift(s)" in lines[0] and "0 task(s) queued" in lines[0]
     assert any(f"service {ghost_zte}" in line and "onu_missing" in line for line in lines[1:])
     assert await w.db.fetchval("SELECT count(*) FROM reconnect_tasks") == 0

@@ -11,6 +11,12 @@ from typing import Any
 from daemon.cli.common import UserError, load, with_config, with_db
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
 def _line(item: Any) -> str:
     where = f"{item.olt_name or '-'} {item.onu or '-'}"
     states = f"UISP {item.uisp_state or '?'}, applied {item.applied_state or '-'}, "
@@ -40,6 +46,7 @@ def cmd_network(args: argparse.Namespace) -> int:
         from daemon.platform.events import EventBus
         from daemon.platform.health import Health
         from daemon.platform.metrics import Metrics
+        from daemon.uisp.client import UispError
 
         async def reconcile(db: Any) -> Report:
             deps = Deps(cfg, db, Metrics(), EventBus(), Health())
@@ -57,6 +64,15 @@ def cmd_network(args: argparse.Namespace) -> int:
                 raise UserError(
                     "a drift run is in progress (the daemon's scheduled one); "
                     "see 'paymentd network drift' when it has finished"
+                ) from None
+            except Exception as exc:
+                # Trio wraps what fails inside the run's nursery; UISP's answer is the news.
+                failed = [e for e in _leaves(exc) if isinstance(e, UispError)]
+                if not failed:
+                    raise
+                raise UserError(
+                    f"UISP ({cfg.uisp.base_url}): {failed[0]}; check uisp.base_url and "
+                    "uisp.app_key (the run is recorded as failed)"
                 ) from None
             return done[0]
 
