@@ -85,10 +85,18 @@ def _run(row: Any) -> DriftRun:
     return DriftRun(**{name: row[name] for name in DriftRun.__dataclass_fields__})
 
 
-async def start_run(db: Executor, mode: str, trigger: str) -> int:
-    run_id: int = await db.fetchval(
-        "INSERT INTO drift_runs (mode, trigger) VALUES ($1, $2) RETURNING id", mode, trigger
-    )
+async def start_run(db: Database, mode: str, trigger: str) -> int:
+    """A new run. Runs happen under the ``drift`` job's lease, one at a time, so a run
+    still ``running`` here was cut short (the process died): it is marked failed."""
+    async with db.transaction() as tx:
+        await tx.execute(
+            "UPDATE drift_runs SET state = 'failed', finished_at = now(),"
+            " error = 'interrupted (the process stopped during the run)'"
+            " WHERE state = 'running'"
+        )
+        run_id: int = await tx.fetchval(
+            "INSERT INTO drift_runs (mode, trigger) VALUES ($1, $2) RETURNING id", mode, trigger
+        )
     return run_id
 
 
