@@ -66,8 +66,9 @@ async def test_applied_state_is_the_last_succeeded_task_and_queued_ones_are_in_f
         for task_id in ids[:2]:
             await tasks.finish(tx, task_id, "succeeded")
         await tasks.finish(tx, ids[2], "failed")
-    applied = await drift_store.applied_states(db)
+    applied = await tasks.applied_states(db)
     assert set(applied) == {1}
     assert (applied[1].task_id, applied[1].state) == (ids[1], "deactivated")
-    assert await drift_store.in_flight(db) == {2}
-    assert await drift_store.newest_task(db, 1) == ids[2]
+    assert await tasks.in_flight(db) == {2}
+    assert await tasks.newest_id(db, 1) == ids[2]
+    assert await tasks.newest_id(db) == ids[3] and await tasks.newest_id(db, 9) == 0

@@ -35,8 +35,8 @@ import trio
 
 from daemon.actors.olt_pool import OltPool
 from daemon.network import devices as olt_store
-from daemon.network import drift_store
-from daemon.network.drift_store import Applied, Counts, DriftItem
+from daemon.network import drift_store, tasks
+from daemon.network.drift_store import Counts, DriftItem
 from daemon.network.olt.types import (
     OltAuthError,
     OltCircuitOpen,
@@ -46,6 +46,7 @@ from daemon.network.olt.types import (
     OltUnknownDevice,
     OnuRef,
 )
+from daemon.network.tasks import Applied
 from daemon.platform.config import DriftConfig, UispConfig
 from daemon.platform.db import Database
 from daemon.platform.events import EventBus
@@ -136,11 +137,11 @@ async def _reconcile(p: DriftDeps, run_id: int, fix: bool) -> Report:
     counts = Counts()
     items: list[DriftItem] = []
     # Tasks created after this point are newer than anything this run compared.
-    horizon: int = await p.db.fetchval("SELECT coalesce(max(id), 0) FROM reconnect_tasks")
+    horizon = await tasks.newest_id(p.db)
     services = await _uisp_services(p, counts, items)
     known_olts = {d.name for d in await olt_store.list_devices(p.db)}
-    applied = await drift_store.applied_states(p.db)
-    busy = await drift_store.in_flight(p.db)
+    applied = await tasks.applied_states(p.db)
+    busy = await tasks.in_flight(p.db)
 
     compared: list[_Service] = []
     for s in services:
@@ -292,8 +293,8 @@ async def _fix(
         now = _STATES.get(service.get("status"))  # type: ignore[arg-type]
         if now != item.uisp_state:
             return replace(item, detail=f"{item.detail}; not fixed: UISP now says {now}")
-        newest = await drift_store.newest_task(p.db, sid)
-        if newest is not None and newest > horizon:
+        newest = await tasks.newest_id(p.db, sid)
+        if newest > horizon:
             return replace(item, detail=f"{item.detail}; not fixed: task {newest} is newer")
         planned = await plan_task(
             p.db, p.uisp, p.uisp_config, service, _ACTIONS[item.uisp_state or ""]

@@ -1,10 +1,9 @@
 """The drift store: reconciliation runs, the drift rows of the latest one, ONU check times.
 
-Owns every statement on ``drift_runs``, ``drift_items`` and ``drift_onu_checks``, and the
-two read-only questions drift asks of the task log (what was last applied per service,
-which services have a task in flight). A run's rows are written with its outcome in one
-transaction, and the rows of older runs are dropped then: the admin API and the metrics
-always read one whole run.
+Owns every statement on ``drift_runs``, ``drift_items`` and ``drift_onu_checks``; what
+drift asks of the task log is in ``network/tasks.py``, which owns that table. A run's
+rows are written with its outcome in one transaction, and the rows of older runs are
+dropped then: the admin API and the metrics always read one whole run.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ Kind = Literal[
     "bad_mapping",  # the mapping's ONU location does not parse
 ]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
-OnuState = Literal["active", "deactivated"]
 
 
 @dataclass(frozen=True)
@@ -56,16 +54,6 @@ class DriftRun:
     drifts: int
     tasks_queued: int
     error: str | None
-
-
-@dataclass(frozen=True)
-class Applied:
-    """The service's last succeeded task: what paymentd last did to which ONU."""
-
-    task_id: int
-    state: OnuState
-    olt_name: str
-    onu: str
 
 
 @dataclass
@@ -153,41 +141,6 @@ async def latest(db: Executor) -> tuple[DriftRun, list[DriftItem]] | None:
 async def last_runs(db: Executor, limit: int = 10) -> list[DriftRun]:
     rows = await db.fetch(f"SELECT {_RUN_COLUMNS} FROM drift_runs ORDER BY id DESC LIMIT $1", limit)
     return [_run(r) for r in rows]
-
-
-# -- what the task log says ---------------------------------------------------------
-
-
-async def applied_states(db: Executor) -> dict[int, Applied]:
-    """Per service, its last succeeded task (one indexed pass over the task log)."""
-    rows = await db.fetch(
-        "SELECT DISTINCT ON (service_id) service_id, id, action, olt_name, onu"
-        " FROM reconnect_tasks WHERE state = 'succeeded' ORDER BY service_id, id DESC"
-    )
-    return {
-        r["service_id"]: Applied(
-            r["id"],
-            "active" if r["action"] == "activate" else "deactivated",
-            r["olt_name"],
-            r["onu"],
-        )
-        for r in rows
-    }
-
-
-async def in_flight(db: Executor) -> set[int]:
-    """Services with a task queued or running: already converging, not drift."""
-    rows = await db.fetch(
-        "SELECT DISTINCT service_id FROM reconnect_tasks WHERE state IN ('queued', 'running')"
-    )
-    return {r["service_id"] for r in rows}
-
-
-async def newest_task(db: Executor, service_id: int) -> int | None:
-    newest: int | None = await db.fetchval(
-        "SELECT max(id) FROM reconnect_tasks WHERE service_id = $1", service_id
-    )
-    return newest
 
 
 # -- ONU check times ----------------------------------------------------------------
