@@ -303,6 +303,7 @@ async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]
     """Build the shared clients; closes them all in one shielded, bounded step."""
     cfg = deps.config
     pool = make_pool(deps, box)
+    await drift.restore_metrics(deps.db, deps.metrics)  # the latest run's, across restarts
     async with contextlib.AsyncExitStack() as stack:
         uisp = UispClient.from_config(cfg.uisp)
         stack.push_async_callback(_bounded_close, uisp.aclose)

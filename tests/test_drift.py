@@ -56,6 +56,15 @@ async def ana_paid_and_reconnected(w: World, flow: Flow) -> dict[str, Any]:
     return task
 
 
+def drift_gauges(metrics: str) -> dict[str, float]:
+    return {
+        s.labels["kind"]: s.value
+        for f in text_string_to_metric_families(metrics)
+        if f.name == "paymentd_drift"
+        for s in f.samples
+    }
+
+
 async def cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return await trio.to_thread.run_sync(
         lambda: subprocess.run(
@@ -111,13 +120,7 @@ async def test_a_webhook_never_delivered_is_drift_and_fix_queues_the_deactivatio
         bad = await flow.http.get("/api/v1/network/drift?kind=nope", headers=ADMIN)
         assert bad.status_code == 400
         assert bad.headers["content-type"].startswith("application/problem+json")
-        metrics = (await flow.http.get("/metrics")).text
-        samples = {
-            s.labels["kind"]: s.value
-            for f in text_string_to_metric_families(metrics)
-            if f.name == "paymentd_drift"
-            for s in f.samples
-        }
+        samples = drift_gauges((await flow.http.get("/metrics")).text)
         assert samples["uisp_vs_paymentd"] == 1 and samples["olt_vs_paymentd"] == 0
 
         fixed = await reconcile(flow, fix=True)
@@ -271,3 +274,8 @@ async def test_the_scheduled_job_runs_in_the_daemon_and_reports_an_onu_switched_
     assert hw.is_active(ANA_ONU)  # reported, not fixed: drift.fix is off by default
     [job] = [s for s in await w.db.fetch("SELECT * FROM scheduled_jobs") if s["name"] == "drift"]
     assert job["runs"] == 1 and job["last_outcome"].startswith(f"run {run.id}: 1 service(s)")
+
+    # After a restart the gauges show the latest run's drift again, not zero.
+    async with daemon(w) as flow:
+        assert drift_gauges((await flow.http.get("/metrics")).text)["olt_vs_uisp"] == 1
+    assert await w.db.fetchval("SELECT count(*) FROM drift_runs") == 1  # not due again yet

@@ -13,7 +13,8 @@ rule a webhook follows):
 
 A service with a task queued or running is converging already and is skipped. Each
 mismatch is a ``DriftItem`` with a kind (``drift_store.KINDS``); a run's items replace the
-previous run's (admin API ``GET /api/v1/network/drift``, gauge ``paymentd_drift{kind}``).
+previous run's (admin API ``GET /api/v1/network/drift``, gauge ``paymentd_drift{kind}``,
+set again from the database at start-up).
 
 With ``fix``, every fixable drift queues the task a webhook would have queued, through
 the very code path the UISP handler uses (``decide.plan_task`` + ``process.queue_planned``),
@@ -48,14 +49,14 @@ from daemon.network.olt.types import (
 )
 from daemon.network.tasks import Applied
 from daemon.platform.config import DriftConfig, UispConfig
-from daemon.platform.db import Database
+from daemon.platform.db import Database, DatabaseError
 from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
 from daemon.uisp import client as uisp
 from daemon.uisp import process
 from daemon.uisp.decide import DecisionError, plan_task
 
-__all__ = ["DriftDeps", "Report", "reconcile"]
+__all__ = ["DriftDeps", "Report", "reconcile", "restore_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +126,30 @@ async def reconcile(p: DriftDeps, *, fix: bool, trigger: str) -> Report:
             await drift_store.fail_run(p.db, run_id, f"{type(exc).__name__}: {exc}")
         raise
     report.seconds = time.monotonic() - started
-    for kind, n in report.by_kind().items():
-        p.metrics.drift.labels(kind).set(n)
+    _set_gauges(p.metrics, report.items)
     p.metrics.drift_run_seconds.set(report.seconds)
     p.events.publish("drift.finished", run=run_id, drifts=len(report.items), fix=fix)
     log.info("drift: %s", report.summary())
     return report
+
+
+def _set_gauges(metrics: Metrics, items: list[DriftItem]) -> None:
+    found = dict.fromkeys(drift_store.KINDS, 0)
+    for item in items:
+        found[item.kind] += 1
+    for kind, n in found.items():
+        metrics.drift.labels(kind).set(n)
+
+
+async def restore_metrics(db: Database, metrics: Metrics) -> None:
+    """Set the drift gauges from the latest finished run (at start-up: a restart must not
+    read as "no drift" until the next run, hours later). Best effort."""
+    try:
+        found = await drift_store.latest(db)
+    except DatabaseError as exc:
+        log.warning("drift: gauges not restored: %s", exc)
+        return
+    _set_gauges(metrics, [] if found is None else found[1])
 
 
 async def _reconcile(p: DriftDeps, run_id: int, fix: bool) -> Report:
