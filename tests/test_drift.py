@@ -279,3 +279,21 @@ async def test_the_scheduled_job_runs_in_the_daemon_and_reports_an_onu_switched_
     async with daemon(w) as flow:
         assert drift_gauges((await flow.http.get("/metrics")).text)["olt_vs_uisp"] == 1
     assert await w.db.fetchval("SELECT count(*) FROM drift_runs") == 1  # not due again yet
+
+
+async def test_an_olt_that_cannot_be_read_is_counted_not_drift_and_the_others_are_read(
+    w: World,
+) -> None:
+    zte = w.devices["olt-zte"]
+    bruno = w.fake.add_client("Bruno", "Díaz", "+34 600 333 444")
+    for onu_id in (5, 6):
+        zte.add_onu(1, 2, 1, onu_id, active=True)
+        w.fake.add_service(bruno["id"], olt="olt-zte", onu=f"1/2/1:{onu_id}")
+    zte.refuse_logins = True
+    async with daemon(w) as flow:
+        w.devices["olt-hw"].set_active(ANA_ONU, True)  # so a read of olt-hw finds drift
+        report = await reconcile(flow)
+    # One refused login and olt-zte is not tried again this run; olt-hw is read.
+    assert (report.counts.read_errors, report.counts.device_reads) == (1, 1)
+    assert zte.auth_attempts == 1
+    assert [(i.service_id, i.kind) for i in report.items] == [(1, "olt_vs_uisp")]

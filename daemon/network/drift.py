@@ -237,13 +237,15 @@ async def _read_devices(p: DriftDeps, services: list[_Service], counts: Counts) 
         next_at = trio.current_time()
         done: list[tuple[str, str]] = []
         states: dict[str, str] = {}  # several services may share one ONU: read it once
+        attempts = 0  # failed reads count too: a sick device is not read all run long
         try:
             for s in group:
                 if s.onu in states:
                     read[s.id] = states[s.onu]
                     continue
-                if len(states) >= budget:
+                if attempts >= budget:
                     break
+                attempts += 1
                 await trio.sleep_until(next_at)
                 next_at = trio.current_time() + interval
                 try:
