@@ -121,6 +121,13 @@ async def bench(args: argparse.Namespace, db_url: str, tmp: Path) -> int:
             await world.start(pool.run)
             async with UispClient.from_config(cfg.uisp) as client:
                 per_olt = -(-args.services // args.olts)
+                # Unmeasured: the first HTTP connection and first-time code paths.
+                warm = DriftConfig(page_size=args.page_size, device_reads_per_run=0)
+                await drift.reconcile(
+                    drift.DriftDeps(db, client, pool, cfg.uisp, warm, deps.metrics, deps.events),
+                    fix=False,
+                    trigger="bench",
+                )
                 phases = [
                     ("uisp+tasks", 0, 0, 0.0),
                     ("+reads", per_olt, 2 * args.drift, 0.0),
