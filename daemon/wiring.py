@@ -21,7 +21,7 @@ import trio
 
 from daemon.actors import listener, queue_consumer, scheduler
 from daemon.actors.olt_pool import OltPool, OltPoolSettings
-from daemon.network import devices, reconnect, tasks
+from daemon.network import devices, drift, reconnect, tasks
 from daemon.notifications import delivery, messages
 from daemon.notifications.sms import SmsProvider, make_provider
 from daemon.platform import queues, retention
@@ -31,7 +31,7 @@ from daemon.platform.db import Database
 from daemon.platform.deps import Deps
 from daemon.platform.queues import Message, PoisonHandler, ReplayHandler
 from daemon.platform.scheduler import Job
-from daemon.platform.secrets import SecretBox
+from daemon.platform.secrets import SecretBox, load_keyring
 from daemon.uisp import process, webhooks
 from daemon.uisp.client import UispClient
 
@@ -170,7 +170,7 @@ def worker_actors(res: Resources, url: str, wakeups: Wakeups, stop: trio.Event) 
         actors.append(
             ActorDecl(f"consumer:{decl.name}", partial(queue_consumer.run, consumer), "stop")
         )
-    sched = scheduler.SchedulerDeps(res.db, jobs(deps), deps.metrics, deps.events, stop)
+    sched = scheduler.SchedulerDeps(res.db, jobs(deps, res), deps.metrics, deps.events, stop)
     actors.append(ActorDecl("scheduler", partial(scheduler.run, sched), "stop"))
     return actors
 
@@ -181,14 +181,29 @@ def retention_targets() -> list[retention.Target]:
         retention.Target("uisp_webhooks", "received_at", "state <> 'queued'"),
         retention.Target("task_events", "at"),
         retention.Target("failed_messages", "failed_at"),
+        # Old runs' counts; never the latest finished one (the drift list reads it).
+        retention.Target(
+            "drift_runs",
+            "started_at",
+            "id < (SELECT coalesce(max(id), 0) FROM drift_runs WHERE state = 'finished')",
+        ),
     ]
     targets += [retention.Target(f"pgmq.a_{q}", "archived_at") for q in QUEUE_NAMES]
     return targets
 
 
-def jobs(deps: Deps) -> list[Job]:
-    """The scheduler's periodic jobs (the payments issue adds reconcile/expire here)."""
+def jobs(deps: Deps, res: Resources | None = None) -> list[Job]:
+    """The scheduler's periodic jobs (the payments issue adds reconcile/expire here).
+
+    ``res``: the daemon's resources; without them (the CLI) a job that needs the OLT pool
+    or the UISP client opens its own for the run.
+    """
     cfg = deps.config.retention
+    drift_cfg = deps.config.drift
+
+    async def reconcile_network() -> str:
+        report = await reconcile_drift(deps, res, fix=drift_cfg.fix, trigger="schedule")
+        return report.summary()
 
     async def prune() -> str:
         pruned = await retention.prune(
@@ -210,8 +225,38 @@ def jobs(deps: Deps) -> list[Job]:
             cfg.interval_seconds,
             prune,
             "delete webhooks, task history, dead letters and queue archives past retention",
-        )
+        ),
+        Job(
+            "drift",
+            drift_cfg.interval_seconds,
+            reconcile_network,
+            "compare UISP, the task log and the OLTs; report (and with drift.fix, fix) drift",
+            # Not in the middle of start-up (and of a fresh install's first minutes).
+            first_run_delay_seconds=600.0,
+        ),
     ]
+
+
+async def reconcile_drift(
+    deps: Deps, res: Resources | None, *, fix: bool, trigger: str
+) -> drift.Report:
+    """One drift run: on the daemon's OLT pool (its warm sessions) when ``res`` is given,
+    else (``paymentd network reconcile``) on resources opened for this run."""
+    if res is not None:
+        return await drift.reconcile(_drift_deps(res), fix=fix, trigger=trigger)
+    box = load_keyring(deps.config.secrets)
+    async with open_resources(deps, box) as own, trio.open_nursery() as nursery:
+        await nursery.start(own.pool.run)
+        try:
+            return await drift.reconcile(_drift_deps(own), fix=fix, trigger=trigger)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def _drift_deps(r: Resources) -> drift.DriftDeps:
+    return drift.DriftDeps(
+        r.db, r.uisp, r.pool, r.config.uisp, r.config.drift, r.deps.metrics, r.deps.events
+    )
 
 
 async def replay_dead(db: Database, dead_ids: Sequence[int]) -> list[queues.DeadLetter]:
@@ -258,6 +303,7 @@ async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]
     """Build the shared clients; closes them all in one shielded, bounded step."""
     cfg = deps.config
     pool = make_pool(deps, box)
+    await drift.restore_metrics(deps.db, deps.metrics)  # the latest run's, across restarts
     async with contextlib.AsyncExitStack() as stack:
         uisp = UispClient.from_config(cfg.uisp)
         stack.push_async_callback(_bounded_close, uisp.aclose)
@@ -281,6 +327,7 @@ __all__ = [
     "Resources",
     "jobs",
     "open_resources",
+    "reconcile_drift",
     "replay_dead",
     "replay_webhooks",
     "retention_targets",

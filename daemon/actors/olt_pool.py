@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 Action = Literal["activate", "deactivate"]
 _Reply = OltResult | str | OltError
+_Kind = Literal["set", "test", "state"]  # state: read an ONU's control state, change nothing
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class OltPoolSettings:
 @dataclass
 class _Request:
     device: str
-    kind: Literal["set", "test"]
+    kind: _Kind
     onu: OnuRef | None
     action: Action | None
     reply: trio.MemorySendChannel[_Reply]
@@ -206,6 +207,13 @@ class OltPool:
         assert isinstance(result, str)
         return result
 
+    async def onu_state(self, device: str, onu: OnuRef) -> str:
+        """Read an ONU's control state (``active`` / ``deactivated``) on the device's own
+        session, in turn with its other requests; ``OltOnuNotFound`` if it has none."""
+        result = await self._request(device, "state", onu, None)
+        assert isinstance(result, str)
+        return result
+
     def forget(self, device: str) -> None:
         """Drop the device's actor now: it finishes what is queued, logs out and ends;
         the next request starts a new actor and session. Settings changes need no call
@@ -217,7 +225,7 @@ class OltPool:
         self._breakers.pop(device, None)
 
     async def _request(
-        self, device: str, kind: Literal["set", "test"], onu: OnuRef | None, action: Action | None
+        self, device: str, kind: _Kind, onu: OnuRef | None, action: Action | None
     ) -> OltResult | str:
         inbox = self._inbox
         if inbox is None:
@@ -379,6 +387,9 @@ class _DeviceActor:
             try:
                 if request.kind == "test":
                     result: OltResult | str = await driver.probe(session)
+                elif request.kind == "state":
+                    assert request.onu is not None
+                    result = await driver.onu_state(session, request.onu)
                 else:
                     assert request.onu is not None
                     result = await driver.set_onu(

@@ -337,10 +337,17 @@ class FakeUisp:
         async def list_services() -> Any:
             cid = request.args.get("clientId", type=int)
             statuses = request.args.getlist("statuses[]", type=int)
-            return jsonify([
-                s for s in self.services.values()
+            found = [
+                s for s in sorted(self.services.values(), key=lambda s: s["id"])
                 if cid in (None, s["clientId"]) and (not statuses or s["status"] in statuses)
-            ])  # fmt: skip
+            ]  # fmt: skip
+            # UISP pages with limit/offset and answers a bare array (no total, no links);
+            # without a limit it answers everything.
+            offset = request.args.get("offset", 0, type=int)
+            limit = request.args.get("limit", type=int)
+            if offset < 0 or (limit is not None and limit < 1):
+                return error(400, "Invalid limit or offset.")
+            return jsonify(found[offset:] if limit is None else found[offset : offset + limit])
 
         @app.patch(f'{p}/clients/services/<int:sid>/<any("suspend", "cancel-suspend"):verb>')
         async def suspend_or_cancel(sid: int, verb: str) -> Any:

@@ -317,3 +317,51 @@ async def list_recent(
         limit,
     )
     return [_task(r) for r in rows]
+
+
+# -- what drift reconciliation asks (daemon/network/drift.py) -------------------------
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The service's last succeeded task: what paymentd last did to which ONU."""
+
+    task_id: int
+    state: Literal["active", "deactivated"]
+    olt_name: str
+    onu: str
+
+
+async def applied_states(db: Executor) -> dict[int, Applied]:
+    """Per service, its last succeeded task (one indexed pass over the task log)."""
+    rows = await db.fetch(
+        "SELECT DISTINCT ON (service_id) service_id, id, action, olt_name, onu"
+        " FROM reconnect_tasks WHERE state = 'succeeded' ORDER BY service_id, id DESC"
+    )
+    return {
+        r["service_id"]: Applied(
+            r["id"],
+            "active" if r["action"] == "activate" else "deactivated",
+            r["olt_name"],
+            r["onu"],
+        )
+        for r in rows
+    }
+
+
+async def in_flight(db: Executor) -> set[int]:
+    """Services with a task queued or running: already converging, not drift."""
+    rows = await db.fetch(
+        "SELECT DISTINCT service_id FROM reconnect_tasks WHERE state IN ('queued', 'running')"
+    )
+    return {r["service_id"] for r in rows}
+
+
+async def newest_id(db: Executor, service_id: int | None = None) -> int:
+    """The newest task's id (of one service, or of all); 0 when there is none."""
+    newest: int = await db.fetchval(
+        "SELECT coalesce(max(id), 0) FROM reconnect_tasks"
+        " WHERE $1::bigint IS NULL OR service_id = $1",
+        service_id,
+    )
+    return newest

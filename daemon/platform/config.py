@@ -244,6 +244,18 @@ class SmsConfig(_Section, frozen=True):
     retry_backoff_seconds: Seconds = 30.0
 
 
+class DriftConfig(_Section, frozen=True):
+    """Drift reconciliation: UISP vs what paymentd applied vs the OLTs (network/drift.py)."""
+
+    interval_seconds: Seconds = 6 * 3600.0  # how often the drift job runs
+    fix: bool = False  # the periodic job also queues the tasks that fix what it finds
+    page_size: Count = 500  # services per UISP list request
+    # ONU state reads per OLT: at most this many per run (0: compare UISP and paymentd
+    # only), at most this many per second, so a run never crowds out real work.
+    device_reads_per_run: NonNeg = 500
+    device_reads_per_second: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -253,6 +265,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     olt: OltConfig = msgspec.field(default_factory=OltConfig)
     sms: SmsConfig = msgspec.field(default_factory=SmsConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
     source: str = "<defaults>"
     # Things the operator should change but that still work (deprecated keys); the CLI
     # prints them and the daemon logs them at start-up.
@@ -272,6 +285,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "olt": OltConfig,
     "sms": SmsConfig,
     "retention": RetentionConfig,
+    "drift": DriftConfig,
 }
 
 _URLS = ("uisp.base_url", "sms.base_url")

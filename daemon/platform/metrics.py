@@ -110,6 +110,15 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.drift = Gauge(
+            "paymentd_drift",
+            "Drift found by the latest reconciliation run (UISP, task log, OLTs), by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.drift_run_seconds = Gauge(
+            "paymentd_drift_run_seconds", "Duration of the latest drift run", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -35,6 +35,9 @@ class Job:
     interval_seconds: float
     run: Callable[[], Awaitable[str]]  # returns a one-line summary of what it did
     description: str = ""
+    # When a job first appears (a new install, an upgrade that adds it), its first run is
+    # this long after start-up rather than at once.
+    first_run_delay_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,12 @@ async def register(db: Database, jobs: Sequence[Job]) -> None:
     """Make sure every job has its row; a changed interval applies from the next run."""
     for job in jobs:
         await db.execute(
-            "INSERT INTO scheduled_jobs (name, interval_seconds) VALUES ($1, $2)"
+            "INSERT INTO scheduled_jobs (name, interval_seconds, next_run_at)"
+            " VALUES ($1, $2, now() + make_interval(secs => $3::float8))"
             " ON CONFLICT (name) DO UPDATE SET interval_seconds = EXCLUDED.interval_seconds",
             job.name,
             float(job.interval_seconds),
+            float(job.first_run_delay_seconds),
         )
 
 

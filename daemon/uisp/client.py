@@ -15,6 +15,7 @@ documented in reference/uisp.md.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -143,6 +144,27 @@ class UispClient:
         params += [("statuses[]", int(s)) for s in statuses or ()]
         services: list[dict[str, Any]] = await self._get_json("/clients/services", params)
         return services
+
+    async def iter_services(
+        self, statuses: list[int] | None = None, *, page_size: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every service, one page at a time: ``GET /clients/services?limit=&offset=``.
+
+        UISP answers a plain JSON array per page (no total, no next link), so a page
+        shorter than ``limit`` is the last one.
+        """
+        offset = 0
+        while True:
+            params: Params = [("limit", int(page_size)), ("offset", offset)]
+            params += [("statuses[]", int(s)) for s in statuses or ()]
+            page: list[dict[str, Any]] = await self._get_json("/clients/services", params)
+            if not isinstance(page, list):
+                raise UispError(f"UISP GET /clients/services: expected a list, got {page!r:.80}")
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            offset += len(page)
 
     async def get_service(self, service_id: int) -> dict[str, Any]:
         service: dict[str, Any] = await self._get_json(f"/clients/services/{int(service_id)}")

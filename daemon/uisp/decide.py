@@ -67,14 +67,14 @@ async def decide(
         service = await client.get_service(entity_id)
         if service.get("status") == uisp.SERVICE_SUSPENDED:
             return Decision(f"ignored: service {entity_id} is still suspended in UISP")
-        task = await _plan(db, client, cfg, service, "activate")
+        task = await plan_task(db, client, cfg, service, "activate")
         return Decision(f"activate service {entity_id}", [task])
 
     if event == "service.suspend":
         service = await client.get_service(entity_id)
         if service.get("status") != uisp.SERVICE_SUSPENDED:
             return Decision(f"ignored: service {entity_id} is not suspended in UISP")
-        task = await _plan(db, client, cfg, service, "deactivate")
+        task = await plan_task(db, client, cfg, service, "deactivate")
         return Decision(f"deactivate service {entity_id}", [task])
 
     if event == "payment.add":
@@ -109,11 +109,11 @@ async def _payment(
         # repeat after a crash gets 422 (already active) and is harmless.
         done = [sid for sid in ids if await client.cancel_suspend(sid)]
         return Decision(f"cancel-suspend requested in UISP for services {done or ids}")
-    tasks = [await _plan(db, client, cfg, s, "activate", customer) for s in suspended]
+    tasks = [await plan_task(db, client, cfg, s, "activate", customer) for s in suspended]
     return Decision(f"activate services {ids} of client {client_id}", tasks)
 
 
-async def _plan(
+async def plan_task(
     db: Executor,
     client: uisp.UispClient,
     cfg: UispConfig,
@@ -121,6 +121,8 @@ async def _plan(
     action: str,
     customer: dict[str, Any] | None = None,
 ) -> PlannedTask:
+    """The task that brings ``service``'s ONU to ``action`` (location: override, else the
+    service's attributes); ``DecisionError`` without a usable location."""
     service_id = int(service["id"])
     location = await olt_store.get_override(db, service_id)
     if location is None:

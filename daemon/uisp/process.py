@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ from daemon.platform.metrics import Metrics
 from daemon.platform.queues import Message
 from daemon.uisp import client as uisp
 from daemon.uisp import webhooks
-from daemon.uisp.decide import DecisionError, decide
+from daemon.uisp.decide import DecisionError, PlannedTask, decide
 from daemon.uisp.webhooks import Webhook
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,35 @@ def dedupe_key(action: str, service_id: int, webhook: Webhook) -> str:
     return f"{key}:replay:{webhook.replays}" if webhook.replays else key
 
 
+async def queue_planned(
+    tx: Conn,
+    planned: Sequence[PlannedTask],
+    key: Callable[[PlannedTask], str],
+    *,
+    webhook_uuid: uuid.UUID | None = None,
+) -> list[int]:
+    """Create and queue the planned tasks (the webhook path and drift's --fix share it);
+    the ids of those not already there (a dedupe key seen before creates nothing)."""
+    created: list[int] = []
+    for t in planned:
+        task_id = await tasks.create(
+            tx,
+            dedupe_key=key(t),
+            webhook_uuid=webhook_uuid,
+            action=t.action,
+            service_id=t.service_id,
+            olt_name=t.olt_name,
+            onu=t.onu,
+            client_id=t.client_id,
+            client_name=t.client_name,
+            phone=t.phone,
+            service_name=t.service_name,
+        )
+        if task_id is not None:
+            created.append(task_id)
+    return created
+
+
 async def handle(p: UispDeps, msg: Message, lease: Lease) -> None:
     db = p.db
     webhook = await webhooks.get(db, msg.message["uuid"])
@@ -88,24 +119,13 @@ async def handle(p: UispDeps, msg: Message, lease: Lease) -> None:
         log.exception("webhook %s: unexpected data from UISP", webhook.uuid)
         await _finish(p, msg, webhook, "failed", f"error: unexpected data from UISP: {exc!r}")
         return
-    created: list[int] = []
     async with db.transaction() as tx:
-        for t in decision.tasks:
-            task_id = await tasks.create(
-                tx,
-                dedupe_key=dedupe_key(t.action, t.service_id, webhook),
-                webhook_uuid=webhook.uuid,
-                action=t.action,
-                service_id=t.service_id,
-                olt_name=t.olt_name,
-                onu=t.onu,
-                client_id=t.client_id,
-                client_name=t.client_name,
-                phone=t.phone,
-                service_name=t.service_name,
-            )
-            if task_id is not None:
-                created.append(task_id)
+        created = await queue_planned(
+            tx,
+            decision.tasks,
+            lambda t: dedupe_key(t.action, t.service_id, webhook),
+            webhook_uuid=webhook.uuid,
+        )
         await webhooks.record_outcome(tx, webhook, "processed", decision.outcome)
         await queues.archive(tx, QUEUE, msg.msg_id)
     p.metrics.jobs.labels(QUEUE, "processed").inc()

@@ -15,7 +15,14 @@ import time
 
 from daemon.network.olt.driver import CONFIRM, OltDriver, Transcript
 from daemon.network.olt.ssh import CliSession
-from daemon.network.olt.types import DeviceSpec, OltCommandError, OltError, OltResult, OnuRef
+from daemon.network.olt.types import (
+    DeviceSpec,
+    OltCommandError,
+    OltError,
+    OltOnuNotFound,
+    OltResult,
+    OnuRef,
+)
 
 __all__ = ["HuaweiDriver"]
 
@@ -67,15 +74,20 @@ class HuaweiDriver(OltDriver):
         return self.result(session, onu, enabled, state, t, started)
 
     async def onu_state(self, session: CliSession, onu: OnuRef) -> str:
+        """Read-only: ``display ont info F S P ID`` from privileged mode (no config mode
+        entered); the control flag, or ``OltOnuNotFound`` if the device has no such ONT."""
         t = Transcript()
+        cmd = f"display ont info {onu.frame} {onu.slot} {onu.port} {onu.onu_id}"
         try:
-            await self._enter_interface(session, onu, t)
-            state = await self._read_state(session, onu, t)
-            await self._leave_interface(session, t)
-        except OltCommandError:
-            await self.recover(session, "return")
+            out = await self.command(session, cmd, t, mode="priv")
+        except OltCommandError as exc:
+            if "does not exist" in exc.message:
+                raise OltOnuNotFound(f"{onu}: {exc.message}", exc.output) from None
             raise
-        return state
+        m = _CONTROL_FLAG.search(out)
+        if m is None:
+            raise OltCommandError(f"{onu}: no 'Control flag' in display ont info", t.excerpt())
+        return m[1]
 
     async def probe(self, session: CliSession) -> str:
         return await self.command(session, "display version", Transcript(), mode="priv")

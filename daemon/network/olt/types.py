@@ -86,6 +86,11 @@ class OltCommandError(OltError):
         self.output = output
 
 
+class OltOnuNotFound(OltCommandError):
+    """The device says the ONU is not there (``Failure: The ONT does not exist``, ZTE
+    ``62397 The entry is not existed`` or no row for it): the mapping is wrong."""
+
+
 class OltAuthError(OltCommandError):
     """The device rejected our credentials (SSH or in-CLI login): permanent until the
     device's settings change, so the task fails and the operator is told what to fix."""

@@ -23,7 +23,14 @@ import time
 
 from daemon.network.olt.driver import OltDriver, Transcript
 from daemon.network.olt.ssh import CliSession
-from daemon.network.olt.types import DeviceSpec, OltCommandError, OltError, OltResult, OnuRef
+from daemon.network.olt.types import (
+    DeviceSpec,
+    OltCommandError,
+    OltError,
+    OltOnuNotFound,
+    OltResult,
+    OnuRef,
+)
 
 __all__ = ["ZteDriver"]
 
@@ -89,7 +96,17 @@ class ZteDriver(OltDriver):
         return _ADMIN_STATES[m[1]]
 
     async def onu_state(self, session: CliSession, onu: OnuRef) -> str:
-        return await self._read_state(session, onu, Transcript())
+        """Read-only: ``show gpon onu state gpon-olt_F/S/P`` in privileged mode; the ONU's
+        admin state, or ``OltOnuNotFound`` if the port has no row for it."""
+        t = Transcript()
+        try:
+            return await self._read_state(session, onu, t)
+        except OltCommandError as exc:
+            # "%Code 62310-GPONSRV : No related information to show." (an empty port) or
+            # no row for this id: either way the mapping names an ONU that is not there.
+            if "62310" in exc.message or "not listed" in exc.message:
+                raise OltOnuNotFound(exc.message, exc.output) from None
+            raise
 
     async def probe(self, session: CliSession) -> str:
         return await self.command(session, "show version", Transcript(), mode="priv")

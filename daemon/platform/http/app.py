@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from daemon import __version__
 from daemon.platform.db import DatabaseError
 from daemon.platform.deps import Deps
-from daemon.platform.http import admin, health, operations, schema
+from daemon.platform.http import admin, health, network, operations, schema
 from daemon.platform.http.problem import (
     PROBLEM_TYPE,
     JSONProvider,
@@ -85,6 +85,7 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     app.register_blueprint(intake.blueprint(deps))
     app.register_blueprint(admin.blueprint(deps, stop))
     app.register_blueprint(operations.blueprint(deps))
+    app.register_blueprint(network.blueprint(deps))
     app.register_blueprint(health.blueprint(deps))
     _register_error_handlers(app)
     # Outermost: the request id, so even the shielded final send carries it.
