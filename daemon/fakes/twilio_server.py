@@ -252,7 +252,7 @@ class FakeTwilio:
         app = QuartTrio(__name__)
 
         def error(status: int, code: int, **fmt: str) -> Response:
-            message = _ERRORS.get(code, "Error").format(path=request.path, to="", **fmt)
+            message = _ERRORS.get(code, "Error").format(**({"path": request.path, "to": ""} | fmt))
             resp = jsonify({
                 "code": code, "message": message, "status": status,
                 "more_info": f"https://www.twilio.com/docs/errors/{code}",

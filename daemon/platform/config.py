@@ -445,8 +445,8 @@ def _translate(exc: msgspec.ValidationError, data: Mapping[str, Any], sources: _
             return f"{path}: {_HINTS[path]}{got}{where}"
         return f"{path}: must be {_OPS[c['op']]} {num}{got}{where}"
     if msg.startswith("Invalid enum value"):
-        choices = typing.get_args(_base(typ))
-        return f"{path}: must be one of {', '.join(choices)}{got}{where}"
+        choices = ", ".join(c or '""' for c in typing.get_args(_base(typ)))
+        return f"{path}: must be one of {choices}{got}{where}"
     return f"{path}: {msg}{where}"
 
 
