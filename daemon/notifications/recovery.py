@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -37,6 +37,7 @@ from daemon.notifications import messages
 from daemon.notifications.messages import Sms
 from daemon.notifications.sms import SentLookup, SmsError, SmsProvider
 from daemon.platform import queues
+from daemon.platform.db import Conn
 from daemon.platform.queues import Message
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ def _moved_on(current: Sms, seen: Sms) -> bool:
     )
 
 
-async def _attempt_age(tx: Any, sms_id: int) -> float:
+async def _attempt_age(tx: Conn, sms_id: int) -> float:
     """Seconds since the last attempt began, on the database's clock (inf if unknown)."""
     age = await tx.fetchval(
         "SELECT extract(epoch FROM now() - attempt_started_at)::float8 FROM sms_messages"

@@ -130,11 +130,10 @@ class Twilio:
     async def find_sent(self, phone: str, text: str, *, since: dt.datetime) -> list[str]:
         """Sids of accepted messages of ``text`` to ``phone`` created at or after ``since``."""
         to = self.e164(phone)
-        params: dict[str, str] | None = {"To": to, "PageSize": str(PAGE_SIZE)}
+        first = {"To": to, "PageSize": str(PAGE_SIZE)}
         if self.from_number and not self.messaging_service_sid:
-            assert params is not None
-            params["From"] = self.from_number
-        url = self._path
+            first["From"] = self.from_number
+        url, params = self._path, first
         found: list[str] = []
         for _ in range(MAX_PAGES):
             page = await self._get(url, params)
@@ -148,7 +147,7 @@ class Twilio:
             # Only ever follow a page of this account's list: the credentials go with it.
             if not isinstance(next_uri, str) or not next_uri.startswith(self._path + "?"):
                 raise SmsTransientError("Twilio lookup: unexpected next_page_uri")
-            url, params = next_uri, None
+            url, params = next_uri, {}  # the next page's URI carries its query
         raise SmsTransientError(
             f"Twilio lookup: more than {MAX_PAGES * PAGE_SIZE} messages to {to}; cannot tell"
             " whether the interrupted one was accepted"
@@ -172,9 +171,9 @@ class Twilio:
         # A date we cannot read counts as recent: claiming a message beats duplicating one.
         return created is None or created >= since
 
-    async def _get(self, url: str, params: dict[str, str] | None) -> dict[str, Any]:
+    async def _get(self, url: str, params: dict[str, str]) -> dict[str, Any]:
         try:
-            resp = await self._http.get(url, params=params)
+            resp = await self._http.get(url, params=params or None)
         except httpx.TransportError as exc:
             raise SmsTransientError(f"Twilio lookup: {exc!r}") from exc
         if resp.status_code >= 500:
