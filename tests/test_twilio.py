@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
 from collections.abc import AsyncIterator
 
@@ -21,6 +22,7 @@ from daemon.notifications.sms import (
     SmsTransientError,
 )
 from daemon.notifications.twilio import Twilio
+from daemon.platform import logs
 from daemon.platform.config import Config, ConfigError, SmsConfig, TwilioConfig
 
 SID = "AC" + "ab" * 16
@@ -255,3 +257,17 @@ def test_a_twilio_section_missing_what_it_needs_names_the_key(
         providers.check(cfg)
     with pytest.raises(ConfigError, match=rf"^{key}:"):
         providers.configured(cfg)
+
+
+def test_the_auth_token_is_masked_in_logs_and_never_in_the_config_repr() -> None:
+    cfg = Config().replace(twilio=TwilioConfig(account_sid=SID, auth_token="tw-Tok3n-secret"))
+    logs.forget_secrets()
+    logs.register_config(cfg)
+    try:
+        record = logging.LogRecord("daemon.x", logging.WARNING, __file__, 1,
+                                   "twilio said no to %s", ("tw-Tok3n-secret",), None)  # fmt: skip
+        line = logs.JsonFormatter().format(record)
+    finally:
+        logs.forget_secrets()
+    assert "tw-Tok3n-secret" not in line and "***" in line
+    assert "tw-Tok3n-secret" not in repr(cfg.twilio) + str(cfg.twilio.auth_token)
