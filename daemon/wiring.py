@@ -22,8 +22,8 @@ import trio
 from daemon.actors import listener, queue_consumer, scheduler
 from daemon.actors.olt_pool import OltPool, OltPoolSettings
 from daemon.network import devices, drift, reconnect, tasks
-from daemon.notifications import delivery, messages
-from daemon.notifications.sms import SmsProvider, make_provider
+from daemon.notifications import delivery, messages, providers
+from daemon.notifications.sms import SmsProvider
 from daemon.platform import queues, retention
 from daemon.platform.config import Config
 from daemon.platform.consumer import ConsumerSettings, Lease, Wakeups
@@ -47,6 +47,7 @@ class Resources:
     pool: OltPool
     uisp: UispClient
     sms_provider: SmsProvider | None
+    sms_fallback: SmsProvider | None = None
 
     @property
     def config(self) -> Config:
@@ -101,6 +102,7 @@ def _sms_deps(r: Resources) -> delivery.SmsDeps:
         r.deps.metrics,
         r.deps.events,
         delivery.SmsSettings.from_config(r.config),
+        r.sms_fallback,
     )
 
 
@@ -307,10 +309,11 @@ async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]
     async with contextlib.AsyncExitStack() as stack:
         uisp = UispClient.from_config(cfg.uisp)
         stack.push_async_callback(_bounded_close, uisp.aclose)
-        provider = make_provider(cfg.sms)
-        if provider is not None:
-            stack.push_async_callback(_bounded_close, provider.aclose)
-        yield Resources(deps, box, pool, uisp, provider)
+        provider, fallback = providers.configured(cfg)
+        for sms_client in (provider, fallback):
+            if sms_client is not None:
+                stack.push_async_callback(_bounded_close, sms_client.aclose)
+        yield Resources(deps, box, pool, uisp, provider, fallback)
 
 
 async def _bounded_close(close: Callable[[], Awaitable[None]]) -> None:

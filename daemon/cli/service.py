@@ -84,6 +84,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         warnings.append("http.admin_token is empty: the admin API is disabled")
     if cfg.sms.provider == "labsmobile" and not (cfg.sms.username and cfg.sms.token):
         warnings.append("sms.username / sms.token are empty: LabsMobile will refuse every SMS")
+    from daemon.notifications import providers
+
+    providers.check(cfg)  # a [twilio] section that lacks what Twilio needs: one line, exit 2
     for w in warnings:
         print(f"warning: {w}")
     print(f"{cfg.source}: OK")

@@ -4,11 +4,14 @@ Consumes ``{"sms_id": n}`` (enqueued with the ``sms_messages`` row in the same t
 as the reconnection it reports). Produces the row's final state (sent / failed /
 skipped), task timeline events, ``sms.*`` live events and ``paymentd_sms`` metrics.
 
-Delivery is at-least-once. The row is marked ``sending`` (attempts + 1) and committed
-before the provider is called, so a crash mid-send is visible; the redelivered message
-then sends again. A crash exactly between the provider accepting the SMS and our commit
-therefore duplicates it; every send carries ``subid = paymentd-sms-{id}`` so such a
-duplicate can be traced in the provider's logs.
+The row is marked ``sending`` (attempts + 1, the attempt marker) and committed before the
+provider is called, so a crash mid-send is visible. Attempts go through the primary
+provider, and through the fallback once the primary has failed transiently
+``sms.fallback_after`` times (``providers.for_attempt``). An attempt whose outcome is
+unknown (a crash, or a timeout after the request went out) is looked up first when its
+provider can list what it sent (Twilio, ``recovery.py``), so it is not sent twice. With
+LabsMobile such an SMS is sent again; every send carries ``subid = paymentd-sms-{id}`` so
+that duplicate can be traced in LabsMobile's logs.
 """
 
 from __future__ import annotations
@@ -20,9 +23,14 @@ from typing import Any
 import trio
 
 from daemon.network import tasks
-from daemon.notifications import messages
+from daemon.notifications import messages, providers, recovery
 from daemon.notifications.messages import Sms
-from daemon.notifications.sms import SmsError, SmsPermanentError, SmsProvider
+from daemon.notifications.sms import (
+    SmsError,
+    SmsOutcomeUnknown,
+    SmsPermanentError,
+    SmsProvider,
+)
 from daemon.platform import queues
 from daemon.platform.backoff import backoff
 from daemon.platform.config import Config
@@ -36,6 +44,8 @@ log = logging.getLogger(__name__)
 
 QUEUE = messages.QUEUE
 MAX_BACKOFF_SECONDS = 3600.0
+# The primary has failed fallback_after times: the fallback is tried after this, not the backoff.
+FALLBACK_DELAY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,13 +54,20 @@ class SmsSettings:
     retry_backoff_seconds: float = 30.0
     # Whole-send deadline: httpx's timeout is per phase (connect, write, read), not total.
     send_deadline_seconds: float = 35.0
+    # Transient failures through the primary before an attempt goes through the fallback.
+    fallback_after: int = 2
+    # An unconfirmed attempt not in the provider's list is taken as not sent once this old.
+    lookup_settle_seconds: float = 60.0
 
     @classmethod
     def from_config(cls, cfg: Config) -> SmsSettings:
+        timeout = max(cfg.sms.timeout_seconds, cfg.twilio.timeout_seconds)
         return cls(
             max_attempts=cfg.sms.max_attempts,
             retry_backoff_seconds=cfg.sms.retry_backoff_seconds,
-            send_deadline_seconds=2 * cfg.sms.timeout_seconds + 5,
+            send_deadline_seconds=2 * timeout + 5,
+            fallback_after=cfg.sms.fallback_after,
+            lookup_settle_seconds=cfg.twilio.lookup_settle_seconds,
         )
 
     def backoff(self, attempts: int) -> float:
@@ -65,6 +82,14 @@ class SmsDeps:
     metrics: Metrics
     events: EventBus
     settings: SmsSettings
+    fallback: SmsProvider | None = None  # sms.fallback; None without one
+
+    def provider_for(self, attempt: int) -> SmsProvider | None:
+        if self.provider is None:
+            return None
+        return providers.for_attempt(
+            self.provider, self.fallback, self.settings.fallback_after, attempt
+        )
 
 
 def _subid(sms_id: int) -> str:
@@ -77,6 +102,7 @@ async def handle_sms(deps: SmsDeps, msg: Message, lease: Lease | None = None) ->
     provider = deps.provider
     deadline = deps.settings.send_deadline_seconds
     finished: tuple[str, str] | None = None  # (state, reason) when decided without sending
+    looker = None  # set when the last attempt's outcome must be looked up first
     async with deps.db.transaction() as tx:
         locked = await messages.lock(tx, sms_id, deadline)
         if locked is None or locked[0].state in messages.FINAL_STATES:
@@ -90,14 +116,24 @@ async def handle_sms(deps: SmsDeps, msg: Message, lease: Lease | None = None) ->
             return
         if provider is None:
             finished = ("skipped", 'sms.provider is "none"')
+        elif (looker := recovery.lookup_for(sms, (deps.provider, deps.fallback))) is not None:
+            pass  # looked up below, outside this transaction
         elif sms.attempts >= deps.settings.max_attempts:
             # Only reachable when earlier attempts were cut short (crash while 'sending').
             finished = ("failed", f"gave up after {sms.attempts} interrupted attempts")
         else:
+            provider = deps.provider_for(sms.attempts + 1)
+            assert provider is not None
             sms.attempts = await messages.mark_sending(tx, sms_id, provider.name)
         if finished is not None:
             name = provider.name if provider is not None else "none"
             await _finish(tx, msg, sms, *finished, provider=name)
+    if looker is not None:
+        if await recovery.resolve(deps, msg, sms, looker, _finish, _report):
+            return
+        # It was not accepted, and the row is queued again: an ordinary attempt now.
+        await handle_sms(deps, msg, lease)
+        return
     if finished is not None or provider is None:
         state, reason = finished or ("skipped", "")
         _report(deps, sms, state, provider, error=reason)
@@ -112,7 +148,9 @@ async def handle_sms(deps: SmsDeps, msg: Message, lease: Lease | None = None) ->
         _report(deps, sms, "failed", provider, error=str(exc))
     except (SmsError, trio.TooSlowError) as exc:
         error = str(exc) or f"no answer within {deadline:.0f} s"
-        await _retry_or_fail(deps, msg, sms, provider, error)
+        # No answer, or one that may hide an acceptance: look it up before the next attempt.
+        unknown = isinstance(exc, SmsOutcomeUnknown | trio.TooSlowError)
+        await _retry_or_fail(deps, msg, sms, provider, error, unconfirmed=unknown)
     else:
         await _record_sent(deps, msg, sms, provider, ref)
         _report(deps, sms, "sent", provider, ref=ref)
@@ -130,6 +168,7 @@ async def _record_sent(
     while True:
         try:
             async with deps.db.transaction() as tx:
+                await messages.lock_refs(tx)  # a lookup's claim of the same ref waits (recovery)
                 await _finish(tx, msg, sms, "sent", None, provider=provider.name, ref=ref)
             return
         except DatabaseError as exc:
@@ -139,21 +178,33 @@ async def _record_sent(
 
 
 async def _retry_or_fail(
-    deps: SmsDeps, msg: Message, sms: Sms, provider: SmsProvider, error: str
+    deps: SmsDeps,
+    msg: Message,
+    sms: Sms,
+    provider: SmsProvider,
+    error: str,
+    *,
+    unconfirmed: bool = False,
 ) -> None:
     attempts = sms.attempts
     if attempts >= deps.settings.max_attempts:
         error = f"gave up after {attempts} attempts: {error}"
         async with deps.db.transaction() as tx:
-            await _finish(tx, msg, sms, "failed", error, provider=provider.name)
+            await _finish(
+                tx, msg, sms, "failed", error, provider=provider.name, unconfirmed=unconfirmed
+            )
         _report(deps, sms, "failed", provider, error=error)
         return
     delay = deps.settings.backoff(attempts)
+    following = deps.provider_for(attempts + 1)
+    if attempts == deps.settings.fallback_after and following is not provider:
+        delay = min(delay, FALLBACK_DELAY_SECONDS)  # the primary failed: over to the fallback now
     async with deps.db.transaction() as tx:
-        await messages.back_to_queued(tx, sms.id, error)
+        await messages.back_to_queued(tx, sms.id, error, unconfirmed=unconfirmed)
         if sms.task_id is not None:
             await tasks.add_event(tx, sms.task_id, "sms_retry", sms_id=sms.id,
-                                  attempt=attempts, delay=delay, error=error)  # fmt: skip
+                                  attempt=attempts, delay=delay, error=error,
+                                  next_provider=getattr(following, "name", None))  # fmt: skip
         # The message stays in the queue, invisible until the backoff is over.
         await queues.set_vt(tx, QUEUE, msg.msg_id, delay)
     _report(deps, sms, "retry", provider, error=error, delay=delay)
@@ -168,9 +219,10 @@ async def _finish(
     *,
     provider: str,
     ref: str | None = None,
+    unconfirmed: bool = False,
 ) -> None:
     """Record a final state and archive the message, in the caller's transaction."""
-    await messages.finish(tx, sms.id, state, error, provider, ref)
+    await messages.finish(tx, sms.id, state, error, provider, ref, unconfirmed=unconfirmed)
     if sms.task_id is not None:
         detail: dict[str, Any] = {"sms_id": sms.id, "attempt": sms.attempts}
         detail.update({"error": error} if error else {"provider_ref": ref} if ref else {})

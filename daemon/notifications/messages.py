@@ -30,6 +30,11 @@ class Sms:
     provider: str | None
     provider_ref: str | None
     updated_at: dt.datetime
+    # The attempt marker (migration 009): when the latest attempt began, and whether its
+    # outcome is still unknown (a crash mid-send, or a timeout after the request went out).
+    created_at: dt.datetime | None = None
+    attempt_started_at: dt.datetime | None = None
+    unconfirmed: bool = False
 
 
 _COLUMNS = ", ".join(Sms.__dataclass_fields__)
@@ -69,30 +74,43 @@ async def lock(tx: Conn, sms_id: int, in_flight_seconds: float) -> tuple[Sms, bo
 
 
 async def mark_sending(tx: Conn, sms_id: int, provider: str) -> int:
+    """The attempt marker, committed before the provider is called."""
     attempts: int = await tx.fetchval(
         "UPDATE sms_messages SET state = 'sending', attempts = attempts + 1,"
-        " provider = $2, updated_at = now() WHERE id = $1 RETURNING attempts",
+        " provider = $2, updated_at = now(), attempt_started_at = now(), unconfirmed = true"
+        " WHERE id = $1 RETURNING attempts",
         sms_id,
         provider,
     )
     return attempts
 
 
-async def back_to_queued(tx: Conn, sms_id: int, error: str) -> None:
+async def back_to_queued(tx: Conn, sms_id: int, error: str, *, unconfirmed: bool = False) -> None:
+    """Queued for another attempt; ``unconfirmed``: the last one may have been accepted."""
     await tx.execute(
-        "UPDATE sms_messages SET state = 'queued', last_error = $2, updated_at = now()"
-        " WHERE id = $1",
+        "UPDATE sms_messages SET state = 'queued', last_error = $2, updated_at = now(),"
+        " unconfirmed = $3 WHERE id = $1",
         sms_id,
         error,
+        unconfirmed,
     )
 
 
 async def finish(
-    tx: Conn, sms_id: int, state: str, error: str | None, provider: str, ref: str | None
+    tx: Conn,
+    sms_id: int,
+    state: str,
+    error: str | None,
+    provider: str,
+    ref: str | None,
+    *,
+    unconfirmed: bool = False,
 ) -> None:
+    """A final state; ``unconfirmed``: given up, but the last attempt may have been
+    accepted (a replay then looks it up first)."""
     await tx.execute(
         "UPDATE sms_messages SET state = $2, last_error = $3, provider = $4,"
-        " provider_ref = coalesce($5, provider_ref),"
+        " provider_ref = coalesce($5, provider_ref), unconfirmed = $6,"
         " sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END, updated_at = now()"
         " WHERE id = $1",
         sms_id,
@@ -100,7 +118,28 @@ async def finish(
         error,
         provider,
         ref,
+        unconfirmed,
     )
+
+
+# Serialises recording provider references, so that a reference found by a lookup is
+# claimed by one row only (recovery.py). Arbitrary constant ("sms refs").
+_REFS_LOCK = 0x736D73_72656673
+
+
+async def lock_refs(tx: Conn) -> None:
+    """Hold the reference lock until the transaction ends (before recording a reference)."""
+    await tx.execute("SELECT pg_advisory_xact_lock($1)", _REFS_LOCK)
+
+
+async def claimed_refs(tx: Conn, provider: str, refs: list[str]) -> set[str]:
+    """Which of ``refs`` some SMS row already records as its provider's reference."""
+    rows = await tx.fetch(
+        "SELECT provider_ref FROM sms_messages WHERE provider = $1 AND provider_ref = ANY($2)",
+        provider,
+        refs,
+    )
+    return {r["provider_ref"] for r in rows}
 
 
 async def fail_unfinished(tx: Conn, sms_id: int, error: str) -> None:

@@ -1,11 +1,17 @@
-"""SMS providers behind one small interface; LabsMobile (JSON API, HTTP Basic) for now.
+"""SMS providers behind one small interface: LabsMobile (JSON API, HTTP Basic) here,
+Twilio in ``twilio.py``.
 
 A provider's ``send`` returns the provider's reference for the message or raises:
 
 - ``SmsTransientError``: network trouble, timeouts, 429/5xx, or a provider state an
   operator can fix without touching the message (no credit) — the caller retries later;
+  ``SmsOutcomeUnknown`` (a kind of it) when the request went out and the answer may hide
+  an acceptance (a read timeout, a dropped connection);
 - ``SmsPermanentError``: this message (or the account's credentials) will never work as it
   is — the caller gives up on it.
+
+A provider that can list what it sent (``SentLookup``: Twilio) lets the sender ask, before
+sending again, whether an attempt whose outcome is unknown was accepted after all.
 
 Phone numbers are normalised to an MSISDN (international digits, no ``+``); see
 ``normalise_msisdn`` for the rule.
@@ -13,8 +19,9 @@ Phone numbers are normalised to an MSISDN (international digits, no ``+``); see
 
 from __future__ import annotations
 
+import datetime as dt
 import re
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -22,7 +29,9 @@ from daemon.platform.config import SmsConfig
 
 __all__ = [
     "LabsMobile",
+    "SentLookup",
     "SmsError",
+    "SmsOutcomeUnknown",
     "SmsPermanentError",
     "SmsProvider",
     "SmsTransientError",
@@ -37,6 +46,10 @@ class SmsError(Exception):
 
 class SmsTransientError(SmsError):
     """Worth retrying later (network, provider overload, no credit)."""
+
+
+class SmsOutcomeUnknown(SmsTransientError):
+    """The request went out but no clear answer came back: it may have been accepted."""
 
 
 class SmsPermanentError(SmsError):
@@ -55,6 +68,19 @@ class SmsProvider(Protocol):
 
     async def aclose(self) -> None:
         """Release the provider's connections (the composition root calls this)."""
+        ...
+
+
+@runtime_checkable
+class SentLookup(Protocol):
+    """A provider that lists the messages it accepted (Twilio; LabsMobile cannot)."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def find_sent(self, phone: str, text: str, *, since: dt.datetime) -> list[str]:
+        """References of accepted messages of ``text`` to ``phone`` created since ``since``
+        (most recent first). Raises ``SmsError`` when it cannot tell."""
         ...
 
 

@@ -226,8 +226,13 @@ class OltConfig(_Section, frozen=True):
 
 
 class SmsConfig(_Section, frozen=True):
-    # "labsmobile" sends; "none" records the SMS as skipped.
-    provider: Literal["labsmobile", "none"] = "labsmobile"
+    # The primary provider: "labsmobile" or "twilio" ([twilio]) send; "none" records the
+    # SMS as skipped.
+    provider: Literal["labsmobile", "twilio", "none"] = "labsmobile"
+    # The other provider, tried once the primary has failed transiently fallback_after
+    # times for a message (then the two alternate); "" for none.
+    fallback: Literal["", "labsmobile", "twilio"] = ""
+    fallback_after: Count = 2
     base_url: str = "https://api.labsmobile.com"
     username: str = ""
     token: Secret = _secret()
@@ -256,6 +261,20 @@ class DriftConfig(_Section, frozen=True):
     device_reads_per_second: Annotated[float, msgspec.Meta(gt=0)] = 2.0
 
 
+class TwilioConfig(_Section, frozen=True):
+    # Used when sms.provider or sms.fallback is "twilio".
+    base_url: str = "https://api.twilio.com"
+    account_sid: str = ""  # AC…
+    auth_token: Secret = _secret()
+    # The sender: an E.164 number or alphanumeric sender ID, or a Messaging Service (MG…).
+    from_number: str = ""
+    messaging_service_sid: str = ""
+    timeout_seconds: Seconds = 15.0
+    # Twilio's message list can lag behind a send: an interrupted attempt is only taken as
+    # not sent once it is this old and still not listed.
+    lookup_settle_seconds: Seconds = 60.0
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -264,6 +283,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     secrets: SecretsConfig = msgspec.field(default_factory=SecretsConfig)
     olt: OltConfig = msgspec.field(default_factory=OltConfig)
     sms: SmsConfig = msgspec.field(default_factory=SmsConfig)
+    twilio: TwilioConfig = msgspec.field(default_factory=TwilioConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
     source: str = "<defaults>"
@@ -284,11 +304,12 @@ SECTIONS: dict[str, type[_Section]] = {
     "secrets": SecretsConfig,
     "olt": OltConfig,
     "sms": SmsConfig,
+    "twilio": TwilioConfig,
     "retention": RetentionConfig,
     "drift": DriftConfig,
 }
 
-_URLS = ("uisp.base_url", "sms.base_url")
+_URLS = ("uisp.base_url", "sms.base_url", "twilio.base_url")
 # Settings that are files holding a key: PAYMENTD_SECRETS_KEY_FILE is the secrets.key_file
 # setting itself, not "secrets.key read from a file" (the same for the deprecated olt.*).
 _NO_FILE_OVERRIDE = {"secrets.key", "olt.key"}
@@ -438,8 +459,8 @@ def _translate(exc: msgspec.ValidationError, data: Mapping[str, Any], sources: _
             return f"{path}: {_HINTS[path]}{got}{where}"
         return f"{path}: must be {_OPS[c['op']]} {num}{got}{where}"
     if msg.startswith("Invalid enum value"):
-        choices = typing.get_args(_base(typ))
-        return f"{path}: must be one of {', '.join(choices)}{got}{where}"
+        choices = ", ".join(c or '""' for c in typing.get_args(_base(typ)))
+        return f"{path}: must be one of {choices}{got}{where}"
     return f"{path}: {msg}{where}"
 
 
@@ -545,6 +566,7 @@ def _check(cfg: Config) -> Config:
             f"sms.template: unknown placeholder {exc}; use {{client_name}}, {{client_id}}, "
             "{service_id} or {service_name}"
         ) from None
+    _check_sms(cfg.sms)
     sections: dict[str, Any] = {}
     for full in _URLS:
         name, key = full.split(".")
@@ -557,6 +579,20 @@ def _check(cfg: Config) -> Config:
                 sections.get(name, getattr(cfg, name)), **{key: value.rstrip("/")}
             )
     return cfg.replace(**sections) if sections else cfg
+
+
+def _check_sms(sms: SmsConfig) -> None:
+    if not sms.fallback:
+        return
+    if sms.provider == "none":
+        raise ConfigError('sms.fallback: needs a primary provider (sms.provider is "none")')
+    if sms.fallback == sms.provider:
+        raise ConfigError(f"sms.fallback: must differ from sms.provider (both {sms.provider!r})")
+    if sms.fallback_after >= sms.max_attempts:
+        raise ConfigError(
+            f"sms.fallback_after: must be less than sms.max_attempts ({sms.max_attempts}),"
+            " or the fallback is never tried"
+        )
 
 
 def from_mapping(

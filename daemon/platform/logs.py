@@ -96,6 +96,7 @@ def register_config(cfg: Any) -> None:
         ("uisp", "webhook_token"),
         ("uisp", "app_key"),
         ("sms", "token"),
+        ("twilio", "auth_token"),
         ("olt", "key"),
         ("secrets", "key"),
     ):
