@@ -132,9 +132,7 @@ async def test_one_unknown_onu_fails_alone_and_the_others_in_its_sequence_succee
         async with running_pool(sim) as pool:
             outcomes = await burst(pool, hw, items)
             ops = after_probe(hw, "display version")
-            ok = sample(
-                pool, "paymentd_olt_command_seconds_count", vendor="huawei", outcome="ok"
-            )
+            ok = sample(pool, "paymentd_olt_command_seconds_count", vendor="huawei", outcome="ok")
             failed = sample(
                 pool, "paymentd_olt_command_seconds_count", vendor="huawei", outcome="device_error"
             )

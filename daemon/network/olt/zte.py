@@ -171,7 +171,6 @@ class ZteDriver(OltDriver):
     async def onu_state(self, session: CliSession, onu: OnuRef) -> str:
         return await self._read_state(session, onu, Transcript())
 
-
     async def probe(self, session: CliSession) -> str:
         return await self.command(session, "show version", Transcript(), mode="priv")
 
