@@ -313,6 +313,17 @@ async def test_max_batch_bounds_a_sequence_and_one_means_one_per_request(sim: Si
     assert "display ont info 3 all" not in ops
 
 
+async def test_a_device_queue_holds_at_least_one_full_batch(sim: Sim) -> None:
+    hw = sim["hw"]
+    items: list[tuple[OnuRef, Action]] = [(hw_onu(i), "activate") for i in (1, 2, 3, 4)]
+    with trio.fail_after(20):
+        async with running_pool(sim, queue_size=2, max_batch=4) as pool:
+            outcomes = await burst(pool, hw, items)  # OltBusy past 2 would fail this
+            ops = after_probe(hw, "display version")
+    assert all(isinstance(o, OltResult) for o in outcomes)
+    assert ops.count("config") == 1
+
+
 @dataclass(frozen=True)
 class Req:
     kind: str

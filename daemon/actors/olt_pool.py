@@ -285,7 +285,9 @@ class _DeviceActor:
     driver: OltDriver | None = None
 
     def __post_init__(self) -> None:
-        size = self.pool.settings.queue_size
+        # Room for at least one full batch: a larger olt.max_batch than the queue would
+        # otherwise never fill.
+        size = max(self.pool.settings.queue_size, self.pool.settings.max_batch)
         self.inbox, self._receive = trio.open_memory_channel[_Request](size)
 
     def waiting(self) -> int:
