@@ -17,6 +17,7 @@ from daemon.actors.olt_batch import plan
 from daemon.actors.olt_pool import Action, OltPool
 from daemon.network.olt.simulator import SimDevice
 from daemon.network.olt.types import (
+    OltBusy,
     OltCommandError,
     OltError,
     OltResult,
@@ -322,6 +323,24 @@ async def test_a_device_queue_holds_at_least_one_full_batch(sim: Sim) -> None:
             ops = after_probe(hw, "display version")
     assert all(isinstance(o, OltResult) for o in outcomes)
     assert ops.count("config") == 1
+
+
+async def test_past_its_queue_a_device_answers_busy_at_once(sim: Sim) -> None:
+    hw = sim["hw"]
+    with trio.fail_after(20):
+        async with running_pool(sim, queue_size=2, max_batch=2) as pool:
+            hw.hold()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.test_device, "hw")
+                await eventually(lambda: len(hw.command_log) > 0)  # the actor is busy
+                for queued in (1, 2):
+                    nursery.start_soon(pool.execute, "hw", hw_onu(2 + queued), "activate")
+                    await eventually(lambda q=queued: pool.waiting("hw") == q)  # type: ignore[misc]
+                with pytest.raises(OltBusy, match="too many queued requests"):
+                    await pool.execute("hw", hw_onu(1), "deactivate")
+                hw.release()
+    assert hw.is_active(hw_onu(4))  # the queued ones ran
+    assert hw.is_active(hw_onu(1)) and "ont deactivate 3 1" not in hw.command_log
 
 
 @dataclass(frozen=True)
