@@ -343,6 +343,28 @@ async def test_past_its_queue_a_device_answers_busy_at_once(sim: Sim) -> None:
     assert hw.is_active(hw_onu(1)) and "ont deactivate 3 1" not in hw.command_log
 
 
+async def test_requests_taken_for_later_sequences_still_count_as_waiting(sim: Sim) -> None:
+    hw = sim["hw"]
+    with trio.fail_after(30):
+        async with running_pool(sim, queue_size=2, max_batch=1) as pool:
+            hw.hold()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pool.test_device, "hw")
+                await eventually(lambda: len(hw.command_log) > 0)
+                for queued in (1, 2):
+                    nursery.start_soon(pool.execute, "hw", hw_onu(queued), "deactivate")
+                    await eventually(lambda q=queued: pool.waiting("hw") == q)  # type: ignore[misc]
+                hw.latency = 0.3  # the first runs for a while; the second is in hand
+                hw.release()
+                await eventually(lambda: "ont deactivate 3 1" in hw.command_log)
+                assert pool.waiting("hw") == 1
+                nursery.start_soon(pool.execute, "hw", hw_onu(3), "deactivate")
+                await eventually(lambda: pool.waiting("hw") == 2)
+                with pytest.raises(OltBusy):
+                    await pool.execute("hw", hw_onu(4), "activate")
+    assert not any(hw.is_active(hw_onu(i)) for i in (1, 2, 3, 4))
+
+
 @dataclass(frozen=True)
 class Req:
     kind: str

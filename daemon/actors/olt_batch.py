@@ -86,14 +86,17 @@ def plan(requests: Sequence[R], max_batch: int) -> list[list[R]]:
 async def serve(actor: _DeviceActor, requests: list[_Request]) -> None:
     """Serve drained requests, every one answered (or its channel closed) on every way
     out, cancellation included."""
+    actor.in_hand = len(requests)  # still waiting: they count towards the queue's bound
     try:
         for sequence in plan(requests, actor.pool.settings.max_batch):
+            actor.in_hand -= len(sequence)
             waiting = [r for r in sequence if _caller_waiting(actor, r)]
             if len(waiting) == 1:
                 await actor._serve(waiting[0])
             elif waiting:
                 await _serve_batch(actor, waiting)
     finally:
+        actor.in_hand = 0
         for request in requests:
             request.reply.close()  # idempotent; a caller left waiting sees "stopped"
 

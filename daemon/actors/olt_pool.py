@@ -187,6 +187,8 @@ class OltPool:
             if actor is None:
                 actor = self._spawn(request.device)
             try:
+                if actor.waiting() >= actor.capacity:  # queued, or drained and not started
+                    raise trio.WouldBlock
                 actor.inbox.send_nowait(request)
                 return
             except trio.WouldBlock:
@@ -219,7 +221,7 @@ class OltPool:
         return result
 
     def waiting(self, device: str) -> int:
-        """Requests queued for the device, not counting the sequence it is running."""
+        """Requests waiting for the device, not counting the sequence it is running."""
         actor = self._actors.get(device)
         return 0 if actor is None else actor.waiting()
 
@@ -287,11 +289,12 @@ class _DeviceActor:
     def __post_init__(self) -> None:
         # Room for at least one full batch: a larger olt.max_batch than the queue would
         # otherwise never fill.
-        size = max(self.pool.settings.queue_size, self.pool.settings.max_batch)
-        self.inbox, self._receive = trio.open_memory_channel[_Request](size)
+        self.capacity = max(self.pool.settings.queue_size, self.pool.settings.max_batch)
+        self.inbox, self._receive = trio.open_memory_channel[_Request](self.capacity)
+        self.in_hand = 0  # taken from the queue for the next sequences, not started yet
 
     def waiting(self) -> int:
-        return self._receive.statistics().current_buffer_used
+        return self._receive.statistics().current_buffer_used + self.in_hand
 
     async def run(self) -> None:
         settings = self.pool.settings
