@@ -106,8 +106,7 @@ async def test_a_burst_over_one_board_is_one_sequence_with_each_its_own_result(
         "ont deactivate 3 1",
         "ont deactivate 3 3",
         "display ont info 3 all",
-        "quit",
-        "quit",
+        "return",
     ]
     for (onu, action), outcome in zip(items, outcomes, strict=True):
         assert isinstance(outcome, OltResult)
@@ -146,7 +145,7 @@ async def test_one_unknown_onu_fails_alone_and_the_others_in_its_sequence_succee
     assert not hw.is_active(hw_onu(1))
     # One sequence; the unknown ONU is not read back.
     assert ops.count("config") == 1 and ops.count("ont activate 3 99") == 1
-    assert ops[-3:] == ["display ont info 3 all", "quit", "quit"]
+    assert ops[-2:] == ["display ont info 3 all", "return"]
     assert (ok, failed) == (2, 1)
 
 
@@ -171,7 +170,7 @@ async def test_the_same_onu_twice_runs_in_two_sequences_in_arrival_order(sim: Si
         *["config", "interface gpon 0/1", "ont activate 3 2", "display ont info 3 2"],
         *["quit", "quit"],
         *["config", "interface gpon 0/1", "ont deactivate 3 2", "ont activate 3 4"],
-        *["display ont info 3 all", "quit", "quit"],
+        *["display ont info 3 all", "return"],
     ]
 
 
@@ -194,11 +193,27 @@ async def test_one_sequence_per_board_and_one_read_back_per_port(sim: Sim) -> No
     assert all(hw.is_active(onu) for onu, _ in items)
     assert ops == [
         *["config", "interface gpon 0/1", "ont activate 5 1", "ont activate 3 2"],
-        *["ont activate 5 2", "display ont info 5 all", "display ont info 3 2"],
-        *["quit", "quit"],
+        *["ont activate 5 2", "display ont info 5 all", "display ont info 3 2", "return"],
+        # A sequence of one is the single-request flow.
         *["config", "interface gpon 0/2", "ont activate 0 1", "display ont info 0 1"],
         *["quit", "quit"],
     ]
+
+
+async def test_a_paged_port_table_with_smart_prompts_is_read_whole(sim: Sim) -> None:
+    quirky = sim["hw-quirky"]  # pager and smart prompts stay on; 20 lines a page
+    for onu_id in range(5, 31):
+        quirky.add_onu(0, 2, 1, onu_id)
+    items: list[tuple[OnuRef, Action]] = [
+        (OnuRef(0, 2, 1, i), "activate")
+        for i in (2, 17, 30)  # rows on three pages
+    ]
+    with trio.fail_after(20):
+        async with running_pool(sim) as pool:
+            outcomes = await burst(pool, quirky, items)
+            ops = after_probe(quirky, "display version")
+    assert all(isinstance(o, OltResult) and o.state == "active" for o in outcomes)
+    assert "display ont info 1 all" in ops
 
 
 @pytest.mark.parametrize("name", ["zte", "zte-c600"])

@@ -54,14 +54,15 @@ class _Plannable(Protocol):
 R = TypeVar("R", bound=_Plannable)
 
 
-def drain(receive: trio.MemoryReceiveChannel[R]) -> list[R]:
-    """Everything queued right now, without waiting."""
+def drain(receive: trio.MemoryReceiveChannel[R], limit: int) -> list[R]:
+    """What is queued right now, at most ``limit``, without waiting."""
     taken: list[R] = []
-    while True:
+    while len(taken) < limit:
         try:
             taken.append(receive.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):
-            return taken
+            break
+    return taken
 
 
 def plan(requests: Sequence[R], max_batch: int) -> list[list[R]]:

@@ -312,8 +312,10 @@ class _DeviceActor:
                     # Idle: end. There is no checkpoint between the timeout and closing the
                     # inbox (in finally), so the pool cannot slip a request in and lose it.
                     return
-                # Everything that piled up while the last sequence ran goes in one go.
-                await olt_batch.serve(self, [request, *olt_batch.drain(self._receive)])
+                # What piled up while the last sequence ran goes in one go (at most a full
+                # queue: with max_batch equal to it, one full sequence, not one plus one).
+                more = olt_batch.drain(self._receive, self.capacity - 1)
+                await olt_batch.serve(self, [request, *more])
         finally:
             _fail_pending(self._receive, "device actor stopped")
             if self.pool._actors.get(self.name) is self:

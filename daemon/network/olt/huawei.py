@@ -10,7 +10,7 @@ firmware keeps them on. An ONU is switched inside ``interface gpon F/S`` with
 A batch (``set_onus``) enters the board's interface once, sends each ONU's ``ont``
 command, then confirms per PON port: ``display ont info P ID`` for a port with one ONU in
 the batch, else one ``display ont info P all`` (a table, one row per ONT: F/S/P, ONT ID,
-SN, Control flag, Run state, ...), and leaves the interface.
+SN, Control flag, Run state, ...), and goes back with ``return``.
 """
 
 from __future__ import annotations
@@ -108,7 +108,9 @@ class HuaweiDriver(OltDriver):
                     ports.setdefault(c.onu.port, []).append(i)
             for port, members in ports.items():
                 await self._confirm_port(session, changes, port, members, own, errors, states)
-            await self._leave_interface(session, shared)
+            # One command back to privileged mode instead of quit, quit: a sequence is
+            # paid for in commands.
+            await self.command(session, "return", shared, mode="priv")
         except OltCommandError:
             await self.recover(session, "return")
             raise
