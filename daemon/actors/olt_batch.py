@@ -3,10 +3,12 @@
 After a billing run hundreds of reconnections wait for the same OLT, and each costs a full
 CLI sequence (enter config, the board's interface, the change, the read-back, leave:
 about six commands at seconds each on a slow device). So whenever the device actor
-becomes free it takes everything queued for it (``drain``) and ``plan`` cuts it into
-sequences: changes (``set``) to the same board (frame/slot) share one sequence of up to
-``max_batch`` ONUs — the driver enters the interface once, sends each ONU's command and
-confirms them all (``OltDriver.set_onus``) — and anything else (a probe) runs alone.
+becomes free it takes what is queued for it (``drain``; those not started yet still
+count as waiting, so the device queue's bound and ``OltBusy`` are unchanged) and
+``plan`` cuts it into sequences: changes (``set``) to the same board (frame/slot) share
+one sequence of up to ``max_batch`` ONUs — the driver enters the interface once, sends
+each ONU's command and confirms them all (``OltDriver.set_onus``) — and anything else (a
+probe) runs alone.
 
 Each request keeps its own outcome: a device error about one ONU (unknown ONU, wrong
 read-back state) is that request's answer and the others succeed; only what concerns the
