@@ -4,7 +4,7 @@ After a billing run hundreds of reconnections wait for the same OLT, and each co
 CLI sequence (enter config, the board's interface, the change, the read-back, leave:
 about six commands at seconds each on a slow device). So whenever the device actor
 becomes free it takes what is queued for it (``drain``; those not started yet still
-count as waiting, so the device queue's bound and ``OltBusy`` are unchanged) and
+count as waiting towards the device queue's bound, at least two full sequences) and
 ``plan`` cuts it into sequences: changes (``set``) to the same board (frame/slot) share
 one sequence of up to ``max_batch`` ONUs — the driver enters the interface once, sends
 each ONU's command and confirms them all (``OltDriver.set_onus``) — and anything else (a

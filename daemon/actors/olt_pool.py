@@ -83,6 +83,7 @@ class OltPoolSettings:
     reconnect_backoff_max: float = 10.0
     keepalive_interval: float = 30.0
     queue_size: int = 32  # requests waiting per device before callers are told to retry
+    # (at least 2 * max_batch: see _DeviceActor)
     request_timeout: float | None = None  # overall, per sequence; None: operation_deadline
     max_batch: int = 32  # ONUs of one board switched in one CLI sequence; 1: one per request
 
@@ -287,9 +288,12 @@ class _DeviceActor:
     driver: OltDriver | None = None
 
     def __post_init__(self) -> None:
-        # Room for at least one full batch: a larger olt.max_batch than the queue would
-        # otherwise never fill.
-        self.capacity = max(self.pool.settings.queue_size, self.pool.settings.max_batch)
+        # Room for the next two full sequences: a burst then keeps the device busy back to
+        # back instead of waiting for callers told to retry (a larger olt.max_batch than
+        # the queue would never fill at all). Still less waiting than queue_size requests
+        # of one sequence each; max_batch = 1 leaves the queue as it was.
+        settings = self.pool.settings
+        self.capacity = max(settings.queue_size, 2 * settings.max_batch)
         self.inbox, self._receive = trio.open_memory_channel[_Request](self.capacity)
         self.in_hand = 0  # taken from the queue for the next sequences, not started yet
 
