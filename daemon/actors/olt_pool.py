@@ -85,7 +85,7 @@ class OltPoolSettings:
     queue_size: int = 32  # requests waiting per device before callers are told to retry
     # (at least 2 * max_batch: see _DeviceActor)
     request_timeout: float | None = None  # overall, per sequence; None: operation_deadline
-    max_batch: int = 32  # ONUs of one board switched in one CLI sequence; 1: one per request
+    max_batch: int = 64  # ONUs of one board switched in one CLI sequence; 1: one per request
 
     @property
     def operation_deadline(self) -> float:
@@ -317,7 +317,7 @@ class _DeviceActor:
                     # inbox (in finally), so the pool cannot slip a request in and lose it.
                     return
                 # What piled up while the last sequence ran goes in one go (at most a full
-                # queue: with max_batch equal to it, one full sequence, not one plus one).
+                # queue: whole sequences, not one plus a straggler that would run alone).
                 more = olt_batch.drain(self._receive, self.capacity - 1)
                 await olt_batch.serve(self, [request, *more])
         finally:

@@ -225,7 +225,7 @@ class OltConfig(_Section, frozen=True):
     breaker_reset_seconds: Seconds = 60.0
     # ONUs of one board switched in one CLI sequence when several tasks wait for the same
     # OLT (enter the interface once, confirm them all); 1 runs one sequence per task.
-    max_batch: Count = 32
+    max_batch: Count = 64
 
 
 class SmsConfig(_Section, frozen=True):
