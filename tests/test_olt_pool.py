@@ -168,7 +168,8 @@ async def test_concurrent_requests_to_one_device_never_interleave(sim: Sim) -> N
     hw = sim["hw"]
     hw.latency = 0.01
     with trio.fail_after(15):
-        async with running_pool(sim) as pool, trio.open_nursery() as nursery:
+        # One sequence per request (olt.max_batch = 1); batched bursts: test_olt_batching.
+        async with running_pool(sim, max_batch=1) as pool, trio.open_nursery() as nursery:
             for onu_id in (1, 2, 3, 4):
                 action: Action = "deactivate" if onu_id % 2 else "activate"
                 nursery.start_soon(pool.execute, "hw", OnuRef(0, 1, 3, onu_id), action)

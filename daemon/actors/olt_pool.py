@@ -8,7 +8,9 @@ permanent kin ``OltAuthError`` / ``OltHostKeyError``, ``OltTransientError``,
 Owns: one child actor per device, started lazily in the pool's nursery. A device actor
 owns that device's ``CliSession``: it logs in once, runs requests one at a time (so
 commands to one device never interleave), logs out after ``idle_close`` seconds without
-work and then ends.
+work and then ends. Whenever it becomes free it takes every request queued for it and
+runs changes to the same board as one CLI sequence of up to ``max_batch`` ONUs, each
+request still getting its own answer (``actors/olt_batch.py``).
 
 Before each request and each retry the actor reloads the device's row (one indexed
 query): if it changed (``paymentd olt update``, which bumps its version) the session is
@@ -33,10 +35,11 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import trio
 
+from daemon.actors import olt_batch
 from daemon.network.olt.driver import OltDriver, driver_for
 from daemon.network.olt.ssh import CliSession, open_session
 from daemon.network.olt.types import (
@@ -65,6 +68,8 @@ log = logging.getLogger(__name__)
 Action = Literal["activate", "deactivate"]
 _Reply = OltResult | str | OltError
 _Kind = Literal["set", "test", "state"]  # state: read an ONU's control state, change nothing
+T = TypeVar("T")
+Operation = Callable[[CliSession, OltDriver], Awaitable[T]]
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,9 @@ class OltPoolSettings:
     reconnect_backoff_max: float = 10.0
     keepalive_interval: float = 30.0
     queue_size: int = 32  # requests waiting per device before callers are told to retry
-    request_timeout: float | None = None  # overall, per request; None: operation_deadline
+    # (at least 2 * max_batch: see _DeviceActor)
+    request_timeout: float | None = None  # overall, per sequence; None: operation_deadline
+    max_batch: int = 64  # ONUs of one board switched in one CLI sequence; 1: one per request
 
     @property
     def operation_deadline(self) -> float:
@@ -87,9 +94,14 @@ class OltPoolSettings:
         this also bounds their sum (connect + login + a dozen commands, twice, plus the
         reconnect backoff), so a device that answers slowly at every step cannot hold
         the actor for longer."""
+        return self.batch_deadline(1)
+
+    def batch_deadline(self, size: int) -> float:
+        """The same backstop for a sequence switching ``size`` ONUs: at most three more
+        commands per extra ONU (ZTE C600: its interface, ``admin``, a port read-back)."""
         if self.request_timeout is not None:
             return self.request_timeout
-        one_try = self.connect_timeout + 12 * self.command_timeout
+        one_try = self.connect_timeout + (12 + 3 * (size - 1)) * self.command_timeout
         return 2 * one_try + self.reconnect_backoff_max
 
     @classmethod
@@ -101,6 +113,7 @@ class OltPoolSettings:
             breaker_failures=olt.breaker_failures,
             breaker_reset=olt.breaker_reset_seconds,
             known_hosts=olt.known_hosts or None,
+            max_batch=olt.max_batch,
         )
 
 
@@ -176,6 +189,8 @@ class OltPool:
             if actor is None:
                 actor = self._spawn(request.device)
             try:
+                if actor.waiting() >= actor.capacity:  # queued, or drained and not started
+                    raise trio.WouldBlock
                 actor.inbox.send_nowait(request)
                 return
             except trio.WouldBlock:
@@ -213,6 +228,11 @@ class OltPool:
         result = await self._request(device, "state", onu, None)
         assert isinstance(result, str)
         return result
+
+    def waiting(self, device: str) -> int:
+        """Requests waiting for the device, not counting the sequence it is running."""
+        actor = self._actors.get(device)
+        return 0 if actor is None else actor.waiting()
 
     def forget(self, device: str) -> None:
         """Drop the device's actor now: it finishes what is queued, logs out and ends;
@@ -276,8 +296,17 @@ class _DeviceActor:
     driver: OltDriver | None = None
 
     def __post_init__(self) -> None:
-        size = self.pool.settings.queue_size
-        self.inbox, self._receive = trio.open_memory_channel[_Request](size)
+        # Room for the next two full sequences: a burst then keeps the device busy back to
+        # back instead of waiting for callers told to retry (a larger olt.max_batch than
+        # the queue would never fill at all). Still less waiting than queue_size requests
+        # of one sequence each; max_batch = 1 leaves the queue as it was.
+        settings = self.pool.settings
+        self.capacity = max(settings.queue_size, 2 * settings.max_batch)
+        self.inbox, self._receive = trio.open_memory_channel[_Request](self.capacity)
+        self.in_hand = 0  # taken from the queue for the next sequences, not started yet
+
+    def waiting(self) -> int:
+        return self._receive.statistics().current_buffer_used + self.in_hand
 
     async def run(self) -> None:
         settings = self.pool.settings
@@ -295,7 +324,10 @@ class _DeviceActor:
                     # Idle: end. There is no checkpoint between the timeout and closing the
                     # inbox (in finally), so the pool cannot slip a request in and lose it.
                     return
-                await self._serve(request)
+                # What piled up while the last sequence ran goes in one go (at most a full
+                # queue: whole sequences, not one plus a straggler that would run alone).
+                more = olt_batch.drain(self._receive, self.capacity - 1)
+                await olt_batch.serve(self, [request, *more])
         finally:
             _fail_pending(self._receive, "device actor stopped")
             if self.pool._actors.get(self.name) is self:
@@ -320,44 +352,63 @@ class _DeviceActor:
 
     async def _serve_one(self, request: _Request) -> None:
         started = trio.current_time()
-        outcome = "ok"
-        reply: _Reply
+        # A caller that gives up only closes its reply channel: the operation still
+        # runs to the end here, so the CLI is never left half-way through a change.
+        reply, outcome = await self._guarded(lambda: self._handle(request))
+        _answer(request, reply)
+        self._observe(request, outcome, trio.current_time() - started)
+
+    async def _guarded(self, work: Callable[[], Awaitable[T]]) -> tuple[T | OltError, str]:
+        """Run ``work``; its result or the error to answer with, and the metrics outcome."""
         try:
-            # A caller that gives up only closes its reply channel: the operation still
-            # runs to the end here, so the CLI is never left half-way through a change.
-            reply = await self._handle(request)
+            return await work(), "ok"
         except OltCircuitOpen as exc:
-            reply, outcome = exc, "breaker_open"
+            return exc, "breaker_open"
         except OltAuthError as exc:
-            reply, outcome = exc, "auth_failed"
+            return exc, "auth_failed"
         except OltHostKeyError as exc:
-            reply, outcome = exc, "host_key_rejected"
+            return exc, "host_key_rejected"
         except OltCommandError as exc:
-            reply, outcome = exc, "device_error"
+            return exc, "device_error"
         except OltUnknownDevice as exc:
-            reply, outcome = exc, "unknown_device"
+            return exc, "unknown_device"
         except OltError as exc:
-            reply, outcome = exc, "transient"
+            return exc, "transient"
         except Exception as exc:
             # A bug must not kill the device actor or leave the caller waiting forever.
             log.exception("%s: unexpected error in OLT request", self.name)
             await self._drop_session(logout=False)
-            reply, outcome = OltTransientError(f"{self.name}: internal error: {exc!r}"), "transient"
-        _answer(request, reply)
-        seconds = trio.current_time() - started
-        if request.kind == "set":
-            if self.spec is not None and outcome != "unknown_device":
-                self.pool._metrics.olt_commands.labels(self.spec.vendor, outcome).observe(seconds)
-            self.pool._events.publish(
-                "olt.command",
-                device=self.name,
-                onu=str(request.onu),
-                action=request.action,
-                outcome=outcome,
-                seconds=round(seconds, 3),
-            )
+            return OltTransientError(f"{self.name}: internal error: {exc!r}"), "transient"
+
+    def _observe(self, request: _Request, outcome: str, seconds: float, batch: int = 1) -> None:
+        if request.kind != "set":
+            return
+        if self.spec is not None and outcome != "unknown_device":
+            self.pool._metrics.olt_commands.labels(self.spec.vendor, outcome).observe(seconds)
+        self.pool._events.publish(
+            "olt.command",
+            device=self.name,
+            onu=str(request.onu),
+            action=request.action,
+            outcome=outcome,
+            seconds=round(seconds, 3),
+            batch=batch,
+        )
 
     async def _handle(self, request: _Request) -> OltResult | str:
+        async def operation(session: CliSession, driver: OltDriver) -> OltResult | str:
+            if request.kind == "test":
+                return await driver.probe(session)
+            assert request.onu is not None
+            if request.kind == "state":
+                return await driver.onu_state(session, request.onu)
+            return await driver.set_onu(session, request.onu, request.action == "activate")
+
+        return await self._on_device(operation, self.pool.settings.operation_deadline)
+
+    async def _on_device(self, operation: Operation[T], deadline: float) -> T:
+        """Run ``operation`` on a logged-in session: settings reloaded, refusals and the
+        breaker honoured, a transient failure retried once, the whole within ``deadline``."""
         await self._current_spec()
         breaker = self._breaker()
         if breaker.refused is not None:
@@ -370,31 +421,21 @@ class _DeviceActor:
                 f"after {breaker.failures} failed attempts",
                 retry_in=remaining,
             )
-        deadline = self.pool.settings.operation_deadline
         with trio.move_on_after(deadline):
-            return await self._attempts(request)
+            return await self._attempts(operation)
         # Every step has its own bound; this is the backstop for their sum.
         await self._drop_session(logout=False)
         self._failed(self._breaker())
         raise OltTimeout(f"{self.name}: no result within {deadline:g}s; session dropped")
 
-    async def _attempts(self, request: _Request) -> OltResult | str:
+    async def _attempts(self, operation: Operation[T]) -> T:
         for attempt in (1, 2):
             spec = self.spec if attempt == 1 else await self._current_spec()
             assert spec is not None
             breaker = self._breaker()
             session, driver = await self._ensure_session(spec, breaker)
             try:
-                if request.kind == "test":
-                    result: OltResult | str = await driver.probe(session)
-                elif request.kind == "state":
-                    assert request.onu is not None
-                    result = await driver.onu_state(session, request.onu)
-                else:
-                    assert request.onu is not None
-                    result = await driver.set_onu(
-                        session, request.onu, request.action == "activate"
-                    )
+                result = await operation(session, driver)
             except OltTransientError as exc:
                 # A logged-in session that hangs or breaks mid-operation counts as much
                 # as a failed connect: a device that always hangs must trip the breaker.

@@ -223,6 +223,9 @@ class OltConfig(_Section, frozen=True):
     # device for breaker_reset_seconds.
     breaker_failures: Count = 3
     breaker_reset_seconds: Seconds = 60.0
+    # ONUs of one board switched in one CLI sequence when several tasks wait for the same
+    # OLT (enter the interface once, confirm them all); 1 runs one sequence per task.
+    max_batch: Count = 64
 
 
 class SmsConfig(_Section, frozen=True):

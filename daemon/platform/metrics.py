@@ -46,6 +46,12 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.olt_batch_size = Histogram(
+            "paymentd_olt_batch_size",
+            "ONU changes run as one CLI sequence (bursts batched per board; 1 runs alone)",
+            buckets=(2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self.olt_sessions = Counter(
             "paymentd_olt_sessions_opened", "SSH sessions opened", ["device"], registry=r
         )

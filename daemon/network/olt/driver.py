@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar
 
 from daemon.network.olt.ssh import CliSession
@@ -22,11 +23,15 @@ from daemon.network.olt.types import (
     OltResult,
     OltTimeout,
     OltTransientError,
+    OnuChange,
     OnuRef,
     auth_error,
 )
 
-__all__ = ["OltDriver", "Transcript", "clean_output", "driver_for"]
+__all__ = ["BatchResult", "OltDriver", "Transcript", "check_board", "clean_output", "driver_for"]
+
+# One entry per change of a batch, in order: the confirmed change, or why that ONU failed.
+BatchResult = list[OltResult | OltCommandError]
 
 EXCERPT_CHARS = 2000
 
@@ -90,6 +95,24 @@ class OltDriver(ABC):
 
     @abstractmethod
     async def set_onu(self, session: CliSession, onu: OnuRef, enabled: bool) -> OltResult: ...
+
+    async def set_onus(self, session: CliSession, changes: Sequence[OnuChange]) -> BatchResult:
+        """Switch several ONUs of one board in one CLI sequence; one result per change.
+
+        A device error about one ONU (unknown ONU, wrong read-back state) is that change's
+        result and the others go on; an error that concerns the whole sequence (the board's
+        interface refused, the CLI lost) raises ``OltCommandError``, a transport failure
+        ``OltTransientError``, as ``set_onu`` does. This fallback runs one ``set_onu`` per
+        change; the vendor drivers enter the board once and confirm per PON port.
+        """
+        check_board(changes)
+        results: BatchResult = []
+        for change in changes:
+            try:
+                results.append(await self.set_onu(session, change.onu, change.enabled))
+            except OltCommandError as exc:
+                results.append(exc)
+        return results
 
     @abstractmethod
     async def onu_state(self, session: CliSession, onu: OnuRef) -> str: ...
@@ -174,6 +197,17 @@ class OltDriver(ABC):
         Raises ``OltCommandError`` for an error line, or when the CLI did not land in
         ``mode`` afterwards.
         """
+        body, error = await self.try_command(session, cmd, transcript, mode)
+        if error is not None:
+            raise error
+        return body
+
+    async def try_command(
+        self, session: CliSession, cmd: str, transcript: Transcript, mode: str | None = None
+    ) -> tuple[str, OltCommandError | None]:
+        """``command``, but an error line is returned instead of raised (the CLI stays
+        where it was, so a batch can go on with the next ONU); landing in another mode
+        than ``mode`` still raises."""
         await session.send_line(cmd)
         _, text = await self.reply(session)
         transcript.add(text)
@@ -182,13 +216,13 @@ class OltDriver(ABC):
         for line in body:
             stripped = line.strip()
             if stripped.startswith(self.error_prefixes):
-                raise OltCommandError(stripped, output=transcript.excerpt())
+                return "\n".join(body), OltCommandError(stripped, output=transcript.excerpt())
         if mode is not None and (got := self.mode_of(text)) != mode:
             raise OltCommandError(
                 f"{cmd!r} left the CLI in {got} mode ({lines[-1]!r}), expected {mode}",
                 output=transcript.excerpt(),
             )
-        return "\n".join(body)
+        return "\n".join(body), None
 
     async def recover(self, session: CliSession, cmd: str) -> None:
         """Bring the CLI back to privileged mode after a failed operation, or poison it."""
@@ -219,6 +253,41 @@ class OltDriver(ABC):
             )
         seconds = time.monotonic() - started
         return OltResult(session.device, onu, action, state, transcript.excerpt(), seconds)
+
+    def batch_results(
+        self,
+        session: CliSession,
+        changes: Sequence[OnuChange],
+        errors: dict[int, OltCommandError],
+        states: dict[int, str],
+        transcripts: Sequence[Transcript],
+        started: float,
+    ) -> BatchResult:
+        """Each change's own outcome: its error, else its read-back state checked."""
+        results: BatchResult = []
+        for i, change in enumerate(changes):
+            if i in errors:
+                results.append(errors[i])
+                continue
+            try:
+                state = states[i]
+                results.append(
+                    self.result(session, change.onu, change.enabled, state, transcripts[i], started)
+                )
+            except OltCommandError as exc:
+                results.append(exc)
+        return results
+
+
+def check_board(changes: Sequence[OnuChange]) -> None:
+    """A batch is one board (frame/slot) and names each ONU once: the caller's promise
+    (``actors/olt_batch.plan``), checked because a broken one would confirm the wrong
+    state (an activate and a deactivate of one ONU read back the same flag)."""
+    boards = {(c.onu.frame, c.onu.slot) for c in changes}
+    if len(boards) > 1:
+        raise ValueError(f"one batch spans several boards: {sorted(boards)}")
+    if len({c.onu for c in changes}) != len(changes):
+        raise ValueError("one batch names an ONU twice")
 
 
 def driver_for(spec: DeviceSpec, command_timeout: float) -> OltDriver:

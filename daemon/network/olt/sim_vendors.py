@@ -143,6 +143,7 @@ class _Shell:
                     return
                 if self.d.latency:
                     await asyncio.sleep(self.d.latency)
+                await self.d._released.wait()  # held: a test lets requests pile up
                 if fault == "drop_after":
                     self.muted = True
                     await self.execute(cmd)
@@ -163,6 +164,7 @@ class HuaweiShell(_Shell):
     UNKNOWN = "  % Unknown command, the error locates at '^'"
     PARAM = "  % Parameter error, the error locates at '^'"
     NO_ONT = "  Failure: The ONT does not exist"
+    NO_ONTS = "  Failure: There is no ONT available"  # an empty port (wording unverified)
 
     def __init__(self, device: SimDevice, process: asyncssh.SSHServerProcess[str]) -> None:
         super().__init__(device, process)
@@ -246,6 +248,9 @@ class HuaweiShell(_Shell):
             self.write(self.caret_error(cmd, 0, self.UNKNOWN))
 
     async def display_ont(self, cmd: str, args: list[str]) -> None:
+        if len(args) == 2 and args[1] == "all" and args[0].isdigit() and self.mode == "iface":
+            await self.display_port(int(args[0]))
+            return
         if (
             not all(a.isdigit() for a in args)
             or len(args) not in (2, 4)
@@ -293,6 +298,38 @@ class HuaweiShell(_Shell):
         body += ["  Line profile name    : line-10", rule, "  FEC upstream switch  :Disable"]
         body += ["  OMCC encrypt switch  :On", "  Qos mode             :PQ", rule]
         body += ["  Notes: * indicates Discrete Pon.", rule]
+        await self.output("\n".join(body) + "\n")
+
+    async def display_port(self, port: int) -> None:
+        """``display ont info P all`` inside ``interface gpon F/S``: one row per ONT, the
+        layout seen on MA5600T/MA5800 (slot padded to two places, a description section
+        whose rows also start with F/S/P, then the port summary)."""
+        frame, slot = self.iface
+        onus = sorted(
+            (o for o in self.d.onus.values() if o.key[:3] == (frame, slot, port)),
+            key=lambda o: o.onu_id,
+        )
+        if not onus:
+            self.write(self.NO_ONTS + "\n")
+            return
+        rule = "  " + "-" * 77
+        fsp = f"{frame}/{slot:>2}/{port}"
+        body = [
+            rule,
+            "  F/S/P   ONT         SN         Control     Run      Config   Match    Protect",
+            "          ID                     flag        state    state    state    side",
+            rule,
+        ]
+        for o in onus:
+            flag, run = ("active", "online") if o.active else ("deactivated", "offline")
+            body.append(
+                f"  {fsp:<8}{o.onu_id:>4}  {o.serial:<16}  {flag:<11} {run:<8} normal   match    no"
+            )
+        body += [rule, "  F/S/P   ONT-ID   Description", rule]
+        body += [f"  {fsp:<8}{o.onu_id:>6}   client-{o.onu_id}" for o in onus]
+        online = sum(o.active for o in onus)
+        body += [rule, f"  In port {fsp} , the total of ONTs are: {len(onus)}, online: {online}"]
+        body.append(rule)
         await self.output("\n".join(body) + "\n")
 
     async def logout(self) -> None:

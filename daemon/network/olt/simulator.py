@@ -3,9 +3,10 @@
 Used by the tests and by ``paymentd demo`` / ``paymentd sim olt``. One ``SimDevice`` per
 listening port. Device state (each ONU's control flag) lives on the ``SimDevice`` and so
 persists across sessions. Faults are injected through the Python API: per-command
-latency, hung commands, connections dropped in the middle of a command (before or after
-the command took effect), refused logins, a cap on concurrent sessions, a channel open
-that is never answered and a shell that stops reading its input.
+latency, a hold (every answer waits until released), hung commands, connections dropped
+in the middle of a command (before or after the command took effect), refused logins, a
+cap on concurrent sessions, a channel open that is never answered and a shell that stops
+reading its input.
 
 Each device presents a stable SSH host key derived from its name (so a demo restarted
 with the same devices is still the same devices); ``change_host_key`` replaces it, as a
@@ -17,6 +18,7 @@ entry point. The vendor grammars live in ``daemon.network.olt.sim_vendors``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -113,10 +115,12 @@ class SimDevice:
     _acceptor: asyncssh.SSHAcceptor | None = None
     _drops: list[_Drop] = field(default_factory=list)
     _connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         if not self.hostname:
             self.hostname = "MA5800-X15" if self.vendor == "huawei" else "ZXAN"
+        self._released.set()
 
     # -- state ---------------------------------------------------------------------
     def add_onu(
@@ -163,6 +167,14 @@ class SimDevice:
             self._acceptor.update(server_host_keys=[self.host_key()])
 
     # -- faults --------------------------------------------------------------------
+    def hold(self) -> None:
+        """Every command from now on waits before its answer until ``release``: a test
+        keeps the device busy until requests have piled up behind it."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
     def hang_next(self, n: int = 1) -> None:
         """The next ``n`` commands are never answered (the session stays open)."""
         self._hang += n
@@ -196,6 +208,7 @@ class SimDevice:
         self._drops.clear()
         self.refuse_logins = False
         self.latency = 0.0
+        self.release()
 
     def disconnect_all(self) -> None:
         """Abort every open connection (as a device reboot would)."""

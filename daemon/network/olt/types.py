@@ -36,6 +36,18 @@ class OnuRef:
 
 
 @dataclass(frozen=True)
+class OnuChange:
+    """One ONU to switch within a batched CLI sequence (``OltDriver.set_onus``)."""
+
+    onu: OnuRef
+    enabled: bool
+
+    @property
+    def action(self) -> str:
+        return "activate" if self.enabled else "deactivate"
+
+
+@dataclass(frozen=True)
 class DeviceSpec:
     """How to reach and log into one OLT. ``options`` holds vendor quirks (``zte_style``).
 

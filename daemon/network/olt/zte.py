@@ -14,14 +14,20 @@ Two styles, chosen by ``spec.options["zte_style"]``:
 Both confirm with ``show gpon onu state gpon-olt_F/S/P``, whose rows read
 ``F/S/P:ID  <Admin State> <OMCC State> <Phase State> <Channel>``; the Admin State column
 (``enable``/``disable``) maps to ``active``/``deactivated``.
+
+A batch (``set_onus``) enters config mode once, switches each ONU (``onu_state``: one
+``interface gpon-olt_F/S/P`` per PON port, then its ``onu ID state ...`` lines; ``admin``:
+``interface gpon_onu-...`` and ``admin ...`` per ONU, moving from one interface to the
+next directly), ``end``, and confirms with one ``show gpon onu state`` per port.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 
-from daemon.network.olt.driver import OltDriver, Transcript
+from daemon.network.olt.driver import BatchResult, OltDriver, Transcript, check_board
 from daemon.network.olt.ssh import CliSession
 from daemon.network.olt.types import (
     DeviceSpec,
@@ -29,6 +35,7 @@ from daemon.network.olt.types import (
     OltError,
     OltOnuNotFound,
     OltResult,
+    OnuChange,
     OnuRef,
 )
 
@@ -88,12 +95,79 @@ class ZteDriver(OltDriver):
     async def _read_state(self, session: CliSession, onu: OnuRef, t: Transcript) -> str:
         fsp = f"{onu.frame}/{onu.slot}/{onu.port}"
         out = await self.command(session, f"show gpon onu state gpon-olt_{fsp}", t, mode="priv")
-        m = re.search(rf"(?m)^\s*{re.escape(f'{fsp}:{onu.onu_id}')}\s+(\S+)", out)
-        if m is None:
-            raise OltCommandError(f"{onu}: not listed by show gpon onu state", t.excerpt())
-        if m[1] not in _ADMIN_STATES:
-            raise OltCommandError(f"{onu}: unexpected admin state {m[1]!r}", t.excerpt())
-        return _ADMIN_STATES[m[1]]
+        return _admin_state(out, onu, t)
+
+    async def set_onus(self, session: CliSession, changes: Sequence[OnuChange]) -> BatchResult:
+        check_board(changes)
+        started = time.monotonic()
+        own = [Transcript() for _ in changes]
+        errors: dict[int, OltCommandError] = {}
+        states: dict[int, str] = {}
+        ports: dict[str, list[int]] = {}  # "F/S/P" -> indexes into changes, in order
+        for i, c in enumerate(changes):
+            ports.setdefault(f"{c.onu.frame}/{c.onu.slot}/{c.onu.port}", []).append(i)
+        shared = Transcript()
+        try:
+            await self.command(session, "configure terminal", shared, mode="config")
+            for t in own:
+                t.add(shared.excerpt())
+            for fsp, members in ports.items():
+                await self._switch_port(session, changes, fsp, members, own, errors)
+            await self.command(session, "end", shared, mode="priv")
+            for fsp, members in ports.items():
+                live = [i for i in members if i not in errors]
+                if not live:
+                    continue
+                table = Transcript()
+                cmd = f"show gpon onu state gpon-olt_{fsp}"
+                out, error = await self.try_command(session, cmd, table, mode="priv")
+                for i in live:
+                    own[i].add(table.excerpt())
+                    try:
+                        if error is not None:
+                            raise OltCommandError(error.message)
+                        states[i] = _admin_state(out, changes[i].onu, own[i])
+                    except OltCommandError as exc:
+                        errors[i] = OltCommandError(exc.message, own[i].excerpt())
+        except OltCommandError:
+            await self.recover(session, "end")
+            raise
+        return self.batch_results(session, changes, errors, states, own, started)
+
+    async def _switch_port(
+        self,
+        session: CliSession,
+        changes: Sequence[OnuChange],
+        fsp: str,
+        members: list[int],
+        own: list[Transcript],
+        errors: dict[int, OltCommandError],
+    ) -> None:
+        """Send the change of each of ``members`` (one PON port), in config mode."""
+        if self.style == "onu_state":
+            port = Transcript()
+            _, error = await self.try_command(session, f"interface gpon-olt_{fsp}", port, "iface")
+            for i in members:
+                own[i].add(port.excerpt())
+                if error is not None:
+                    errors[i] = OltCommandError(error.message, own[i].excerpt())
+            if error is not None:
+                return
+        for i in members:
+            c = changes[i]
+            word = "enable" if c.enabled else "disable"
+            if self.style == "admin":
+                cmd = f"interface gpon_onu-{fsp}:{c.onu.onu_id}"
+                _, error = await self.try_command(session, cmd, own[i], mode=None)
+                if error is None:
+                    # Checked here, not by mode=: a refused interface leaves the CLI in
+                    # the previous ONU's interface or config mode, and that is fine.
+                    _, error = await self.try_command(session, f"admin {word}", own[i], "iface")
+            else:
+                cmd = f"onu {c.onu.onu_id} state {word}"
+                _, error = await self.try_command(session, cmd, own[i], mode="iface")
+            if error is not None:
+                errors[i] = error
 
     async def onu_state(self, session: CliSession, onu: OnuRef) -> str:
         """Read-only: ``show gpon onu state gpon-olt_F/S/P`` in privileged mode; the ONU's
@@ -118,3 +192,14 @@ class ZteDriver(OltDriver):
             await self.reply(session)  # normally ends with the connection closing
         except OltError:
             pass
+
+
+def _admin_state(out: str, onu: OnuRef, t: Transcript) -> str:
+    """The ONU's Admin State in ``show gpon onu state`` output, as active/deactivated."""
+    fsp = f"{onu.frame}/{onu.slot}/{onu.port}"
+    m = re.search(rf"(?m)^\s*{re.escape(f'{fsp}:{onu.onu_id}')}\s+(\S+)", out)
+    if m is None:
+        raise OltCommandError(f"{onu}: not listed by show gpon onu state", t.excerpt())
+    if m[1] not in _ADMIN_STATES:
+        raise OltCommandError(f"{onu}: unexpected admin state {m[1]!r}", t.excerpt())
+    return _ADMIN_STATES[m[1]]
