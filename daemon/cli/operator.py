@@ -20,7 +20,7 @@ from daemon.cli.common import UserError, load, with_config, with_db
 from daemon.platform.config import Config
 
 
-def _who() -> str:
+def who_asked() -> str:
     """Who asked, for the task's history: the login behind sudo, and the host."""
     user = os.environ.get("SUDO_USER") or getpass.getuser()
     return f"{user}@{socket.gethostname()}"
@@ -38,7 +38,7 @@ def cmd_onu_action(args: argparse.Namespace) -> int:
         async with uisp.UispClient.from_config(cfg.uisp) as client:
             try:
                 return await operator.request(
-                    db, client, cfg.uisp, args.service_id, action, requested_by=_who()
+                    db, client, cfg.uisp, args.service_id, action, requested_by=who_asked()
                 )
             except uisp.UispNotFound:
                 raise UserError(f"UISP has no service {args.service_id}; nothing queued") from None

@@ -112,14 +112,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from daemon.cli.operator import _who
+    from daemon.cli.operator import who_asked
     from daemon.network import tasks
 
     cfg = load(args)
 
     async def retry(db: Any) -> Any:
         try:
-            return await tasks.retry(db, args.task_id, by=_who())
+            return await tasks.retry(db, args.task_id, by=who_asked())
         except tasks.TaskNotFound:
             raise UserError(f"no task {args.task_id} (see 'paymentd tasks list')") from None
         except tasks.TaskNotRetryable as exc:
@@ -223,9 +223,9 @@ async def follow_db(db: Any, args: argparse.Namespace) -> None:
     while True:
         for e in await tasks.events_after(db, after, task_id=args.task):
             after = e.id
-            print(
-                f"{e.at:%H:%M:%S}  task {e.task_id:<6} {e.kind:<16} {_detail(e.detail)}", flush=True
-            )
+            at = e.at.astimezone()  # local time, like the event stream's lines
+            text = f"{at:%H:%M:%S}  task {e.task_id:<6} {e.kind:<16} {_detail(e.detail)}"
+            print(text, flush=True)
             printed += 1
             if args.count and printed >= args.count:
                 return
