@@ -146,18 +146,38 @@ async def test_follow_uses_the_running_daemons_event_stream(
         async with serving(deps) as client:
             port = int(str(client.base_url).rsplit(":", 1)[1].rstrip("/"))
             cfg = config(tmp_path, db_url, port=port, admin_token=ADMIN_TOKEN)
-            follow = await Streaming.start(
-                "tasks", "follow", "--task", "7", "--count", "1", "--config", cfg
-            )
+            follow = await Streaming.start("tasks", "follow", "--count", "2", "--config", cfg)
             try:
                 await follow.wait_err("following the daemon's event stream")
-                deps.events.publish("task.running", task_id=6, olt="olt-a")  # another task
+                deps.events.publish("task.running", task_id=6, olt="olt-a")
                 deps.events.publish("olt.command", task_id=7, command="ont activate 0 1")
                 assert await follow.finish() == 0, follow.err
             finally:
                 follow.kill()
-    [line] = follow.out.decode().splitlines()
-    assert "olt.command" in line and "task_id=7" in line and "command=ont activate 0 1" in line
+    first, second = follow.out.decode().splitlines()
+    assert "task.running" in first and "task_id=6 olt=olt-a" in first
+    assert "olt.command" in second and "command=ont activate 0 1" in second
+
+
+async def test_following_one_task_shows_its_history_and_ends_when_it_is_done(
+    db: Database, db_url: str, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path, db_url, admin_token=ADMIN_TOKEN)
+    other = await make_task(db, 1, service=10)
+    task_id = await make_task(db, 2, service=20)
+    follow = await Streaming.start("tasks", "follow", "--task", str(task_id), "--config", cfg)
+    try:
+        await follow.wait_out("queued")  # its history so far, from its first step
+        await fail(db, other, "not this one", "")
+        await fail(db, task_id, "gave up", "")
+        assert await follow.finish() == 0, follow.err  # no --count: it ends by itself
+    finally:
+        follow.kill()
+    lines = follow.out.decode().splitlines()
+    assert [line.split()[3] for line in lines] == ["queued", "failed"]
+    assert all(f"task {task_id} " in line for line in lines)
+    missing = await paymentd("tasks", "follow", "--task", "999", "--config", cfg)
+    missing.one_error_line("no task 999")
 
 
 async def test_follow_falls_back_to_the_database_when_the_daemon_is_not_reachable(

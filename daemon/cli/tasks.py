@@ -13,7 +13,8 @@ unset, a 401) it says so on stderr and polls the task history in the database in
 (``task_events``, once a second): durable steps only, but it keeps working while the
 daemon restarts, and it shows what other CLI processes did (an ``onu activate``'s
 ``queued``), which the daemon's in-process stream never sees. ``--source sse|db`` picks
-one.
+one. ``--task ID`` follows one task from the database (auto): its whole history, then
+until it succeeds, fails or is superseded.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from daemon.cli.common import UserError, load, with_config, with_db
 from daemon.platform.config import Config
 
 POLL_SECONDS = 1.0
+# A followed task is done: the stream's kinds, and the history's (``tasks.FINAL_STATES``).
+FINAL_BUS_EVENTS = ("task.succeeded", "task.failed", "task.superseded")
 STATES = ("queued", "running", "succeeded", "failed", "superseded")
 
 
@@ -209,6 +212,8 @@ async def follow_sse(cfg: Config, args: argparse.Namespace) -> str | None:
             printed += 1
             if args.count and printed >= args.count:
                 return None
+            if args.task is not None and event.get("kind") in FINAL_BUS_EVENTS:
+                return None
     except Unreachable as exc:
         return str(exc)
     return "the daemon closed its event stream (it is stopping)"
@@ -217,11 +222,17 @@ async def follow_sse(cfg: Config, args: argparse.Namespace) -> str | None:
 async def follow_db(db: Any, args: argparse.Namespace) -> None:
     from daemon.network import tasks
 
-    after = await tasks.last_event_id(db)
+    if args.task is not None:
+        if await tasks.get(db, args.task) is None:
+            raise UserError(f"no task {args.task} (see 'paymentd tasks list')")
+        after = 0  # one task: its whole history, then what comes
+    else:
+        after = await tasks.last_event_id(db)
     _note(f"following the task history in the database (after event {after})")
     printed = 0
     while True:
-        for e in await tasks.events_after(db, after, task_id=args.task):
+        batch = await tasks.events_after(db, after, task_id=args.task)
+        for e in batch:
             after = e.id
             at = e.at.astimezone()  # local time, like the event stream's lines
             text = f"{at:%H:%M:%S}  task {e.task_id:<6} {e.kind:<16} {_detail(e.detail)}"
@@ -229,16 +240,22 @@ async def follow_db(db: Any, args: argparse.Namespace) -> None:
             printed += 1
             if args.count and printed >= args.count:
                 return
+        # The whole batch first: a success's sms_queued is written right after it.
+        if args.task is not None and any(e.kind in tasks.FINAL_STATES for e in batch):
+            return
         await trio.sleep(POLL_SECONDS)
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
     cfg = load(args)
-    if args.source in ("auto", "sse"):
+    # One task: its history is in the database from its first step (the stream has only
+    # what happens from now on, and never the CLI's own steps), so auto means db.
+    source = "db" if args.source == "auto" and args.task is not None else args.source
+    if source in ("auto", "sse"):
         why = trio.run(follow_sse, cfg, args)
         if why is None:
             return 0
-        if args.source == "sse":
+        if source == "sse":
             raise UserError(f"{why}; try --source db")
         _note(f"{why}; polling the database every {POLL_SECONDS:g} s instead")
     with_db(cfg, follow_db, args)
@@ -287,7 +304,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="auto",
         help="the daemon's event stream (sse), the database (db), or sse if reachable (auto)",
     )
-    fo.add_argument("--task", type=_positive, metavar="ID", help="only this task's events")
+    fo.add_argument(
+        "--task",
+        type=_positive,
+        metavar="ID",
+        help="one task: its history so far, then until it is finished (from the database)",
+    )
     fo.add_argument("--count", type=_positive, metavar="N", help="stop after N events")
     fo.add_argument("--url", help="the daemon's HTTP base URL (default: from http.host/port)")
     fo.set_defaults(fn=cmd_follow)
