@@ -1,26 +1,35 @@
 """The HTTP ingress actor: serves the Quart app (``daemon.platform.http``) with hypercorn on trio.
 
-Consumes: HTTP requests on ``http.host:http.port`` (UISP webhooks, the admin API, probes,
-Prometheus scrapes) and the daemon's ``shutdown`` event.
+Consumes: HTTP requests (UISP webhooks, the admin API, probes, Prometheus scrapes) on the
+sockets systemd passed (socket activation, ``paymentd.socket``: ``daemon.platform.listenfds``)
+or, started without any, on ``http.host:http.port``, bound here; and the daemon's
+``shutdown`` event.
 Produces: whatever the routes produce (``uisp_webhooks`` rows, ``uisp_events`` messages,
 task retries); reports the bound base URL (``http://host:port``, the real port when
 ``http.port`` is 0) through ``task_status.started()`` once the socket is listening.
-Owns: the listening socket, every in-flight request, and the cap on open connections
-(``http.max_connections``, lowered to fit the open-file limit, which it raises at start):
-at it, the oldest connection that never sent a byte is closed to make room; if every
-slot carries traffic, a new connection gets an instant 503, except probes and webhooks,
-which have a few reserved slots (``PRIORITY_SLOTS``).
+Owns: the listening socket (a duplicate of systemd's, when inherited), every in-flight
+request, and the cap on open connections (``http.max_connections``, lowered to fit the
+open-file limit, which it raises at start): at it, the oldest connection that never sent
+a byte is closed to make room; if every slot carries traffic, a new connection gets an
+instant 503, except probes and webhooks, which have a few reserved slots
+(``PRIORITY_SLOTS``).
 
 Shutdown is hypercorn's own graceful path: when ``shutdown`` is set it stops accepting,
 lets in-flight requests finish for ``daemon.shutdown_grace_seconds``, then cancels them,
 and ``serve()`` returns normally (the supervisor treats that as "done", not a crash).
-Open SSE streams watch the same event and end by themselves.
+Open SSE streams watch the same event and end by themselves. Connections it accepted but
+has not read a request from yet are given a moment to send it first (hypercorn closes
+idle connections at once on shutdown), so under socket activation nothing that reached
+this process is dropped, and what it did not accept waits in systemd's socket for the
+next one.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
@@ -35,6 +44,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState, ResponseSummary, WWWScope
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
+from daemon.platform import listenfds
 from daemon.platform.config import Config
 from daemon.platform.connlimit import ConnectionCap, connection_cap, raise_fd_limit
 from daemon.platform.deps import Deps
@@ -51,6 +61,10 @@ ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus'
 # and how large they may be (hypercorn's defaults, pinned because defect 19 relies on them).
 HEADER_TIMEOUT_SECONDS = 5.0
 MAX_HEADER_BYTES = 16 * 1024
+# At shutdown, how long connections accepted just before it may take to send their first
+# bytes, and then how long hypercorn gets to parse them, before idle ones are closed.
+FIRST_BYTES_GRACE_SECONDS = 1.0
+PARSE_GRACE_SECONDS = 0.05
 
 
 # Paths whose next segment is a credential: the access line shows "***" in its place,
@@ -215,10 +229,50 @@ async def serve(
                 if others is not None:
                     raise others from None
             finally:
-                await context.terminated.set()
-                server_nursery.cancel_scope.deadline = trio.current_time() + hyper.graceful_timeout
+                try:
+                    await _let_accepted_connections_speak(cap)
+                finally:
+                    await context.terminated.set()
+                    deadline = trio.current_time() + hyper.graceful_timeout
+                    server_nursery.cancel_scope.deadline = deadline
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+async def _let_accepted_connections_speak(cap: ConnectionCap) -> None:
+    """Wait (bounded) until every accepted connection sent its first bytes, then a moment.
+
+    hypercorn closes a connection it considers idle as soon as ``terminated`` is set, and
+    a connection is idle until its request line and headers are parsed: one accepted a
+    moment before the shutdown would be closed with its request unread. Silent clients
+    (a flood, a port scan) only delay the shutdown by ``FIRST_BYTES_GRACE_SECONDS``.
+    """
+    if not cap.active and not cap.priority_active:
+        return
+    with trio.move_on_after(FIRST_BYTES_GRACE_SECONDS):
+        while cap.silent:  # noqa: ASYNC110 - no event to wait on; shutdown only
+            await trio.sleep(0.005)
+    await trio.sleep(PARSE_GRACE_SECONDS)
+
+
+def inherited_or_bound(hyper: HyperConfig, http_host: str, http_port: int) -> tuple[Sockets, bool]:
+    """systemd's sockets when it passed some (``LISTEN_FDS``), else our own on host:port;
+    and whether they are systemd's."""
+    inherited = listenfds.listening_sockets(os.environ)
+    if not inherited:
+        return listen(hyper, http_host, http_port), False
+    for sock in inherited:
+        name = repr_socket_addr(sock.family, sock.getsockname())
+        if sock.family == socket.AF_UNIX or sock.getsockname()[1] != http_port:
+            log.warning(
+                "serving on %s, the socket systemd passed (paymentd.socket ListenStream=);"
+                " http.host/http.port (%s) are not used",
+                name,
+                bind_address(http_host, http_port),
+            )
+    # No listen() here: it would shrink the backlog systemd set (Backlog=), and that
+    # queue is what holds connections while the daemon restarts.
+    return Sockets(secure_sockets=[], insecure_sockets=inherited, quic_sockets=[]), True
 
 
 def listen(hyper: HyperConfig, host: str, port: int) -> Sockets:
@@ -251,7 +305,7 @@ async def run(
         )
     app = create_app(deps, shutdown=shutdown)
     hyper = hypercorn_config(deps.config)
-    sockets = listen(hyper, http.host, http.port)
+    sockets, from_systemd = inherited_or_bound(hyper, http.host, http.port)
     try:
         async with trio.open_nursery() as nursery:
             # The URL we pass on is already accepting connections.
@@ -261,7 +315,12 @@ async def run(
             if not binds:
                 raise RuntimeError(f"hypercorn bound no socket for {hyper.bind}")
             base_url = binds[0]
-            log.info("HTTP ingress listening on %s (at most %d connections)", base_url, cap.limit)
+            log.info(
+                "HTTP ingress listening on %s (%s; at most %d connections)",
+                base_url,
+                "socket from systemd" if from_systemd else "bound itself",
+                cap.limit,
+            )
             task_status.started(base_url)
     finally:
         for sock in sockets.insecure_sockets:

@@ -10,11 +10,11 @@ import argparse
 import sys
 
 from daemon import __version__
-from daemon.cli import apikeys, network, olt, operations, secrets, service, sim, sms
+from daemon.cli import apikeys, network, olt, operations, secrets, service, sim, sms, tasks
 from daemon.cli.common import Parser, UserError
 from daemon.platform.config import ConfigError
 
-GROUPS = (service, olt, secrets, operations, sim, apikeys, network, sms)
+GROUPS = (service, olt, secrets, operations, tasks, sim, apikeys, network, sms)
 
 
 def build_parser() -> argparse.ArgumentParser:

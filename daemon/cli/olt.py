@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from daemon.cli import operator
 from daemon.cli.common import UserError, load, with_config, with_db
 from daemon.platform.config import Config
 
@@ -289,7 +290,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tst.add_argument("name")
     olt.set_defaults(fn=cmd_olt)
 
-    onu = sub.add_parser("onu", help="local overrides: which ONU serves a UISP service")
+    onu = sub.add_parser("onu", help="a service's ONU: local overrides, activate/deactivate it now")
     onu_sub = onu.add_subparsers(dest="onu_cmd", required=True, metavar="ACTION")
     s = with_config(onu_sub.add_parser("set", help="set the ONU of a service"))
     s.add_argument("service_id", type=int)
@@ -299,3 +300,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("service_id", type=int)
     with_config(onu_sub.add_parser("list", help="list overrides"))
     onu.set_defaults(fn=cmd_onu)
+    operator.register_onu_actions(onu_sub)

@@ -8,6 +8,7 @@ import json
 import uuid
 from typing import Any
 
+from daemon.cli import operator
 from daemon.cli.common import UserError, load, with_config, with_db
 
 
@@ -158,7 +159,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rp.add_argument("ids", nargs="+", type=int, metavar="ID")
     q.set_defaults(fn=cmd_queues)
 
-    u = sub.add_parser("uisp", help="stored UISP webhooks: list and replay")
+    u = sub.add_parser("uisp", help="stored UISP webhooks: list and replay; test the connection")
     u_sub = u.add_subparsers(dest="uisp_cmd", required=True, metavar="ACTION")
     ul = with_config(u_sub.add_parser("list", help="list stored webhooks, newest first"))
     ul.add_argument("--state", choices=["queued", "processed", "failed"])
@@ -167,6 +168,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ur = with_config(u_sub.add_parser("replay", help="re-run stored webhooks (any state)"))
     ur.add_argument("uuids", nargs="+", type=_uuid, metavar="UUID")
     u.set_defaults(fn=cmd_uisp)
+    operator.register_uisp_test(u_sub)
 
     j = sub.add_parser("jobs", help="periodic jobs: list, or run one now")
     j_sub = j.add_subparsers(dest="jobs_cmd", required=True, metavar="ACTION")

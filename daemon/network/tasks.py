@@ -262,7 +262,7 @@ async def fail_unfinished(tx: Conn, task_id: int, error: str) -> bool:
     return status.endswith(" 1")
 
 
-async def reset_for_retry(tx: Conn, task_id: int) -> Task:
+async def reset_for_retry(tx: Conn, task_id: int, *, by: str | None = None) -> Task:
     """Put a failed task back to queued with fresh attempts (no message sent here)."""
     row = await tx.fetchrow("SELECT state FROM reconnect_tasks WHERE id = $1 FOR UPDATE", task_id)
     if row is None:
@@ -274,14 +274,14 @@ async def reset_for_retry(tx: Conn, task_id: int) -> Task:
         " finished_at = NULL, updated_at = now() WHERE id = $1 RETURNING " + TASK_COLUMNS,
         task_id,
     )
-    await add_event(tx, task_id, "retry_requested")
+    await add_event(tx, task_id, "retry_requested", **({} if by is None else {"by": by}))
     return _task(updated)
 
 
-async def retry(db: Database, task_id: int) -> Task:
+async def retry(db: Database, task_id: int, *, by: str | None = None) -> Task:
     """Put a failed task back in the queue (admin action). Returns the updated task."""
     async with db.transaction() as tx:
-        task = await reset_for_retry(tx, task_id)
+        task = await reset_for_retry(tx, task_id, by=by)
         await queues.send(tx, QUEUE, {"task_id": task_id})
     return task
 
@@ -306,15 +306,28 @@ async def get(db: Executor, task_id: int) -> TaskDetail | None:
 
 
 async def list_recent(
-    db: Executor, *, state: str | None = None, limit: int = 50, before_id: int | None = None
+    db: Executor,
+    *,
+    state: str | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+    service_id: int | None = None,
+    olt_name: str | None = None,
+    action: str | None = None,
 ) -> list[Task]:
+    """Newest first; every filter is optional (``paymentd tasks list``, ``GET /api/v1/tasks``)."""
     rows = await db.fetch(
         f"SELECT {TASK_COLUMNS} FROM reconnect_tasks"
         " WHERE ($1::text IS NULL OR state = $1) AND ($2::bigint IS NULL OR id < $2)"
+        " AND ($4::bigint IS NULL OR service_id = $4) AND ($5::text IS NULL OR olt_name = $5)"
+        " AND ($6::text IS NULL OR action = $6)"
         " ORDER BY id DESC LIMIT $3",
         state,
         before_id,
         limit,
+        service_id,
+        olt_name,
+        action,
     )
     return [_task(r) for r in rows]
 
@@ -365,3 +378,34 @@ async def newest_id(db: Executor, service_id: int | None = None) -> int:
         service_id,
     )
     return newest
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """One ``task_events`` row, for a live tail of the whole log (``paymentd tasks follow``)."""
+
+    id: int
+    task_id: int
+    at: dt.datetime
+    kind: str
+    detail: dict[str, Any]
+
+
+async def events_after(
+    db: Executor, after_id: int, *, task_id: int | None = None, limit: int = 500
+) -> list[LoggedEvent]:
+    """History rows with an id above ``after_id``, oldest first."""
+    rows = await db.fetch(
+        "SELECT id, task_id, at, kind, detail FROM task_events"
+        " WHERE id > $1 AND ($2::bigint IS NULL OR task_id = $2) ORDER BY id LIMIT $3",
+        after_id,
+        task_id,
+        limit,
+    )
+    return [LoggedEvent(r["id"], r["task_id"], r["at"], r["kind"], r["detail"]) for r in rows]
+
+
+async def last_event_id(db: Executor) -> int:
+    """Where a tail that shows only what happens from now on starts."""
+    last: int = await db.fetchval("SELECT coalesce(max(id), 0) FROM task_events")
+    return last

@@ -166,6 +166,12 @@ class UispClient:
                 return
             offset += len(page)
 
+    async def list_services(self, *, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        """A page of every client's services (``limit``/``offset``, oldest first)."""
+        params: Params = [("limit", int(limit)), ("offset", int(offset))]
+        services: list[dict[str, Any]] = await self._get_json("/clients/services", params)
+        return services
+
     async def get_service(self, service_id: int) -> dict[str, Any]:
         service: dict[str, Any] = await self._get_json(f"/clients/services/{int(service_id)}")
         return service

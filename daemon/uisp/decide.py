@@ -151,3 +151,12 @@ async def plan_task(
         olt_name=olt_name,
         onu=onu,
     )
+
+
+async def plan_for_service(
+    db: Executor, client: uisp.UispClient, cfg: UispConfig, service_id: int, action: str
+) -> tuple[PlannedTask, dict[str, Any]]:
+    """The task a webhook about this service would plan, and the service as UISP has it
+    now (``paymentd onu activate|deactivate``: the same ONU location and contact)."""
+    service = await client.get_service(service_id)
+    return await plan_task(db, client, cfg, service, action), service
