@@ -42,6 +42,7 @@ from daemon.platform.http.problem import (
 from daemon.platform.http.requestid import RequestIdMiddleware
 from daemon.platform.http.slowclients import BODY_TIMEOUT_SECONDS, ShieldFinalSend
 from daemon.uisp import intake
+from daemon.webhooks import catalog
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,15 @@ class Provider(OpenAPIProvider):
 
     def schema(self) -> dict[str, Any]:
         if self._document is None:
-            self._document = super().schema()
+            document = super().schema()
+            # What we send (OpenAPI 3.1 ``webhooks``): one operation per event type.
+            document["webhooks"], events = catalog.openapi()
+            schemas = document["components"]["schemas"]
+            clash = [name for name in events if schemas.get(name, events[name]) != events[name]]
+            if clash:
+                raise RuntimeError(f"two different schemas are named {clash[0]!r}")
+            schemas.update(events)
+            self._document = document
         return self._document
 
     def build_paths(self, rule: Any) -> tuple[dict[str, Any], dict[str, Any]]:

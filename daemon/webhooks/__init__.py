@@ -1,0 +1,1 @@
+"""Outbound webhooks: endpoints, deliveries, the dispatcher and their admin API."""
