@@ -103,12 +103,14 @@ def _model_name(event_type: str) -> str:
 @cache
 def envelope(event_type: str) -> type[BaseModel]:
     """The body of a ``event_type`` delivery, as a model (validates ``Event.payload()``)."""
+    # One literal per type, so the schema says which type this body carries.
+    literal: Any = Literal[event_type]
     model: type[BaseModel] = create_model(
         _model_name(event_type),
         __doc__=outbox.EVENT_TYPES[event_type],
         __config__=ConfigDict(extra="forbid"),
         id=(str, Field(pattern=r"^evt_[0-9a-f]{32}$", description="same on every retry")),
-        type=(Literal[event_type], ...),  # type: ignore[valid-type]
+        type=(literal, ...),
         timestamp=(dt.datetime, Field(description="when the change happened (UTC)")),
         data=(data_model(event_type), ...),
     )
