@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
@@ -34,6 +34,8 @@ from daemon.platform.scheduler import Job
 from daemon.platform.secrets import SecretBox
 from daemon.uisp import process, webhooks
 from daemon.uisp.client import UispClient
+from daemon.webhooks import fanout
+from daemon.webhooks.timing import Doorbell, SystemClock
 
 D = TypeVar("D")
 
@@ -47,6 +49,8 @@ class Resources:
     pool: OltPool
     uisp: UispClient
     sms_provider: SmsProvider | None
+    # Rung by the outbox fan-out when deliveries were added; the webhook dispatcher waits on it.
+    webhook_doorbell: Doorbell = field(default_factory=Doorbell)
 
     @property
     def config(self) -> Config:
@@ -104,6 +108,10 @@ def _sms_deps(r: Resources) -> delivery.SmsDeps:
     )
 
 
+def _fanout_deps(r: Resources) -> fanout.FanoutDeps:
+    return fanout.FanoutDeps(r.db, r.webhook_doorbell, SystemClock())
+
+
 QUEUES: tuple[QueueDecl[Any], ...] = (
     QueueDecl(
         webhooks.QUEUE,
@@ -132,6 +140,15 @@ QUEUES: tuple[QueueDecl[Any], ...] = (
         on_poison=delivery.on_poison,
         on_replay=delivery.on_replay,
         description="SMS to customers → the SMS provider",
+    ),
+    QueueDecl(
+        fanout.QUEUE,
+        fanout.handle,
+        _fanout_deps,
+        concurrency=4,
+        on_poison=fanout.on_poison,
+        on_replay=fanout.on_replay,
+        description="emitted events → one webhook delivery per matching endpoint",
     ),
 )
 QUEUE_NAMES: tuple[str, ...] = tuple(q.name for q in QUEUES)
@@ -181,6 +198,7 @@ def retention_targets() -> list[retention.Target]:
         retention.Target("uisp_webhooks", "received_at", "state <> 'queued'"),
         retention.Target("task_events", "at"),
         retention.Target("failed_messages", "failed_at"),
+        retention.Target("webhook_attempts", "started_at"),
     ]
     targets += [retention.Target(f"pgmq.a_{q}", "archived_at") for q in QUEUE_NAMES]
     return targets
