@@ -60,7 +60,10 @@ class EndpointDisabled(BaseModel):
 
     endpoint_id: str
     url: str
-    reason: str = Field(description="410 Gone, or how long it only failed")
+    reason: Literal["gone", "failing"] = Field(
+        description="gone: it answered 410; failing: it only failed for too long"
+    )
+    detail: str
 
 
 class WebhookTest(BaseModel):

@@ -210,6 +210,18 @@ async def add_callback(
     return delivery_id
 
 
+async def add_for_endpoint(tx: Conn, event_id: str, endpoint_id: str) -> int:
+    """A delivery of ``event_id`` to this endpoint only, due now (the test ping), whatever
+    its filters. Call in the transaction that emitted the event (its outbox message wakes
+    the dispatcher)."""
+    delivery_id: int = await tx.fetchval(
+        "INSERT INTO webhook_deliveries (event_id, endpoint_id) VALUES ($1, $2) RETURNING id",
+        event_id,
+        endpoint_id,
+    )
+    return delivery_id
+
+
 async def fan_out(tx: Conn, event_id: str, event_type: str, now: dt.datetime) -> int:
     """One delivery of the event per enabled endpoint whose filters take its type, due at
     ``now``. Idempotent: a second call adds only what is missing. Returns how many."""

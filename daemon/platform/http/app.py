@@ -42,6 +42,7 @@ from daemon.platform.http.problem import (
 from daemon.platform.http.requestid import RequestIdMiddleware
 from daemon.platform.http.slowclients import BODY_TIMEOUT_SECONDS, ShieldFinalSend
 from daemon.uisp import intake
+from daemon.webhooks import api as webhooks_api
 from daemon.webhooks import catalog
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     app.register_blueprint(intake.blueprint(deps))
     app.register_blueprint(admin.blueprint(deps, stop))
     app.register_blueprint(operations.blueprint(deps))
+    app.register_blueprint(webhooks_api.blueprint(deps))
     app.register_blueprint(health.blueprint(deps))
     _register_error_handlers(app)
     # Outermost: the request id, so even the shielded final send carries it.
