@@ -19,7 +19,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import trio
 
-from daemon.actors import listener, queue_consumer, scheduler
+from daemon.actors import listener, queue_consumer, scheduler, webhook_dispatcher
 from daemon.actors.olt_pool import OltPool, OltPoolSettings
 from daemon.network import devices, reconnect, tasks
 from daemon.notifications import delivery, messages
@@ -168,7 +168,8 @@ class ActorDecl:
 
 def worker_actors(res: Resources, url: str, wakeups: Wakeups, stop: trio.Event) -> list[ActorDecl]:
     """The actors that run under the instance lock: the listener, one consumer per
-    declared queue, the scheduler. (The OLT pool and the HTTP ingress run outside it.)"""
+    declared queue, the webhook dispatcher, the scheduler. (The OLT pool and the HTTP
+    ingress run outside it.)"""
     cfg, deps = res.config, res.deps
     listen = listener.ListenerDeps(
         url,
@@ -187,6 +188,12 @@ def worker_actors(res: Resources, url: str, wakeups: Wakeups, stop: trio.Event) 
         actors.append(
             ActorDecl(f"consumer:{decl.name}", partial(queue_consumer.run, consumer), "stop")
         )
+    dispatch = webhook_dispatcher.DispatcherDeps(
+        res.db, res.box, cfg.webhooks, res.webhook_doorbell, deps.metrics, stop
+    )
+    actors.append(
+        ActorDecl("webhook_dispatcher", partial(webhook_dispatcher.run, dispatch), "stop")
+    )
     sched = scheduler.SchedulerDeps(res.db, jobs(deps), deps.metrics, deps.events, stop)
     actors.append(ActorDecl("scheduler", partial(scheduler.run, sched), "stop"))
     return actors
