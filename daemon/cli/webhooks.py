@@ -164,7 +164,7 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
         return 0
     if action == "rotate-secret":
         box = load_keyring(cfg.secrets)
-        overlap = endpoints.DEFAULT_OVERLAP_SECONDS if args.overlap is None else args.overlap
+        overlap = cfg.webhooks.secret_overlap_seconds if args.overlap is None else args.overlap
         if overlap < 0:
             raise UserError("--overlap: give 0 or more seconds")
         secret = _read_secret(args.secret_file)
@@ -349,7 +349,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     rot.add_argument("id")
     rot.add_argument(
-        "--overlap", type=float, help="seconds the old secret keeps signing (default 86400)"
+        "--overlap",
+        type=float,
+        help="seconds the old secret keeps signing (default: webhooks.secret_overlap_seconds)",
     )
     rot.add_argument("--secret-file", help="read the new secret from here; - for stdin")
 

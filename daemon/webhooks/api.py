@@ -74,7 +74,9 @@ class EndpointUpdate(_Body):
 
 class RotateSecret(_Body):
     overlap_seconds: Overlap | None = Field(
-        None, description="how long the old secrets keep signing (default: the configured 24 h)"
+        None,
+        description="how long the old secrets keep signing"
+        " (default: webhooks.secret_overlap_seconds, 24 h)",
     )
     secret: StrictStr | None = Field(None, description="the new secret; generated when not given")
 
@@ -199,7 +201,7 @@ def blueprint(deps: Deps) -> Blueprint:
         return keyring[0]
 
     def overlap(given: float | None) -> float:
-        return endpoints.DEFAULT_OVERLAP_SECONDS if given is None else given
+        return deps.config.webhooks.secret_overlap_seconds if given is None else given
 
     bad: dict[int, type[BaseModel]] = {400: schema.ProblemDocument, **AUTH_PROBLEMS}
     missing: dict[int, type[BaseModel]] = {404: schema.ProblemDocument, **AUTH_PROBLEMS}
