@@ -73,7 +73,7 @@ async def test_create_shows_the_secret_once_and_never_again(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     created = await add_endpoint(
-        client, description="billing", event_types=["payment.*", "sms.sent"], max_concurrency=2
+        client, description="billing", event_types=["payment.*", "sms.sent"], max_concurrency=2.0
     )
     secret = created["secret"]
     assert secret.startswith("whsec_") and len(endpoints.secret_key(secret)) >= 24
@@ -126,6 +126,10 @@ async def test_a_given_secret_is_used_and_a_bad_one_refused(client: httpx.AsyncC
         ({"url": "https://p.example/", "event_types": []}, "event_types"),
         ({"url": "https://p.example/", "enabled": "true"}, "enabled"),
         ({"url": "https://p.example/", "max_concurrency": 0}, "max_concurrency"),
+        ({"url": "https://p.example/", "max_concurrency": "3"}, "max_concurrency"),
+        ({"url": "https://p.example/", "rate_limit_per_second": 2.5}, "rate_limit_per_second"),
+        ({"url": "https://p.example:65536/"}, "url"),
+        ({"url": "https://p.example/#top"}, "url"),
         ({"url": "https://p.example/", "colour": "blue"}, "colour"),
         ({"description": "no url"}, "url"),
     ],
@@ -135,7 +139,7 @@ async def test_bad_endpoints_are_refused_naming_the_field(
 ) -> None:
     response = await client.post(f"{BASE}/endpoints", json=body, headers=ADMIN)
     problem = assert_problem(response, 400)
-    assert problem["field"] == field, problem
+    assert problem["field"].split(".")[0] == field, problem
     assert "hunter2" not in response.text
     assert await db.fetchval("SELECT count(*) FROM webhook_endpoints") == 0
 
@@ -211,7 +215,7 @@ async def test_delete_removes_the_endpoint_and_its_deliveries(
     await failed_delivery(db, endpoint["id"])
     url = f"{BASE}/endpoints/{endpoint['id']}"
     deleted = await client.delete(url, headers=ADMIN)
-    assert deleted.status_code == 204 and deleted.content == b""
+    assert (deleted.status_code, deleted.json()) == (200, {"deleted": endpoint["id"]})
     assert_problem(await client.get(url, headers=ADMIN), 404)
     assert_problem(await client.delete(url, headers=ADMIN), 404)
     assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
@@ -308,11 +312,9 @@ async def test_recover_resends_the_failed_deliveries_since_a_time(
         == 1
     )
 
-    too_old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=15)).isoformat()
-    for bad in ({"since": too_old}, {"since": "2026-01-01T00:00:00"}, {"since": "yesterday"}, {}):
-        assert (
-            assert_problem(await client.post(url, json=bad, headers=ADMIN), 400)["field"] == "since"
-        )
+    for bad in ({"since": "2026-01-01T00:00:00"}, {"since": "yesterday"}, {"since": 0}, {}):
+        response = await client.post(url, json=bad, headers=ADMIN)
+        assert assert_problem(response, 400)["field"] == "since"
     await client.patch(f"{BASE}/endpoints/{endpoint['id']}", json={"enabled": False}, headers=ADMIN)
     assert_problem(await client.post(url, json={"since": since}, headers=ADMIN), 409)
 
@@ -350,6 +352,9 @@ async def test_deliveries_are_listed_filtered_and_paged_with_their_attempts(
     none_pending = (await client.get(f"{BASE}/deliveries?state=pending", headers=ADMIN)).json()
     assert none_pending["deliveries"] == []
     assert_problem(await client.get(f"{BASE}/deliveries?state=lost", headers=ADMIN), 400)
+    for bad_time in ("0.5", "2026-01-01T00:00:00", "2026-13-01T00:00:00Z"):
+        refused = await client.get(f"{BASE}/deliveries", params={"until": bad_time}, headers=ADMIN)
+        assert assert_problem(refused, 400)["field"] == "until"
 
     detail = (await client.get(f"{BASE}/deliveries/{mine[0]}", headers=ADMIN)).json()
     assert detail["delivery"]["id"] == mine[0] and detail["delivery"]["event_type"] == "sms.sent"

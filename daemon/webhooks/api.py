@@ -15,144 +15,39 @@ are ``daemon.webhooks.manage``, which the CLI shares.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
-from quart import Blueprint, Response, request
+from pydantic import BaseModel, ValidationError
+from quart import Blueprint, request
 from quart_schema import validate_querystring, validate_response
 
 from daemon.platform import auth
 from daemon.platform.db import BIGINT_MAX
 from daemon.platform.deps import Deps
 from daemon.platform.http import schema
-from daemon.platform.http.admin import AUTH_PROBLEMS, DEFAULT_LIMIT, MAX_LIMIT, Shape
+from daemon.platform.http.admin import AUTH_PROBLEMS
 from daemon.platform.http.problem import Problem
 from daemon.platform.secrets import Keyring, SecretKeyError, load_keyring
 from daemon.webhooks import deliveries, endpoints, manage
-from daemon.webhooks.deliveries import Attempt, Delivery
-from daemon.webhooks.endpoints import Endpoint, SigningSecret
-
-PositiveInt = Annotated[StrictInt, Field(ge=1, le=1_000_000)]
-Description = Annotated[StrictStr, Field(max_length=1000)]
-EventTypes = Annotated[list[StrictStr], Field(min_length=1, max_length=64)]
-Overlap = Annotated[float, Field(ge=0, le=30 * 86400, allow_inf_nan=False)]
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EndpointCreate(_Body):
-    url: StrictStr = Field(description="http(s), no credentials in it")
-    description: Description = ""
-    event_types: EventTypes = Field(
-        ["*"], description="exact types, 'prefix.*' wildcards or '*' (see the webhooks section)"
-    )
-    enabled: StrictBool = True
-    rate_limit_per_second: PositiveInt | None = None
-    max_concurrency: PositiveInt | None = None
-    legacy_signature: StrictBool = Field(
-        False, description="also send X-Webhook-Signature: hex HMAC-SHA256 of the body"
-    )
-    secret: StrictStr | None = Field(
-        None, description="whsec_ + base64 of >= 24 bytes; generated when not given"
-    )
-
-
-class EndpointUpdate(_Body):
-    """Only the members given change; null clears a limit."""
-
-    url: StrictStr | None = None
-    description: Description | None = None
-    event_types: EventTypes | None = None
-    enabled: StrictBool | None = None
-    rate_limit_per_second: PositiveInt | None = None
-    max_concurrency: PositiveInt | None = None
-    legacy_signature: StrictBool | None = None
-
-
-class RotateSecret(_Body):
-    overlap_seconds: Overlap | None = Field(
-        None,
-        description="how long the old secrets keep signing"
-        " (default: webhooks.secret_overlap_seconds, 24 h)",
-    )
-    secret: StrictStr | None = Field(None, description="the new secret; generated when not given")
-
-
-class Recover(_Body):
-    since: dt.datetime = Field(description="re-send failed deliveries created since (<= 14 days)")
-
-
-class EndpointQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool | None = None
-    after: str | None = Field(None, max_length=40, description="next_after of the previous page")
-    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
-
-
-class DeliveryQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    endpoint_id: str | None = Field(None, max_length=40)
-    state: deliveries.State | None = None
-    event_type: str | None = Field(None, max_length=100)
-    event_id: str | None = Field(None, max_length=40)
-    since: dt.datetime | None = Field(None, description="created at or after")
-    until: dt.datetime | None = Field(None, description="created before")
-    before_id: int | None = Field(
-        None, ge=1, le=BIGINT_MAX, description="next_before_id of the previous page"
-    )
-    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
-
-
-class EndpointOne(Shape):
-    endpoint: Endpoint
-
-
-class EndpointCreated(Shape):
-    endpoint: Endpoint
-    secret: str = Field(description="shown this once: store it to verify our signatures")
-
-
-class EndpointDetail(Shape):
-    endpoint: Endpoint
-    secrets: list[SigningSecret] = Field(description="ids and expiry; never the values")
-
-
-class EndpointPage(Shape):
-    endpoints: list[Endpoint]
-    next_after: str | None = Field(description="pass as after for the next page")
-
-
-class SecretRotated(Shape):
-    secret: str = Field(description="the new secret, shown this once")
-    secrets: list[SigningSecret]
-
-
-class TestQueued(Shape):
-    event_id: str
-    delivery: Delivery
-
-
-class Recovered(Shape):
-    recovered: int = Field(description="how many failed deliveries were put back")
-
-
-class DeliveryPage(Shape):
-    deliveries: list[Delivery]
-    next_before_id: int | None = Field(description="pass as before_id for the next page")
-
-
-class DeliveryWithAttempts(Shape):
-    delivery: Delivery
-    attempts: list[Attempt]
-
-
-class DeliveryOne(Shape):
-    delivery: Delivery
+from daemon.webhooks.shapes import (
+    Deleted,
+    DeliveryOne,
+    DeliveryPage,
+    DeliveryQuery,
+    DeliveryWithAttempts,
+    EndpointCreate,
+    EndpointCreated,
+    EndpointDetail,
+    EndpointOne,
+    EndpointPage,
+    EndpointQuery,
+    EndpointUpdate,
+    Recover,
+    Recovered,
+    RotateSecret,
+    SecretRotated,
+    TestQueued,
+)
 
 
 async def _body(model: type[schema.M]) -> schema.M:
@@ -165,7 +60,19 @@ async def _body(model: type[schema.M]) -> schema.M:
         raise exc.problem() from None
     if not isinstance(document, dict):
         raise Problem(400, "the body must be a JSON object", field="body")
-    return schema.load(model, document)
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise _validation_problem(exc) from None
+
+
+def _validation_problem(error: ValidationError) -> Problem:
+    """As ``schema.validation_problem``, without pydantic's union tags in the path
+    (``url.constrained-str`` is the member ``url``)."""
+    first = error.errors(include_url=False)[0]
+    path = [str(p) for p in first["loc"] if isinstance(p, int) or str(p).isidentifier()]
+    field = ".".join(path) if path else "body"
+    return Problem(400, f"{field}: {first['msg']}", field=field)
 
 
 def _invalid(exc: endpoints.EndpointError) -> Problem:
@@ -270,13 +177,14 @@ def blueprint(deps: Deps) -> Blueprint:
 
     @bp.delete("/endpoints/<endpoint_id>")
     @schema.declare(responses=missing)
-    async def delete_endpoint(endpoint_id: str) -> Response:
+    @validate_response(Deleted)
+    async def delete_endpoint(endpoint_id: str) -> dict[str, Any]:
         """Delete an endpoint with its secrets, deliveries and their attempts."""
         try:
             await manage.remove(deps.db, endpoint_id, by=_by())
         except manage.ManageError as exc:
             raise _problem(exc) from None
-        return Response(b"", status=204)
+        return {"deleted": endpoint_id}
 
     @bp.post("/endpoints/<endpoint_id>/rotate-secret")
     @schema.declare(request=RotateSecret, responses=body_problems)

@@ -25,8 +25,6 @@ from daemon.webhooks.endpoints import Endpoint, SigningSecret
 log = logging.getLogger(__name__)
 
 _ENDPOINT_ID = re.compile(r"ep_[0-9a-f]{24}")
-# Svix keeps recovery to two weeks; older failures are better re-sent deliberately.
-MAX_RECOVER_DAYS = 14
 TEST_MESSAGE = "A test event from paymentd: this endpoint is reachable and verifies signatures."
 
 
@@ -150,9 +148,6 @@ async def recover(db: Database, endpoint_id: str, since: dt.datetime, *, by: str
     if since.tzinfo is None:
         raise ManageError(400, "since: give a time zone (e.g. 2026-01-31T12:00:00Z)", "since")
     async with db.transaction() as tx:
-        now: dt.datetime = await tx.fetchval("SELECT now()")
-        if since < now - dt.timedelta(days=MAX_RECOVER_DAYS):
-            raise ManageError(400, f"since: at most {MAX_RECOVER_DAYS} days ago", "since")
         endpoint = await endpoints.get(tx, _check_id(endpoint_id))
         if endpoint is None:
             raise endpoint_missing(endpoint_id)

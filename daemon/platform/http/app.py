@@ -42,7 +42,6 @@ from daemon.platform.http.problem import (
 from daemon.platform.http.requestid import RequestIdMiddleware
 from daemon.platform.http.slowclients import BODY_TIMEOUT_SECONDS, ShieldFinalSend
 from daemon.uisp import intake
-from daemon.webhooks import api as webhooks_api
 from daemon.webhooks import catalog
 
 log = logging.getLogger(__name__)
@@ -87,6 +86,10 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     app.register_blueprint(intake.blueprint(deps))
     app.register_blueprint(admin.blueprint(deps, stop))
     app.register_blueprint(operations.blueprint(deps))
+    # Imported here: the webhook routes use this package's shapes (admin.Shape), so a
+    # module-level import would make importing them first a circular import.
+    from daemon.webhooks import api as webhooks_api
+
     app.register_blueprint(webhooks_api.blueprint(deps))
     app.register_blueprint(health.blueprint(deps))
     _register_error_handlers(app)
