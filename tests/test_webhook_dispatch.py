@@ -47,7 +47,7 @@ async def test_deliveries_verify_with_standardwebhooks_and_every_attempt_is_logg
     with trio.fail_after(30):
         async with dispatcher(db) as d:
             ep, secret = await d.endpoint(rx.url(), event_types=["payment.*"])
-            legacy, legacy_secret = await d.endpoint(rx.url("/legacy"), legacy_signature=True)
+            _, legacy_secret = await d.endpoint(rx.url("/legacy"), legacy_signature=True)
             event = await d.emit("payment.succeeded", {"id": "pay_1", "amount": 1250})
             await d.emit("sms.sent", {"task_id": 1})  # only the legacy endpoint takes it
             await rx.wait_for(1, "/hook")

@@ -130,5 +130,5 @@ async def attempts_of(db: Database, delivery_id: int | None = None) -> list[dict
 
 async def wait_until(what: str, check: Any, seconds: float = 30) -> None:
     with trio.fail_after(seconds):
-        while not await check():
+        while not await check():  # noqa: ASYNC110 - polls the database
             await trio.sleep(0.02)
