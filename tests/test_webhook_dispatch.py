@@ -16,6 +16,7 @@ import trio
 from standardwebhooks import Webhook
 
 from daemon.fakes.webhook_receiver import Answer, Received, WebhookReceiver
+from daemon.platform import outbox
 from daemon.platform.db import Database
 from daemon.webhooks import deliveries, endpoints
 from tests.webhook_harness import BOX, ManualClock, attempts_of, dispatcher, wait_until
@@ -47,7 +48,7 @@ async def test_deliveries_verify_with_standardwebhooks_and_every_attempt_is_logg
     with trio.fail_after(30):
         async with dispatcher(db) as d:
             ep, secret = await d.endpoint(rx.url(), event_types=["payment.*"])
-            legacy, legacy_secret = await d.endpoint(rx.url("/legacy"), legacy_signature=True)
+            _, legacy_secret = await d.endpoint(rx.url("/legacy"), legacy_signature=True)
             event = await d.emit("payment.succeeded", {"id": "pay_1", "amount": 1250})
             await d.emit("sms.sent", {"task_id": 1})  # only the legacy endpoint takes it
             await rx.wait_for(1, "/hook")
@@ -242,8 +243,10 @@ async def test_a_hanging_endpoint_does_not_delay_a_healthy_one(
     async with dispatcher(db, timeout_seconds=60, lease_seconds=120) as d:
         good, secret = await d.endpoint(healthy.url())
         bad, _ = await d.endpoint(stuck.url())
-        for i in range(100):
-            await d.emit("payment.succeeded", {"n": i})
+        async with db.transaction() as tx:
+            for i in range(100):
+                await outbox.emit(tx, "payment.succeeded", {"n": i})
+        await d.fan_out()
         with trio.fail_after(50):
             got = await healthy.wait_for(100)
         # The hanging endpoint holds its own slots (4) and nothing else.

@@ -45,6 +45,9 @@ from daemon.webhooks.timing import Doorbell, SystemClock, WallClock
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 100
+# Decrypted signing secrets are reused this long (and never past an expiry): a rotation
+# reaches the signatures within it, and a busy endpoint costs no query per delivery.
+SECRETS_CACHE_SECONDS = 1.0
 
 
 @dataclass
@@ -114,6 +117,7 @@ class Dispatcher:
         self.held: Counter[str] = Counter()  # target -> deliveries this process is sending
         self.in_flight = 0
         self.buckets: dict[str, _Bucket] = {}
+        self._secrets: dict[str | None, tuple[dt.datetime, list[str]]] = {}
         self.idle = trio.Event()  # set while nothing is in flight (shutdown waits on it)
         self.idle.set()
 
@@ -176,16 +180,22 @@ class Dispatcher:
         self.idle = trio.Event() if self.idle.is_set() else self.idle
         nursery.start_soon(self._deliver, c)
 
-    async def _deliver(self, c: Claimed) -> None:
+    async def _deliver(self, first: Claimed) -> None:
+        c: Claimed | None = first
         try:
-            await self._attempt(c)
+            # A slot stays with its target while the target has due work (each next one
+            # is leased in the transaction that records the previous outcome), unless
+            # the global bound is reached: then it goes back to the loop's fair claim.
+            while c is not None:
+                c = await self._attempt(c)
         except Exception:
             # The lease lapses and the delivery is tried again then; never lost.
+            assert c is not None
             log.exception("webhook delivery %d: attempt %d crashed", c.id, c.attempt)
         finally:
-            self.held[c.target] -= 1
-            if self.held[c.target] <= 0:
-                del self.held[c.target]
+            self.held[first.target] -= 1
+            if self.held[first.target] <= 0:
+                del self.held[first.target]
             self.in_flight -= 1
             if self.in_flight == 0:
                 self.idle.set()
@@ -193,7 +203,9 @@ class Dispatcher:
             # Rings coalesce: a burst of finishes costs one claim.
             self.deps.doorbell.ring()
 
-    async def _attempt(self, c: Claimed) -> None:
+    async def _attempt(self, c: Claimed) -> Claimed | None:
+        """One attempt; returns the target's next due delivery, leased, if this slot
+        should carry on with it."""
         deps, cfg = self.deps, self.cfg
         now = deps.clock.now()
         if c.rate_limit_per_second:
@@ -203,11 +215,11 @@ class Dispatcher:
             wait = bucket.take(now)
             if wait > 0:
                 await deliveries.defer(deps.db, c, now + dt.timedelta(seconds=wait))
-                return
-        secrets = await endpoints.active_secrets(deps.db, deps.box, c.signing_endpoint_id, now)
+                return None
+        secrets = await self._signing_secrets(c.signing_endpoint_id, now)
         if not secrets and c.endpoint_id is None:
             # A callback whose signing endpoint is gone: the daemon-wide secret signs it.
-            secrets = await endpoints.active_secrets(deps.db, deps.box, None, now)
+            secrets = await self._signing_secrets(None, now)
         body = json.dumps(c.payload(), separators=(",", ":")).encode()
         started = deps.clock.now()
         if not secrets:
@@ -226,9 +238,26 @@ class Dispatcher:
                 total_seconds=cfg.timeout_seconds,
                 max_body=cfg.response_body_max_bytes,
             )
-        await self._record(c, started, exchange)
+        return await self._record(c, started, exchange)
 
-    async def _record(self, c: Claimed, started: dt.datetime, ex: sender.Exchange) -> None:
+    async def _signing_secrets(self, signer: str | None, now: dt.datetime) -> list[str]:
+        cached = self._secrets.get(signer)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        secrets, changes_at = await endpoints.signing_secrets(
+            self.deps.db, self.deps.box, signer, now
+        )
+        valid_until = now + dt.timedelta(seconds=SECRETS_CACHE_SECONDS)
+        if changes_at is not None:
+            valid_until = min(valid_until, changes_at)
+        if len(self._secrets) > 10_000:
+            self._secrets.clear()  # bounded: endpoints come and go
+        self._secrets[signer] = (valid_until, secrets)
+        return secrets
+
+    async def _record(
+        self, c: Claimed, started: dt.datetime, ex: sender.Exchange
+    ) -> Claimed | None:
         deps = self.deps
         now = deps.clock.now()
         gone = ex.status_code == 410
@@ -259,6 +288,20 @@ class Dispatcher:
             ex.body,
             ex.truncated,
         )
+        if ex.ok:
+            ours, carry_on = await deliveries.succeed_and_take_next(
+                deps.db,
+                c,
+                record,
+                now,
+                take_next=self.in_flight < self.cfg.max_in_flight and not deps.stop.is_set(),
+                lease_seconds=self.cfg.lease_seconds,
+            )
+            if not ours:
+                outcome = "lost_lease"
+                log.warning("webhook delivery %d: lease lost during attempt %d", c.id, c.attempt)
+            deps.metrics.webhook_attempts.labels(outcome).inc()
+            return carry_on
         async with deps.db.transaction() as tx:
             if not await deliveries.finish(tx, c, record, state=state, next_attempt_at=next_at):
                 outcome = "lost_lease"
@@ -277,12 +320,13 @@ class Dispatcher:
                         f"only failed attempts since {since.isoformat()}",
                     )
         deps.metrics.webhook_attempts.labels(outcome).inc()
-        if not ex.ok:
-            log.info(
-                "webhook delivery %d to %s: attempt %d failed (%s)%s",
-                c.id,
-                c.endpoint_id or "callback",
-                c.attempt,
-                record.error,
-                f"; next in {delay:.0f} s" if delay is not None else "; giving up",
-            )
+        log.info(
+            "webhook delivery %d to %s: attempt %d failed (%s)%s",
+            c.id,
+            c.endpoint_id or "callback",
+            c.attempt,
+            record.error,
+            f"; next in {delay:.0f} s" if delay is not None else "; giving up",
+        )
+        # A failing target gets no extra turn: its slot goes back to the loop.
+        return None

@@ -267,6 +267,24 @@ class Claimed:
         ).payload()
 
 
+# What a claim returns, from the CTE ``leased`` (the rows just leased).
+_CLAIMED = (
+    "SELECT l.id, l.attempts + 1 AS attempt, l.event_id, e.type AS event_type,"
+    " e.occurred_at, e.data, l.endpoint_id, coalesce(p.url, l.target_url) AS url,"
+    " CASE WHEN l.endpoint_id IS NULL THEN l.signing_endpoint_id ELSE l.endpoint_id END"
+    "   AS signing_endpoint_id,"
+    " coalesce(p.legacy_signature, false) AS legacy_signature, p.rate_limit_per_second,"
+    " l.leased_until"
+    " FROM leased l JOIN events e ON e.id = l.event_id"
+    " LEFT JOIN webhook_endpoints p ON p.id = l.endpoint_id"
+    " ORDER BY l.next_attempt_at, l.id"
+)
+
+
+def _claimed(row: Any) -> Claimed:
+    return Claimed(**{**dict(row), "data": dict(row["data"])})
+
+
 async def claim(
     db: Executor,
     now: dt.datetime,
@@ -311,23 +329,97 @@ async def claim(
         # Re-checked on the locked row: another dispatcher may have claimed it meanwhile.
         "   AND w.next_attempt_at <= $1"
         "  RETURNING w.*"
-        ")"
-        " SELECT l.id, l.attempts + 1 AS attempt, l.event_id, e.type AS event_type,"
-        "  e.occurred_at, e.data, l.endpoint_id, coalesce(p.url, l.target_url) AS url,"
-        "  CASE WHEN l.endpoint_id IS NULL THEN l.signing_endpoint_id ELSE l.endpoint_id END"
-        "    AS signing_endpoint_id,"
-        "  coalesce(p.legacy_signature, false) AS legacy_signature, p.rate_limit_per_second,"
-        "  l.leased_until"
-        " FROM leased l JOIN events e ON e.id = l.event_id"
-        " LEFT JOIN webhook_endpoints p ON p.id = l.endpoint_id"
-        " ORDER BY l.next_attempt_at, l.id",
+        f") {_CLAIMED}",
         now,
         limit,
         float(lease_seconds),
         default_concurrency,
         held,
     )
-    return [Claimed(**{**dict(r), "data": dict(r["data"])}) for r in rows]
+    return [_claimed(r) for r in rows]
+
+
+async def succeed_and_take_next(
+    db: Executor,
+    c: Claimed,
+    record: AttemptRecord,
+    now: dt.datetime,
+    *,
+    take_next: bool,
+    lease_seconds: float,
+) -> tuple[bool, Claimed | None]:
+    """The common case in one statement (one round trip, atomic): log a successful
+    attempt, mark the delivery succeeded if the lease is still ours, end the endpoint's
+    failure run, and lease the target's next due delivery (``take_next``). Returns
+    (whether the lease was ours, the next delivery or None)."""
+    row = await db.fetchrow(
+        "WITH fin AS ("
+        "  UPDATE webhook_deliveries SET state = 'succeeded', attempts = attempts + 1,"
+        "   next_attempt_at = NULL, leased_until = NULL, last_attempt_at = $3,"
+        "   last_status_code = $4, last_error = NULL, updated_at = now(), finished_at = now()"
+        "  WHERE id = $1 AND leased_until = $2 AND state = 'pending' RETURNING id"
+        "), att AS ("
+        f"  INSERT INTO webhook_attempts ({_ATTEMPT_COLUMNS.removeprefix('id, ')})"
+        "  VALUES ($1, $5, $3, $6, $7, $8, $4, NULL, $9, $10) RETURNING id"
+        "), ep AS ("
+        "  UPDATE webhook_endpoints SET failing_since = NULL"
+        "  WHERE id = $11 AND failing_since IS NOT NULL AND EXISTS (SELECT 1 FROM fin)"
+        "  RETURNING id"
+        "), nxt AS ("
+        "  SELECT id FROM webhook_deliveries"
+        "  WHERE $12 AND EXISTS (SELECT 1 FROM fin)"
+        "   AND coalesce(endpoint_id, target_url) = $13 AND state = 'pending'"
+        "   AND next_attempt_at <= $14"
+        "  ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"
+        "), leased AS ("
+        "  UPDATE webhook_deliveries w"
+        "  SET leased_until = $14 + make_interval(secs => $15::float8),"
+        "      next_attempt_at = $14 + make_interval(secs => $15::float8), updated_at = now()"
+        "  FROM nxt WHERE w.id = nxt.id"
+        "  RETURNING w.*"
+        "), claimed AS ("
+        f"  {_CLAIMED}"
+        ")"
+        # (att and ep run whether or not they are read: data-modifying CTEs always do.)
+        " SELECT (SELECT count(*) FROM fin) AS finished, claimed.*"
+        " FROM (SELECT 1) one LEFT JOIN claimed ON true",
+        c.id,
+        c.leased_until,
+        record.started_at,
+        record.status_code,
+        c.attempt,
+        record.duration_ms,
+        record.url,
+        record.address,
+        record.response_body,
+        record.response_truncated,
+        c.endpoint_id,
+        take_next,
+        c.target,
+        now,
+        float(lease_seconds),
+    )
+    assert row is not None
+    finished = bool(row["finished"])
+    if row["id"] is None:
+        return finished, None
+    return finished, _claimed({k: row[k] for k in _CLAIMED_FIELDS})
+
+
+_CLAIMED_FIELDS = (
+    "id",
+    "attempt",
+    "event_id",
+    "event_type",
+    "occurred_at",
+    "data",
+    "endpoint_id",
+    "url",
+    "signing_endpoint_id",
+    "legacy_signature",
+    "rate_limit_per_second",
+    "leased_until",
+)
 
 
 async def next_due(db: Executor, after: dt.datetime) -> dt.datetime | None:

@@ -435,6 +435,23 @@ async def active_secrets(
     return [box.decrypt(r["secret_enc"], aad=secret_aad(r["id"])) for r in rows]
 
 
+async def signing_secrets(
+    db: Executor, box: Keyring, endpoint_id: str | None, now: dt.datetime
+) -> tuple[list[str], dt.datetime | None]:
+    """``active_secrets`` at ``now``, plus when that set next changes by itself (the
+    earliest expiry among them; None: not until someone rotates), for caching."""
+    rows = await db.fetch(
+        "SELECT id, secret_enc, expires_at FROM webhook_secrets"
+        " WHERE endpoint_id IS NOT DISTINCT FROM $1"
+        " AND (expires_at IS NULL OR expires_at > $2) ORDER BY id DESC",
+        endpoint_id,
+        now,
+    )
+    expiries = [r["expires_at"] for r in rows if r["expires_at"] is not None]
+    secrets = [box.decrypt(r["secret_enc"], aad=secret_aad(r["id"])) for r in rows]
+    return secrets, min(expiries, default=None)
+
+
 async def ensure_callback_secret(tx: Conn, box: Keyring) -> None:
     """Create the daemon-wide callback secret if there is none (idempotent)."""
     await tx.execute("SELECT pg_advisory_xact_lock(hashtext('webhook_callback_secret'))")

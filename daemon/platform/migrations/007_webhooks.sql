@@ -81,6 +81,10 @@ CREATE UNIQUE INDEX webhook_deliveries_event_target
 -- The dispatcher's timer and claim: the earliest due pending deliveries.
 CREATE INDEX webhook_deliveries_due
     ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
+-- A sender that just finished takes the next due delivery of the same target.
+CREATE INDEX webhook_deliveries_target_due
+    ON webhook_deliveries (coalesce(endpoint_id, target_url), next_attempt_at)
+    WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
 CREATE INDEX webhook_deliveries_state ON webhook_deliveries (state, id);
 CREATE INDEX webhook_deliveries_event ON webhook_deliveries (event_id);
