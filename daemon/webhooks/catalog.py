@@ -151,7 +151,8 @@ SIGNATURE_HEADERS: list[dict[str, Any]] = [
         "name": "X-Webhook-Signature",
         "in": "header",
         "required": False,
-        "description": "legacy mode only: hex HMAC-SHA256 of the body with the current secret",
+        "description": "legacy mode only: hex HMAC-SHA256 of the body, keyed with the newest"
+        " secret as given (the whole whsec_ text)",
         "schema": {"type": "string"},
     },
 ]
