@@ -73,7 +73,11 @@ async def test_create_shows_the_secret_once_and_never_again(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     created = await add_endpoint(
-        client, description="billing", event_types=["payment.*", "sms.sent"], max_concurrency=2.0
+        client,
+        url="https://partner.example/hooks?token=url-token",
+        description="billing",
+        event_types=["payment.*", "sms.sent"],
+        max_concurrency=2.0,
     )
     secret = created["secret"]
     assert secret.startswith("whsec_") and len(endpoints.secret_key(secret)) >= 24
@@ -96,6 +100,7 @@ async def test_create_shows_the_secret_once_and_never_again(
     key_part = secret.removeprefix("whsec_")
     for text in (listed.text, one.text, caplog.text):
         assert key_part not in text
+    assert "created by the admin token" in caplog.text and "url-token" not in caplog.text
     # Stored under the keyring, never in the clear; it decrypts to what was shown.
     stored = await db.fetchval("SELECT secret_enc FROM webhook_secrets")
     assert key_part not in stored

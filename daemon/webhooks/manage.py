@@ -14,6 +14,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from daemon.platform import outbox
 from daemon.platform.db import Database
@@ -69,7 +70,9 @@ async def create(db: Database, box: Keyring, *, by: str, **fields: Any) -> tuple
     """A new endpoint and its secret (the only time the secret is returned)."""
     async with db.transaction() as tx:
         endpoint, secret = await endpoints.create(tx, box, **fields)
-    log.info("webhook endpoint %s (%s) created by %s", endpoint.id, endpoint.url, by)
+    # The host only: partners sometimes put a token in the URL's path or query.
+    host = urlsplit(endpoint.url).hostname
+    log.info("webhook endpoint %s (host %s) created by %s", endpoint.id, host, by)
     return endpoint, secret
 
 
