@@ -14,11 +14,14 @@ from daemon.notifications import messages
 from daemon.platform import outbox
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
-from daemon.webhooks import catalog
+from daemon.platform.secrets import Keyring
+from daemon.webhooks import catalog, endpoints, manage
 from tests.http_fixtures import (
     deps_fixture,  # noqa: F401 (the "deps" fixture)
     serving,
 )
+
+BOX = Keyring(bytes(range(32)))
 
 
 @pytest.fixture
@@ -108,12 +111,18 @@ async def test_the_events_the_stores_emit_match_the_document(
         sms = await messages.queue_for_task(tx, ok, "+34 600 111 222", "hi", "labsmobile")
         assert sms is not None
         await messages.finish(tx, sms, "sent", None, "labsmobile", "ref-1")
+        gone, _secret = await endpoints.create(tx, BOX, url="https://gone.example/")
+        assert await endpoints.disable(tx, gone.id, "gone", "HTTP 410")
+        pinged, _secret = await endpoints.create(tx, BOX, url="https://ping.example/")
+    await manage.send_test(db, pinged.id, by="a test")
     ids = [r["id"] for r in await db.fetch("SELECT id FROM events ORDER BY seq")]
     emitted = [await outbox.get(db, event_id) for event_id in ids]
     assert [e.type for e in emitted if e] == [
         "reconnection.succeeded",
         "disconnection.failed",
         "sms.sent",
+        "endpoint.disabled",
+        "webhook.test",
     ]
     for event in emitted:
         assert event is not None
