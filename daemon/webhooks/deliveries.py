@@ -157,7 +157,8 @@ async def get_detail(db: Executor, delivery_id: int) -> DeliveryDetail | None:
 
 async def retry_now(tx: Conn, delivery_id: int) -> Delivery:
     """Send again now, whatever its state (a succeeded one is sent once more: the operator
-    asked). A delivery being sent right now keeps its lease: it is retried after it."""
+    asked). A delivery being sent right now is left to that attempt (its lease and its
+    outcome stand); retry it again once it is recorded."""
     row = await tx.fetchrow(
         "UPDATE webhook_deliveries SET state = 'pending', finished_at = NULL,"
         " next_attempt_at = CASE WHEN leased_until > now() THEN next_attempt_at ELSE now() END,"
