@@ -103,6 +103,12 @@ async def test_disabling_fails_pending_deliveries_and_announces_it(db: Database)
     assert d.state == "failed" and d.next_attempt_at is None
     disabled = await db.fetchrow("SELECT type, data FROM events WHERE type = 'endpoint.disabled'")
     assert disabled["data"]["endpoint_id"] == ep.id and disabled["data"]["reason"] == "gone"
+    # A disabled endpoint's deliveries are not retried until it is enabled again.
+    async with db.transaction() as tx:
+        with pytest.raises(deliveries.EndpointDisabled):
+            await deliveries.retry_now(tx, d.id)
+        with pytest.raises(deliveries.EndpointDisabled):
+            await deliveries.recover(tx, ep.id, d.created_at)
     # recover puts failed ones back; enabling clears the reason
     async with db.transaction() as tx:
         again = await endpoints.update(tx, ep.id, enabled=True)
