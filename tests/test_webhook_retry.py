@@ -265,3 +265,26 @@ async def test_an_operator_retry_wakes_the_dispatcher_through_the_outbox_queue(
 async def _all_in(db: Database, state: str) -> bool:
     rows = await deliveries.list_deliveries(db)
     return bool(rows) and all(r.state == state for r in rows)
+
+
+async def test_a_test_ping_goes_to_the_one_endpoint_asked(
+    db: Database, nursery: trio.Nursery
+) -> None:
+    rx = await _receiver(nursery, lambda r: _ok())
+    async with dispatcher(db) as d:
+        with trio.fail_after(30):
+            target, secret = await d.endpoint(rx.url("/asked"))
+            await d.endpoint(rx.url("/other"))  # takes "*", yet gets no ping
+            async with db.transaction() as tx:
+                event, _ = await deliveries.send_test(tx, target.id)
+            await d.fan_out()
+            [ping] = await rx.wait_for(1)
+            await wait_until("recorded", partial(_all_in, db, "succeeded"))
+    assert ping.path == "/asked"
+    payload = Webhook(secret).verify(ping.body, ping.headers)
+    assert payload["type"] == "webhook.test" and payload["id"] == event.id
+    assert len(await deliveries.list_deliveries(db)) == 1
+    async with db.transaction() as tx:
+        await endpoints.update(tx, target.id, enabled=False)
+        with pytest.raises(deliveries.EndpointDisabled):
+            await deliveries.send_test(tx, target.id)

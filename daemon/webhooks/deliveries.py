@@ -228,9 +228,37 @@ async def add_callback(
     return delivery_id
 
 
+# Sent only where asked (``send_test``), never fanned out by filters.
+DIRECTED_TYPES = ("webhook.test",)
+
+
+async def send_test(tx: Conn, endpoint_id: str) -> tuple[outbox.Event, int]:
+    """``POST …/endpoints/{id}/test``: a ``webhook.test`` event for this endpoint only.
+    Returns the event and its delivery's id; the dispatcher is woken by the event's
+    outbox message. ``LookupError``: no such endpoint; ``EndpointDisabled``: enable it
+    first (a disabled endpoint is sent nothing)."""
+    enabled = await tx.fetchval("SELECT enabled FROM webhook_endpoints WHERE id = $1", endpoint_id)
+    if enabled is None:
+        raise LookupError(endpoint_id)
+    if not enabled:
+        raise EndpointDisabled(endpoint_id)
+    event = await outbox.emit(
+        tx, "webhook.test", {"endpoint_id": endpoint_id}, subject=f"endpoint:{endpoint_id}"
+    )
+    delivery_id: int = await tx.fetchval(
+        "INSERT INTO webhook_deliveries (event_id, endpoint_id) VALUES ($1, $2) RETURNING id",
+        event.id,
+        endpoint_id,
+    )
+    return event, delivery_id
+
+
 async def fan_out(tx: Conn, event_id: str, event_type: str, now: dt.datetime) -> int:
     """One delivery of the event per enabled endpoint whose filters take its type, due at
-    ``now``. Idempotent: a second call adds only what is missing. Returns how many."""
+    ``now``. Idempotent: a second call adds only what is missing. Returns how many.
+    ``DIRECTED_TYPES`` are not fanned out (their deliveries are made by who emits them)."""
+    if event_type in DIRECTED_TYPES:
+        return 0
     status = await tx.execute(
         "INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at)"
         f" SELECT $2, id, $3 FROM webhook_endpoints WHERE enabled AND {MATCH_SQL}"
