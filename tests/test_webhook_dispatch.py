@@ -302,3 +302,15 @@ async def test_a_trickled_answer_is_cut_at_the_exchange_deadline(
     assert 1000 <= attempt["duration_ms"] < 5000
     [delivery] = await deliveries.list_deliveries(db)
     assert delivery.state == "succeeded"
+
+
+async def test_a_receivers_cookie_is_not_sent_back(db: Database, nursery: trio.Nursery) -> None:
+    rx = await receiver(nursery, lambda r: _answer(200, headers=[("set-cookie", "s=1; Path=/")]))
+    with trio.fail_after(30):
+        async with dispatcher(db) as d:
+            await d.endpoint(rx.url())
+            await d.emit("sms.sent", {})
+            await rx.wait_for(1)
+            await d.emit("sms.sent", {})
+            await rx.wait_for(2)
+    assert all("cookie" not in r.headers for r in rx.received)

@@ -21,6 +21,7 @@ everyone else's deliveries are claimed around it. Each exchange has a total dead
 from __future__ import annotations
 
 import datetime as dt
+import http.cookiejar
 import json
 import logging
 import random
@@ -83,6 +84,8 @@ async def run(
         transport=transport,
         follow_redirects=False,
         trust_env=False,
+        # Receivers' cookies are never kept: each delivery stands alone.
+        cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
         timeout=httpx.Timeout(cfg.timeout_seconds),
         headers={"user-agent": cfg.user_agent},
     ) as client:
