@@ -214,6 +214,23 @@ async def test_a_target_resolving_to_a_private_address_is_refused(
     assert rx.received == []
 
 
+async def test_an_answer_with_nul_bytes_and_bad_utf8_is_logged_readably(
+    db: Database, nursery: trio.Nursery
+) -> None:
+    rx = await receiver(nursery, lambda r: _answer(500, body=b"a\x00b\xffc"))
+    with trio.fail_after(30):
+        async with dispatcher(db) as d:
+            await d.endpoint(rx.url())
+            await d.emit("sms.sent", {})
+
+            async def logged() -> bool:
+                return len(await attempts_of(db)) == 1
+
+            await wait_until("attempt logged", logged)
+    [attempt] = await attempts_of(db)
+    assert attempt["status_code"] == 500 and attempt["response_body"] == "a\ufffdb\ufffdc"
+
+
 async def test_the_logged_answer_is_capped_at_64_kb(db: Database, nursery: trio.Nursery) -> None:
     rx = await receiver(nursery, lambda r: _answer(200, body=b"x" * 200_000))
     with trio.fail_after(30):
@@ -262,3 +279,38 @@ async def test_a_hanging_endpoint_does_not_delay_a_healthy_one(
         await wait_until("outcomes written", all_recorded)
         pending = await deliveries.list_deliveries(db, state="pending", limit=200)
         assert {x.endpoint_id for x in pending} == {bad.id} and len(pending) == 100
+
+
+async def test_a_trickled_answer_is_cut_at_the_exchange_deadline(
+    db: Database, nursery: trio.Nursery
+) -> None:
+    rx = await receiver(nursery, lambda r: _answer(200, body=b"x" * 1000, trickle_seconds=0.1))
+    with trio.fail_after(30):
+        async with dispatcher(db, timeout_seconds=1.0, lease_seconds=10) as d:
+            await d.endpoint(rx.url())
+            await d.emit("sms.sent", {})
+
+            async def logged() -> bool:
+                return len(await attempts_of(db)) == 1
+
+            await wait_until("attempt logged", logged)
+    [attempt] = await attempts_of(db)
+    # The receiver said 200: delivered; what it trickled afterwards is cut off.
+    assert attempt["status_code"] == 200 and attempt["response_truncated"]
+    assert attempt["error"] == "answer body not complete within 1 s"
+    assert 0 < len(attempt["response_body"]) < 1000
+    assert 1000 <= attempt["duration_ms"] < 5000
+    [delivery] = await deliveries.list_deliveries(db)
+    assert delivery.state == "succeeded"
+
+
+async def test_a_receivers_cookie_is_not_sent_back(db: Database, nursery: trio.Nursery) -> None:
+    rx = await receiver(nursery, lambda r: _answer(200, headers=[("set-cookie", "s=1; Path=/")]))
+    with trio.fail_after(30):
+        async with dispatcher(db) as d:
+            await d.endpoint(rx.url())
+            await d.emit("sms.sent", {})
+            await rx.wait_for(1)
+            await d.emit("sms.sent", {})
+            await rx.wait_for(2)
+    assert all("cookie" not in r.headers for r in rx.received)

@@ -229,3 +229,62 @@ async def test_a_rate_limited_endpoint_gets_its_backlog_spread_out(
             await rx.wait_for(2)
             clock.advance(1)
             await rx.wait_for(3)
+
+
+async def test_an_operator_retry_wakes_the_dispatcher_through_the_outbox_queue(
+    db: Database, nursery: trio.Nursery
+) -> None:
+    answers = iter([Answer(500, b""), Answer(200, b"")])
+
+    async def respond(r: Received) -> Answer:
+        return next(answers)
+
+    rx = await _receiver(nursery, respond)
+    clock = ManualClock()
+    async with dispatcher(
+        db, clock=clock, retry_schedule_seconds=(0,), safety_poll_seconds=86400
+    ) as d:
+        with trio.fail_after(30):
+            await d.endpoint(rx.url())
+            await d.emit("sms.sent", {})
+            await wait_until("failed for good", partial(_all_in, db, "failed"))
+            [failed] = await deliveries.list_deliveries(db)
+            # An operator's retry is "now" by the database's clock; the dispatcher's is
+            # moved just past it, which alone wakes nothing (it sleeps a day).
+            clock.advance_to(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))
+            async with db.transaction() as tx:
+                await deliveries.retry_now(tx, failed.id)
+            # What the fan-out consumer does with the nudge (in the daemon: woken by the
+            # listener on the queue insert); the clock has not moved.
+            await d.fan_out()
+            await rx.wait_for(2)
+            await wait_until("succeeded", partial(_all_in, db, "succeeded"))
+    assert [a["status_code"] for a in await attempts_of(db)] == [500, 200]
+
+
+async def _all_in(db: Database, state: str) -> bool:
+    rows = await deliveries.list_deliveries(db)
+    return bool(rows) and all(r.state == state for r in rows)
+
+
+async def test_a_test_ping_goes_to_the_one_endpoint_asked(
+    db: Database, nursery: trio.Nursery
+) -> None:
+    rx = await _receiver(nursery, lambda r: _ok())
+    async with dispatcher(db) as d:
+        with trio.fail_after(30):
+            target, secret = await d.endpoint(rx.url("/asked"))
+            await d.endpoint(rx.url("/other"))  # takes "*", yet gets no ping
+            async with db.transaction() as tx:
+                event, _ = await deliveries.send_test(tx, target.id)
+            await d.fan_out()
+            [ping] = await rx.wait_for(1)
+            await wait_until("recorded", partial(_all_in, db, "succeeded"))
+    assert ping.path == "/asked"
+    payload = Webhook(secret).verify(ping.body, ping.headers)
+    assert payload["type"] == "webhook.test" and payload["id"] == event.id
+    assert len(await deliveries.list_deliveries(db)) == 1
+    async with db.transaction() as tx:
+        await endpoints.update(tx, target.id, enabled=False)
+        with pytest.raises(deliveries.EndpointDisabled):
+            await deliveries.send_test(tx, target.id)

@@ -103,6 +103,12 @@ async def test_disabling_fails_pending_deliveries_and_announces_it(db: Database)
     assert d.state == "failed" and d.next_attempt_at is None
     disabled = await db.fetchrow("SELECT type, data FROM events WHERE type = 'endpoint.disabled'")
     assert disabled["data"]["endpoint_id"] == ep.id and disabled["data"]["reason"] == "gone"
+    # A disabled endpoint's deliveries are not retried until it is enabled again.
+    async with db.transaction() as tx:
+        with pytest.raises(deliveries.EndpointDisabled):
+            await deliveries.retry_now(tx, d.id)
+        with pytest.raises(deliveries.EndpointDisabled):
+            await deliveries.recover(tx, ep.id, d.created_at)
     # recover puts failed ones back; enabling clears the reason
     async with db.transaction() as tx:
         again = await endpoints.update(tx, ep.id, enabled=True)
@@ -130,3 +136,29 @@ async def test_a_callback_delivery_targets_a_url_once_per_event(db: Database) ->
     assert len(await endpoints.active_secrets(db, BOX, None)) == 1
     d = await deliveries.get(db, first)
     assert d is not None and d.target_url == "https://shop.example/cb" and d.endpoint_id is None
+
+
+async def test_old_attempts_are_pruned_by_retention(db: Database) -> None:
+    from daemon import wiring
+    from daemon.platform import retention
+    from daemon.platform.metrics import Metrics
+
+    ep, _ = await _endpoint(db)
+    async with db.transaction() as tx:
+        event = await outbox.emit(tx, "sms.sent", {})
+        await deliveries.fan_out(tx, event.id, event.type, dt.datetime.now(dt.UTC))
+    [d] = await deliveries.list_deliveries(db)
+    for age_days in (100, 1):
+        await db.execute(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, url)"
+            " VALUES ($1, 1, now() - make_interval(days => $2), 5, 'https://x.example/')",
+            d.id,
+            age_days,
+        )
+    pruned = await retention.prune(
+        db, wiring.retention_targets(), keep_days=90, batch_size=100, metrics=Metrics()
+    )
+    assert pruned["webhook_attempts"] == 1
+    [kept] = await deliveries.attempts(db, d.id)
+    assert kept.started_at > dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    assert ep.id

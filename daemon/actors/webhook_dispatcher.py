@@ -21,19 +21,22 @@ everyone else's deliveries are claimed around it. Each exchange has a total dead
 from __future__ import annotations
 
 import datetime as dt
+import http.cookiejar
 import json
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 import httpx
 import trio
 
 from daemon.platform.config import WebhooksConfig
-from daemon.platform.db import Database
+from daemon.platform.db import Conn, Database, DatabaseError
 from daemon.platform.metrics import Metrics
 from daemon.platform.secrets import Keyring
 from daemon.webhooks import deliveries, endpoints, sender, signing
@@ -43,11 +46,16 @@ from daemon.webhooks.ssrf import GuardedTransport, TargetPolicy
 from daemon.webhooks.timing import Doorbell, SystemClock, WallClock
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CLAIM_BATCH = 100
 # Decrypted signing secrets are reused this long (and never past an expiry): a rotation
 # reaches the signatures within it, and a busy endpoint costs no query per delivery.
 SECRETS_CACHE_SECONDS = 1.0
+DB_BACKOFF_MIN, DB_BACKOFF_MAX = 0.5, 30.0
+# An outcome write that fails (a database blip) is retried until this long before the
+# lease ends; then the lease lapses and the delivery is sent again (same webhook-id).
+OUTCOME_WRITE_MARGIN = dt.timedelta(seconds=5)
 
 
 @dataclass
@@ -76,6 +84,8 @@ async def run(
         transport=transport,
         follow_redirects=False,
         trust_env=False,
+        # Receivers' cookies are never kept: each delivery stands alone.
+        cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
         timeout=httpx.Timeout(cfg.timeout_seconds),
         headers={"user-agent": cfg.user_agent},
     ) as client:
@@ -122,38 +132,55 @@ class Dispatcher:
         self.idle.set()
 
     async def loop(self, nursery: trio.Nursery) -> None:
-        deps, cfg = self.deps, self.cfg
+        deps = self.deps
+        backoff = DB_BACKOFF_MIN
         while not deps.stop.is_set():
-            now = deps.clock.now()
-            free = cfg.max_in_flight - self.in_flight
-            batch = min(free, CLAIM_BATCH)
-            claimed: list[Claimed] = []
-            if batch > 0:
-                # Rings from here on are news for the next round, not this one.
-                deps.doorbell.clear()
-                claimed = await deliveries.claim(
-                    deps.db,
-                    now,
-                    limit=batch,
-                    lease_seconds=cfg.lease_seconds,
-                    default_concurrency=cfg.endpoint_concurrency,
-                    held=dict(self.held),
-                )
-                for c in claimed:
-                    self._start(nursery, c)
-            if claimed and len(claimed) == batch and self.in_flight < cfg.max_in_flight:
-                continue  # a full batch: there may be more due
-            wake_at = now + dt.timedelta(seconds=cfg.safety_poll_seconds)
-            if self.in_flight < cfg.max_in_flight:
-                # (At the global bound only a finished exchange makes room: it rings.)
-                nxt = await deliveries.next_due(deps.db, now)
-                if nxt is not None:
-                    wake_at = min(wake_at, nxt)
-            await self._wait(wake_at)
+            try:
+                wake_at = await self._round(nursery)
+                backoff = DB_BACKOFF_MIN
+            except DatabaseError as exc:
+                # What is in flight carries on; claims resume when the database is back.
+                log.warning("webhook dispatcher: %s; claiming again in %.1f s", exc, backoff)
+                with trio.move_on_after(backoff):
+                    await deps.stop.wait()
+                backoff = min(backoff * 2, DB_BACKOFF_MAX)
+                continue
+            if wake_at is not None:
+                await self._wait(wake_at)
         # Stop: claim nothing more; let what is in flight finish (each is bounded by the
         # exchange deadline; the supervisor's grace is the backstop, and leases cover it).
         await self.idle.wait()
         nursery.cancel_scope.cancel()
+
+    async def _round(self, nursery: trio.Nursery) -> dt.datetime | None:
+        """Claim and start what is due; return when to look again (None: at once)."""
+        deps, cfg = self.deps, self.cfg
+        now = deps.clock.now()
+        free = cfg.max_in_flight - self.in_flight
+        batch = min(free, CLAIM_BATCH)
+        claimed: list[Claimed] = []
+        if batch > 0:
+            # Rings from here on are news for the next round, not this one.
+            deps.doorbell.clear()
+            claimed = await deliveries.claim(
+                deps.db,
+                now,
+                limit=batch,
+                lease_seconds=cfg.lease_seconds,
+                default_concurrency=cfg.endpoint_concurrency,
+                held=dict(self.held),
+            )
+            for c in claimed:
+                self._start(nursery, c)
+        if claimed and len(claimed) == batch and self.in_flight < cfg.max_in_flight:
+            return None  # a full batch: there may be more due
+        wake_at = now + dt.timedelta(seconds=cfg.safety_poll_seconds)
+        if self.in_flight < cfg.max_in_flight:
+            # (At the global bound only a finished exchange makes room: it rings.)
+            nxt = await deliveries.next_due(deps.db, now)
+            if nxt is not None:
+                wake_at = min(wake_at, nxt)
+        return wake_at
 
     async def _wait(self, until: dt.datetime) -> None:
         async with trio.open_nursery() as race:
@@ -240,6 +267,44 @@ class Dispatcher:
             )
         return await self._record(c, started, exchange)
 
+    async def _endpoint_outcome(
+        self, tx: Conn, endpoint_id: str, gone: bool, started: dt.datetime, now: dt.datetime
+    ) -> None:
+        """A failed attempt's consequences for its endpoint: 410, or failing too long."""
+        since = await endpoints.record_outcome(tx, endpoint_id, ok=False, at=started)
+        if gone:
+            await endpoints.disable(tx, endpoint_id, "gone", "answered 410 Gone")
+        elif since is not None and (now - since).total_seconds() >= (
+            self.cfg.disable_after_seconds
+        ):
+            await endpoints.disable(
+                tx, endpoint_id, "failing", f"only failed attempts since {since.isoformat()}"
+            )
+
+    async def _retrying(self, c: Claimed, write: Callable[[], Awaitable[T]]) -> T:
+        """``write`` (an outcome), again after a database error while the lease allows.
+
+        A write whose COMMIT was lost on the way back may have landed: its repeat then
+        finds the lease gone (reported as lost) and logs the attempt a second time.
+        """
+        delay = DB_BACKOFF_MIN
+        while True:
+            try:
+                return await write()
+            except DatabaseError as exc:
+                if self.deps.clock.now() + dt.timedelta(seconds=delay) >= (
+                    c.leased_until - OUTCOME_WRITE_MARGIN
+                ):
+                    raise
+                log.warning(
+                    "webhook delivery %d: recording attempt %d failed (%s); retrying",
+                    c.id,
+                    c.attempt,
+                    exc,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _signing_secrets(self, signer: str | None, now: dt.datetime) -> list[str]:
         cached = self._secrets.get(signer)
         if cached is not None and now < cached[0]:
@@ -289,36 +354,35 @@ class Dispatcher:
             ex.truncated,
         )
         if ex.ok:
-            ours, carry_on = await deliveries.succeed_and_take_next(
-                deps.db,
+            ours, carry_on = await self._retrying(
                 c,
-                record,
-                now,
-                take_next=self.in_flight < self.cfg.max_in_flight and not deps.stop.is_set(),
-                lease_seconds=self.cfg.lease_seconds,
+                partial(
+                    deliveries.succeed_and_take_next,
+                    deps.db,
+                    c,
+                    record,
+                    now,
+                    take_next=self.in_flight < self.cfg.max_in_flight and not deps.stop.is_set(),
+                    lease_seconds=self.cfg.lease_seconds,
+                ),
             )
             if not ours:
                 outcome = "lost_lease"
                 log.warning("webhook delivery %d: lease lost during attempt %d", c.id, c.attempt)
             deps.metrics.webhook_attempts.labels(outcome).inc()
             return carry_on
-        async with deps.db.transaction() as tx:
-            if not await deliveries.finish(tx, c, record, state=state, next_attempt_at=next_at):
-                outcome = "lost_lease"
-                log.warning("webhook delivery %d: lease lost during attempt %d", c.id, c.attempt)
-            elif c.endpoint_id is not None:
-                since = await endpoints.record_outcome(tx, c.endpoint_id, ok=ex.ok, at=started)
-                if gone:
-                    await endpoints.disable(tx, c.endpoint_id, "gone", "answered 410 Gone")
-                elif since is not None and (now - since).total_seconds() >= (
-                    self.cfg.disable_after_seconds
-                ):
-                    await endpoints.disable(
-                        tx,
-                        c.endpoint_id,
-                        "failing",
-                        f"only failed attempts since {since.isoformat()}",
-                    )
+
+        async def write() -> bool:
+            async with deps.db.transaction() as tx:
+                if not await deliveries.finish(tx, c, record, state=state, next_attempt_at=next_at):
+                    return False
+                if c.endpoint_id is not None:
+                    await self._endpoint_outcome(tx, c.endpoint_id, gone, started, now)
+            return True
+
+        if not await self._retrying(c, write):
+            outcome = "lost_lease"
+            log.warning("webhook delivery %d: lease lost during attempt %d", c.id, c.attempt)
         deps.metrics.webhook_attempts.labels(outcome).inc()
         log.info(
             "webhook delivery %d to %s: attempt %d failed (%s)%s",

@@ -32,6 +32,7 @@ class Answer:
     status: int = 200
     body: bytes = b"ok"
     headers: list[tuple[str, str]] = field(default_factory=list)
+    trickle_seconds: float = 0.0  # > 0: the body goes out a byte at a time, this far apart
 
 
 Respond = Callable[[Received], Awaitable[Answer]]
@@ -101,7 +102,11 @@ class WebhookReceiver:
                 await stream.send_all(
                     conn.send(h11.Response(status_code=answer.status, headers=headers))
                 )
-                if answer.body:
+                if answer.body and answer.trickle_seconds > 0:
+                    for i in range(len(answer.body)):
+                        await stream.send_all(conn.send(h11.Data(data=answer.body[i : i + 1])))
+                        await trio.sleep(answer.trickle_seconds)
+                elif answer.body:
                     await stream.send_all(conn.send(h11.Data(data=answer.body)))
                 await stream.send_all(conn.send(h11.EndOfMessage()))
                 if conn.our_state is h11.MUST_CLOSE:

@@ -72,7 +72,6 @@ class WebhookTest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     endpoint_id: str
-    message: str
 
 
 _PREFIX_MODELS: dict[str, type[BaseModel]] = {

@@ -45,6 +45,10 @@ class DeliveryNotFound(LookupError):
     pass
 
 
+class EndpointDisabled(Exception):
+    """Its endpoint is disabled: enable it first (a disabled endpoint is sent nothing)."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     id: int
@@ -157,15 +161,23 @@ async def get_detail(db: Executor, delivery_id: int) -> DeliveryDetail | None:
 
 async def retry_now(tx: Conn, delivery_id: int) -> Delivery:
     """Send again now, whatever its state (a succeeded one is sent once more: the operator
-    asked). A delivery being sent right now keeps its lease: it is retried after it."""
-    row = await tx.fetchrow(
-        "UPDATE webhook_deliveries SET state = 'pending', finished_at = NULL,"
-        " next_attempt_at = CASE WHEN leased_until > now() THEN next_attempt_at ELSE now() END,"
-        " updated_at = now() WHERE id = $1 RETURNING id",
+    asked). A delivery being sent right now is left to that attempt (its lease and its
+    outcome stand); retry it again once it is recorded."""
+    enabled = await tx.fetchval(
+        "SELECT coalesce(p.enabled, true) FROM webhook_deliveries d"
+        " LEFT JOIN webhook_endpoints p ON p.id = d.endpoint_id WHERE d.id = $1",
         delivery_id,
     )
-    if row is None:
+    if enabled is None:
         raise DeliveryNotFound(delivery_id)
+    if not enabled:
+        raise EndpointDisabled(delivery_id)
+    await tx.execute(
+        "UPDATE webhook_deliveries SET state = 'pending', finished_at = NULL,"
+        " next_attempt_at = CASE WHEN leased_until > now() THEN next_attempt_at ELSE now() END,"
+        " updated_at = now() WHERE id = $1",
+        delivery_id,
+    )
     await nudge(tx, f"retry {delivery_id}")
     delivery = await get(tx, delivery_id)
     assert delivery is not None
@@ -174,7 +186,13 @@ async def retry_now(tx: Conn, delivery_id: int) -> Delivery:
 
 async def recover(tx: Conn, endpoint_id: str, since: dt.datetime) -> int:
     """Send again every failed delivery of the endpoint created since ``since``; returns
-    how many. (Deliveries of a disabled endpoint fail again at once: enable it first.)"""
+    how many. ``EndpointDisabled`` if the endpoint is disabled (enable it first);
+    ``LookupError`` if there is no such endpoint."""
+    enabled = await tx.fetchval("SELECT enabled FROM webhook_endpoints WHERE id = $1", endpoint_id)
+    if enabled is None:
+        raise LookupError(endpoint_id)
+    if not enabled:
+        raise EndpointDisabled(endpoint_id)
     status = await tx.execute(
         "UPDATE webhook_deliveries SET state = 'pending', finished_at = NULL,"
         " next_attempt_at = now(), leased_until = NULL, updated_at = now()"
@@ -210,21 +228,37 @@ async def add_callback(
     return delivery_id
 
 
-async def add_for_endpoint(tx: Conn, event_id: str, endpoint_id: str) -> int:
-    """A delivery of ``event_id`` to this endpoint only, due now (the test ping), whatever
-    its filters. Call in the transaction that emitted the event (its outbox message wakes
-    the dispatcher)."""
+# Sent only where asked (``send_test``), never fanned out by filters.
+DIRECTED_TYPES = ("webhook.test",)
+
+
+async def send_test(tx: Conn, endpoint_id: str) -> tuple[outbox.Event, int]:
+    """``POST …/endpoints/{id}/test``: a ``webhook.test`` event for this endpoint only.
+    Returns the event and its delivery's id; the dispatcher is woken by the event's
+    outbox message. ``LookupError``: no such endpoint; ``EndpointDisabled``: enable it
+    first (a disabled endpoint is sent nothing)."""
+    enabled = await tx.fetchval("SELECT enabled FROM webhook_endpoints WHERE id = $1", endpoint_id)
+    if enabled is None:
+        raise LookupError(endpoint_id)
+    if not enabled:
+        raise EndpointDisabled(endpoint_id)
+    event = await outbox.emit(
+        tx, "webhook.test", {"endpoint_id": endpoint_id}, subject=f"endpoint:{endpoint_id}"
+    )
     delivery_id: int = await tx.fetchval(
         "INSERT INTO webhook_deliveries (event_id, endpoint_id) VALUES ($1, $2) RETURNING id",
-        event_id,
+        event.id,
         endpoint_id,
     )
-    return delivery_id
+    return event, delivery_id
 
 
 async def fan_out(tx: Conn, event_id: str, event_type: str, now: dt.datetime) -> int:
     """One delivery of the event per enabled endpoint whose filters take its type, due at
-    ``now``. Idempotent: a second call adds only what is missing. Returns how many."""
+    ``now``. Idempotent: a second call adds only what is missing. Returns how many.
+    ``DIRECTED_TYPES`` are not fanned out (their deliveries are made by who emits them)."""
+    if event_type in DIRECTED_TYPES:
+        return 0
     status = await tx.execute(
         "INSERT INTO webhook_deliveries (event_id, endpoint_id, next_attempt_at)"
         f" SELECT $2, id, $3 FROM webhook_endpoints WHERE enabled AND {MATCH_SQL}"
@@ -304,23 +338,41 @@ async def claim(
     rows = await db.fetch(
         "WITH busy AS ("
         "  SELECT coalesce(endpoint_id, target_url) AS target, count(*) AS n"
-        "  FROM webhook_deliveries WHERE state = 'pending' AND leased_until > $1"
+        "  FROM webhook_deliveries"
+        "  WHERE state = 'pending' AND leased_until IS NOT NULL AND leased_until > $1"
         "  GROUP BY 1"
         "), local AS ("
         "  SELECT key AS target, value::int AS n FROM jsonb_each_text($5::jsonb)"
-        "), due AS ("
-        "  SELECT d.id, d.next_attempt_at,"
-        "   row_number() OVER (PARTITION BY coalesce(d.endpoint_id, d.target_url)"
-        "                      ORDER BY d.next_attempt_at, d.id) AS rn,"
-        "   coalesce(p.max_concurrency, $4)"
-        "     - greatest(coalesce(b.n, 0), coalesce(l.n, 0)) AS free"
-        "  FROM webhook_deliveries d"
-        "  LEFT JOIN webhook_endpoints p ON p.id = d.endpoint_id"
-        "  LEFT JOIN busy b ON b.target = coalesce(d.endpoint_id, d.target_url)"
-        "  LEFT JOIN local l ON l.target = coalesce(d.endpoint_id, d.target_url)"
-        "  WHERE d.state = 'pending' AND d.next_attempt_at <= $1"
+        # Endpoints: per enabled endpoint, its oldest due deliveries up to its free slots,
+        # each an index probe, so a dead endpoint's backlog costs nothing here.
+        "), ep AS ("
+        "  SELECT c.id, c.next_attempt_at FROM webhook_endpoints p"
+        "  LEFT JOIN busy b ON b.target = p.id"
+        "  LEFT JOIN local l ON l.target = p.id"
+        "  CROSS JOIN LATERAL ("
+        "   SELECT d.id, d.next_attempt_at FROM webhook_deliveries d"
+        "   WHERE coalesce(d.endpoint_id, d.target_url) = p.id AND d.state = 'pending'"
+        "    AND d.next_attempt_at <= $1"
+        "   ORDER BY d.next_attempt_at, d.id"
+        "   LIMIT greatest(coalesce(p.max_concurrency, $4)"
+        "                  - greatest(coalesce(b.n, 0), coalesce(l.n, 0)), 0)"
+        "  ) c"
+        "  WHERE p.enabled"
+        # Callbacks: each URL a target of its own (usually one delivery each).
+        "), cb AS ("
+        "  SELECT id, next_attempt_at FROM ("
+        "   SELECT d.id, d.next_attempt_at,"
+        "    row_number() OVER (PARTITION BY d.target_url ORDER BY d.next_attempt_at, d.id)"
+        "      AS rn,"
+        "    $4 - greatest(coalesce(b.n, 0), coalesce(l.n, 0)) AS free"
+        "   FROM webhook_deliveries d"
+        "   LEFT JOIN busy b ON b.target = d.target_url"
+        "   LEFT JOIN local l ON l.target = d.target_url"
+        "   WHERE d.endpoint_id IS NULL AND d.state = 'pending' AND d.next_attempt_at <= $1"
+        "  ) x WHERE rn <= free"
         "), picked AS ("
-        "  SELECT id FROM due WHERE rn <= free ORDER BY next_attempt_at, id LIMIT $2"
+        "  SELECT id FROM (SELECT * FROM ep UNION ALL SELECT * FROM cb) u"
+        "  ORDER BY next_attempt_at, id LIMIT $2"
         "), leased AS ("
         "  UPDATE webhook_deliveries w"
         "  SET leased_until = $1 + make_interval(secs => $3::float8),"
@@ -360,7 +412,7 @@ async def succeed_and_take_next(
         "  WHERE id = $1 AND leased_until = $2 AND state = 'pending' RETURNING id"
         "), att AS ("
         f"  INSERT INTO webhook_attempts ({_ATTEMPT_COLUMNS.removeprefix('id, ')})"
-        "  VALUES ($1, $5, $3, $6, $7, $8, $4, NULL, $9, $10) RETURNING id"
+        "  VALUES ($1, $5, $3, $6, $7, $8, $4, $16, $9, $10) RETURNING id"
         "), ep AS ("
         "  UPDATE webhook_endpoints SET failing_since = NULL"
         "  WHERE id = $11 AND failing_since IS NOT NULL AND EXISTS (SELECT 1 FROM fin)"
@@ -398,6 +450,7 @@ async def succeed_and_take_next(
         c.target,
         now,
         float(lease_seconds),
+        record.error,  # a 2xx whose body was cut off says so
     )
     assert row is not None
     finished = bool(row["finished"])

@@ -153,14 +153,9 @@ def check_event_types(filters: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
-# Sent only on request, to the one endpoint asked for (``deliveries.add_for_endpoint``):
-# no filter, not even "*", fans it out to the others.
-TEST_EVENT = "webhook.test"
-
-
 def matches(filters: Sequence[str], event_type: str) -> bool:
     """The same rule as ``MATCH_SQL``."""
-    return event_type != TEST_EVENT and any(
+    return any(
         f == "*" or f == event_type or (f.endswith(".*") and event_type.startswith(f[:-1]))
         for f in filters
     )
@@ -168,8 +163,7 @@ def matches(filters: Sequence[str], event_type: str) -> bool:
 
 # An endpoint's filters match type $1 (kept equal to ``matches``).
 MATCH_SQL = (
-    f"$1 <> '{TEST_EVENT}' AND"
-    " EXISTS (SELECT 1 FROM unnest(event_types) f WHERE f = '*' OR f = $1"
+    "EXISTS (SELECT 1 FROM unnest(event_types) f WHERE f = '*' OR f = $1"
     " OR (right(f, 2) = '.*' AND starts_with($1, left(f, -1))))"
 )
 

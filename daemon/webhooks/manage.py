@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from daemon.platform import outbox
 from daemon.platform.db import Database
 from daemon.platform.secrets import Keyring
 from daemon.webhooks import deliveries, endpoints
@@ -26,7 +25,6 @@ from daemon.webhooks.endpoints import Endpoint, SigningSecret
 log = logging.getLogger(__name__)
 
 _ENDPOINT_ID = re.compile(r"ep_[0-9a-f]{24}")
-TEST_MESSAGE = "A test event from paymentd: this endpoint is reachable and verifies signatures."
 
 
 class ManageError(Exception):
@@ -125,22 +123,20 @@ async def rotate_secret(
     return new, await describe(db, endpoint_id)
 
 
+def _disabled(endpoint_id: str) -> ManageError:
+    return ManageError(409, f"webhook endpoint {endpoint_id} is disabled; enable it first")
+
+
 async def send_test(db: Database, endpoint_id: str, *, by: str) -> TestSent:
     """A ``webhook.test`` event delivered to this endpoint only (not by its filters)."""
-    async with db.transaction() as tx:
-        endpoint = await endpoints.get(tx, _check_id(endpoint_id))
-        if endpoint is None:
-            raise endpoint_missing(endpoint_id)
-        if not endpoint.enabled:
-            raise ManageError(409, f"webhook endpoint {endpoint_id} is disabled; enable it first")
-        event = await outbox.emit(
-            tx,
-            endpoints.TEST_EVENT,
-            {"endpoint_id": endpoint_id, "message": TEST_MESSAGE},
-            subject=f"endpoint:{endpoint_id}",
-        )
-        delivery_id = await deliveries.add_for_endpoint(tx, event.id, endpoint_id)
-        delivery = await deliveries.get(tx, delivery_id)
+    try:
+        async with db.transaction() as tx:
+            event, delivery_id = await deliveries.send_test(tx, _check_id(endpoint_id))
+            delivery = await deliveries.get(tx, delivery_id)
+    except deliveries.EndpointDisabled:
+        raise _disabled(endpoint_id) from None
+    except LookupError:
+        raise endpoint_missing(endpoint_id) from None
     assert delivery is not None
     log.info("webhook endpoint %s: test event %s queued by %s", endpoint_id, event.id, by)
     return TestSent(event.id, delivery)
@@ -150,14 +146,14 @@ async def recover(db: Database, endpoint_id: str, since: dt.datetime, *, by: str
     """Send again every failed delivery of the endpoint since ``since``; how many."""
     if since.tzinfo is None:
         raise ManageError(400, "since: give a time zone (e.g. 2026-01-31T12:00:00Z)", "since")
-    async with db.transaction() as tx:
-        endpoint = await endpoints.get(tx, _check_id(endpoint_id))
-        if endpoint is None:
-            raise endpoint_missing(endpoint_id)
-        if not endpoint.enabled:
-            # They would fail again at once (a disabled endpoint fails its deliveries).
-            raise ManageError(409, f"webhook endpoint {endpoint_id} is disabled; enable it first")
-        count = await deliveries.recover(tx, endpoint_id, since)
+    try:
+        async with db.transaction() as tx:
+            count = await deliveries.recover(tx, _check_id(endpoint_id), since)
+    except deliveries.EndpointDisabled:
+        # They would fail again at once (a disabled endpoint is sent nothing).
+        raise _disabled(endpoint_id) from None
+    except LookupError:
+        raise endpoint_missing(endpoint_id) from None
     log.info("webhook endpoint %s: %d failed deliveries re-sent by %s", endpoint_id, count, by)
     return count
 
@@ -171,19 +167,14 @@ async def delivery(db: Database, delivery_id: int) -> DeliveryDetail:
 
 async def retry(db: Database, delivery_id: int, *, by: str) -> Delivery:
     """Send a delivery again now (whatever its state)."""
-    async with db.transaction() as tx:
-        current = await deliveries.get(tx, delivery_id)
-        if current is None:
-            raise delivery_missing(delivery_id)
-        if current.endpoint_id is not None:
-            endpoint = await endpoints.get(tx, current.endpoint_id)
-            if endpoint is not None and not endpoint.enabled:
-                raise ManageError(
-                    409, f"webhook endpoint {endpoint.id} is disabled; enable it first"
-                )
-        try:
+    try:
+        async with db.transaction() as tx:
             retried = await deliveries.retry_now(tx, delivery_id)
-        except deliveries.DeliveryNotFound:
-            raise delivery_missing(delivery_id) from None
+    except deliveries.DeliveryNotFound:
+        raise delivery_missing(delivery_id) from None
+    except deliveries.EndpointDisabled:
+        raise ManageError(
+            409, f"the endpoint of webhook delivery {delivery_id} is disabled; enable it first"
+        ) from None
     log.info("webhook delivery %d re-sent by %s", delivery_id, by)
     return retried

@@ -100,7 +100,13 @@ async def post(
         else:
             truncated = True
             error = f"answer body not complete within {total_seconds:g} s"
-    text = b"".join(chunks).decode("utf-8", errors="replace") if status is not None else None
+    text = None
+    if status is not None:
+        # PostgreSQL text holds no NUL: an answer with one would fail the attempt's record
+        # (and retry the delivery every lease) instead of being logged.
+        text = b"".join(chunks).decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    if error is not None:
+        error = error.replace("\x00", "\ufffd")
     return Exchange(
         status,
         error,

@@ -21,7 +21,7 @@ from pydantic.json_schema import SkipJsonSchema
 from daemon.platform import outbox
 from daemon.platform.db import BIGINT_MAX
 from daemon.platform.http.admin import DEFAULT_LIMIT, MAX_LIMIT, Shape
-from daemon.webhooks import deliveries, endpoints
+from daemon.webhooks import deliveries
 from daemon.webhooks.deliveries import Attempt, Delivery
 from daemon.webhooks.endpoints import Endpoint, SigningSecret
 
@@ -36,8 +36,8 @@ _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]
 
 def filters() -> tuple[str, ...]:
     """What an endpoint may subscribe to: ``*``, each ``prefix.*``, each declared type
-    (the test ping excepted: it is only sent on request)."""
-    types = [t for t in outbox.EVENT_TYPES if t != endpoints.TEST_EVENT]
+    (the directed ones, the test ping, excepted: they are only sent where asked)."""
+    types = [t for t in outbox.EVENT_TYPES if t not in deliveries.DIRECTED_TYPES]
     prefixes = sorted({t.split(".", 1)[0] for t in types})
     return ("*", *(f"{p}.*" for p in prefixes), *types)
 

@@ -81,10 +81,17 @@ CREATE UNIQUE INDEX webhook_deliveries_event_target
 -- The dispatcher's timer and claim: the earliest due pending deliveries.
 CREATE INDEX webhook_deliveries_due
     ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
--- A sender that just finished takes the next due delivery of the same target.
+-- Per target (an endpoint, or a callback URL): its oldest due deliveries (the claim; a
+-- sender that just finished takes the next one of the same target).
 CREATE INDEX webhook_deliveries_target_due
     ON webhook_deliveries (coalesce(endpoint_id, target_url), next_attempt_at)
     WHERE state = 'pending';
+-- Due callbacks, apart from endpoint deliveries (a dead endpoint's backlog is not scanned).
+CREATE INDEX webhook_deliveries_callbacks_due
+    ON webhook_deliveries (next_attempt_at) WHERE state = 'pending' AND endpoint_id IS NULL;
+-- What is being sent right now (the claim counts it per target): a handful of rows.
+CREATE INDEX webhook_deliveries_leased
+    ON webhook_deliveries (leased_until) WHERE state = 'pending' AND leased_until IS NOT NULL;
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
 CREATE INDEX webhook_deliveries_state ON webhook_deliveries (state, id);
 CREATE INDEX webhook_deliveries_event ON webhook_deliveries (event_id);
