@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
 import trio
 
-from daemon.actors import listener, queue_consumer, scheduler
+from daemon.actors import listener, queue_consumer, scheduler, webhook_dispatcher
 from daemon.actors.olt_pool import OltPool, OltPoolSettings
 from daemon.network import devices, drift, reconnect, tasks
 from daemon.notifications import delivery, messages, providers
@@ -34,6 +34,8 @@ from daemon.platform.scheduler import Job
 from daemon.platform.secrets import SecretBox, load_keyring
 from daemon.uisp import process, webhooks
 from daemon.uisp.client import UispClient
+from daemon.webhooks import fanout
+from daemon.webhooks.timing import Doorbell, SystemClock
 
 D = TypeVar("D")
 
@@ -48,6 +50,8 @@ class Resources:
     uisp: UispClient
     sms_provider: SmsProvider | None
     sms_fallback: SmsProvider | None = None
+    # Rung by the outbox fan-out when deliveries were added; the webhook dispatcher waits on it.
+    webhook_doorbell: Doorbell = field(default_factory=Doorbell)
 
     @property
     def config(self) -> Config:
@@ -106,6 +110,10 @@ def _sms_deps(r: Resources) -> delivery.SmsDeps:
     )
 
 
+def _fanout_deps(r: Resources) -> fanout.FanoutDeps:
+    return fanout.FanoutDeps(r.db, r.webhook_doorbell, SystemClock())
+
+
 QUEUES: tuple[QueueDecl[Any], ...] = (
     QueueDecl(
         webhooks.QUEUE,
@@ -135,6 +143,15 @@ QUEUES: tuple[QueueDecl[Any], ...] = (
         on_replay=delivery.on_replay,
         description="SMS to customers → the SMS provider",
     ),
+    QueueDecl(
+        fanout.QUEUE,
+        fanout.handle,
+        _fanout_deps,
+        concurrency=4,
+        on_poison=fanout.on_poison,
+        on_replay=fanout.on_replay,
+        description="emitted events → one webhook delivery per matching endpoint",
+    ),
 )
 QUEUE_NAMES: tuple[str, ...] = tuple(q.name for q in QUEUES)
 BY_NAME: dict[str, QueueDecl[Any]] = {q.name: q for q in QUEUES}
@@ -153,7 +170,8 @@ class ActorDecl:
 
 def worker_actors(res: Resources, url: str, wakeups: Wakeups, stop: trio.Event) -> list[ActorDecl]:
     """The actors that run under the instance lock: the listener, one consumer per
-    declared queue, the scheduler. (The OLT pool and the HTTP ingress run outside it.)"""
+    declared queue, the webhook dispatcher, the scheduler. (The OLT pool and the HTTP
+    ingress run outside it.)"""
     cfg, deps = res.config, res.deps
     listen = listener.ListenerDeps(
         url,
@@ -172,6 +190,12 @@ def worker_actors(res: Resources, url: str, wakeups: Wakeups, stop: trio.Event) 
         actors.append(
             ActorDecl(f"consumer:{decl.name}", partial(queue_consumer.run, consumer), "stop")
         )
+    dispatch = webhook_dispatcher.DispatcherDeps(
+        res.db, res.box, cfg.webhooks, res.webhook_doorbell, deps.metrics, stop
+    )
+    actors.append(
+        ActorDecl("webhook_dispatcher", partial(webhook_dispatcher.run, dispatch), "stop")
+    )
     sched = scheduler.SchedulerDeps(res.db, jobs(deps, res), deps.metrics, deps.events, stop)
     actors.append(ActorDecl("scheduler", partial(scheduler.run, sched), "stop"))
     return actors
@@ -189,6 +213,7 @@ def retention_targets() -> list[retention.Target]:
             "started_at",
             "id < (SELECT coalesce(max(id), 0) FROM drift_runs WHERE state = 'finished')",
         ),
+        retention.Target("webhook_attempts", "started_at"),
     ]
     targets += [retention.Target(f"pgmq.a_{q}", "archived_at") for q in QUEUE_NAMES]
     return targets

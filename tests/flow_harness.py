@@ -27,6 +27,7 @@ from daemon.platform.config import (
     SecretsConfig,
     SmsConfig,
     UispConfig,
+    WebhooksConfig,
 )
 from daemon.platform.db import Database
 from daemon.platform.secrets import keygen, load_keyring
@@ -177,11 +178,17 @@ async def world(db_url: str, tmp: Path) -> AsyncIterator[World]:
 
 @asynccontextmanager
 async def daemon(
-    w: World, *, olt: dict[str, Any] | None = None, **uisp: Any
+    w: World,
+    *,
+    olt: dict[str, Any] | None = None,
+    webhooks: WebhooksConfig | None = None,
+    **uisp: Any,
 ) -> AsyncIterator[Flow]:
     cfg = make_config(w.db_url, w.tmp, w.fake_url, w.sink_url, **uisp)
     if olt:
         cfg = cfg.replace(olt=msgspec.structs.replace(cfg.olt, **olt))
+    if webhooks is not None:
+        cfg = cfg.replace(webhooks=webhooks)
     if not await w.db.fetchval("SELECT count(*) FROM olt_devices"):
         await register(w.db_url, cfg, list(w.devices.values()))
     async with trio.open_nursery() as nursery:

@@ -152,7 +152,7 @@ async def test_systemd_notify_readiness_watchdog_and_graceful_sigterm(
     with daemon_process(config, notify.path, log) as proc:
         await notify.wait_for("READY=1")
         lines = [line for m in notify.seen for line in m.splitlines()]
-        assert "STATUS=7/7 actors running" in lines
+        assert "STATUS=9/9 actors running" in lines
         await notify.wait_for("WATCHDOG=1", seconds=5)
         proc.send_signal(signal.SIGTERM)
         await notify.wait_for("STOPPING=1")

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from daemon.platform.config import SecretsConfig
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
+from daemon.platform.secrets import keygen
 from tests.http_fixtures import (
     ADMIN_TOKEN,
     WEBHOOK_TOKEN,
@@ -77,6 +79,9 @@ async def test_schemathesis_finds_nothing(deps: Deps, db: Database, tmp_path: Pa
     # documented, but schemathesis counts every 5xx as a server error.
     task_id = await add_task(db, "svc-1")
     deps.health.set_state("http_ingress", "running")
+    # A keyring, as every configured daemon has: creating a webhook endpoint seals its secret.
+    keygen(tmp_path / "secret.key")
+    deps.config = deps.config.replace(secrets=SecretsConfig(key_file=str(tmp_path / "secret.key")))
     config.write_text(CONFIG.format(examples=25, token=WEBHOOK_TOKEN, task_id=task_id))
     with trio.fail_after(240):
         async with serving(deps) as client:

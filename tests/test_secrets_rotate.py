@@ -70,6 +70,7 @@ async def test_rotate_moves_every_secret_to_the_current_key_and_the_old_key_can_
         assert await key_usage(db) == {
             "olt_devices.password_enc": {key_id(KEY_A): 1, "v1": 1},
             "olt_devices.enable_password_enc": {key_id(KEY_A): 1},
+            "webhook_secrets.secret_enc": {},
         }
 
         ring = Keyring(KEY_B, [KEY_A])
@@ -79,6 +80,7 @@ async def test_rotate_moves_every_secret_to_the_current_key_and_the_old_key_can_
         assert report.rewritten == {
             "olt_devices.password_enc": 2,
             "olt_devices.enable_password_enc": 1,
+            "webhook_secrets.secret_enc": 0,
         }
         assert report.total_rewritten == 3
         assert all(t.startswith(f"v2:{key_id(KEY_B)}:") for t in await _tokens(db))
@@ -98,6 +100,7 @@ async def test_rotate_moves_every_secret_to_the_current_key_and_the_old_key_can_
         assert await key_usage(db) == {
             "olt_devices.password_enc": {key_id(KEY_B): 2},
             "olt_devices.enable_password_enc": {key_id(KEY_B): 1},
+            "webhook_secrets.secret_enc": {},
         }
 
         # And the start-up check now refuses the old key alone, naming the missing id.
@@ -126,18 +129,18 @@ async def test_rotation_is_all_or_nothing(db: Database) -> None:
 async def test_more_columns_can_register_for_rotation(db: Database) -> None:
     """The registry is data: a new kind of stored secret adds a column and is rotated too."""
     with trio.fail_after(20):
-        await db.execute("CREATE TABLE webhook_endpoints (id bigint PRIMARY KEY, secret_enc text)")
+        await db.execute("CREATE TABLE provider_keys (id bigint PRIMARY KEY, secret_enc text)")
         col = EncryptedColumn(
-            "webhook_endpoints", "id", "secret_enc", ("id",), lambda r: f"wh:{r['id']}".encode()
+            "provider_keys", "id", "secret_enc", ("id",), lambda r: f"wh:{r['id']}".encode()
         )
         under_a = Keyring(KEY_A)
         await db.execute(
-            "INSERT INTO webhook_endpoints VALUES (1, $1), (2, NULL)",
+            "INSERT INTO provider_keys VALUES (1, $1), (2, NULL)",
             under_a.encrypt("whsec", aad=b"wh:1"),
         )
         report = await rotate(db, Keyring(KEY_B, [KEY_A]), [col])
-        assert report.rewritten == {"webhook_endpoints.secret_enc": 1}
-        token = await db.fetchval("SELECT secret_enc FROM webhook_endpoints WHERE id = 1")
+        assert report.rewritten == {"provider_keys.secret_enc": 1}
+        token = await db.fetchval("SELECT secret_enc FROM provider_keys WHERE id = 1")
         assert Keyring(KEY_B).decrypt(token, aad=b"wh:1") == "whsec"
 
 

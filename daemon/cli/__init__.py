@@ -10,11 +10,22 @@ import argparse
 import sys
 
 from daemon import __version__
-from daemon.cli import apikeys, network, olt, operations, secrets, service, sim, sms, tasks
+from daemon.cli import (
+    apikeys,
+    network,
+    olt,
+    operations,
+    secrets,
+    service,
+    sim,
+    sms,
+    tasks,
+    webhooks,
+)
 from daemon.cli.common import Parser, UserError
 from daemon.platform.config import ConfigError
 
-GROUPS = (service, olt, secrets, operations, tasks, sim, apikeys, network, sms)
+GROUPS = (service, olt, secrets, operations, tasks, sim, apikeys, network, sms, webhooks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         from daemon.network.olt.types import OltError
         from daemon.platform.auth import ApiKeyError
         from daemon.platform.secrets import SecretKeyError
+        from daemon.webhooks.endpoints import EndpointError
+        from daemon.webhooks.manage import ManageError
 
         user_errors += (
             SecretKeyError,
@@ -52,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             OltError,
             DemoError,
             ApiKeyError,
+            EndpointError,
+            ManageError,
         )
     except ImportError:  # pragma: no cover - partial installs
         pass

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from daemon.network import announce
 from daemon.platform import queues
 from daemon.platform.db import Conn, Database, Executor
 
@@ -230,15 +231,18 @@ async def finish(
     error: str | None = None,
     output: str | None = None,
 ) -> None:
-    await tx.execute(
+    """Record the task's final state; a success or failure is announced in the same ``tx``."""
+    row = await tx.fetchrow(
         "UPDATE reconnect_tasks SET state = $2, last_error = $3,"
         " olt_output = coalesce($4, olt_output), finished_at = now(), updated_at = now()"
-        " WHERE id = $1",
+        " WHERE id = $1 RETURNING " + TASK_COLUMNS,
         task_id,
         state,
         error,
         output,
     )
+    if row is not None:
+        await announce.task_finished(tx, _task(row))
 
 
 async def back_to_queued(tx: Conn, task_id: int, *, error: str, attempts: int) -> None:
@@ -253,13 +257,17 @@ async def back_to_queued(tx: Conn, task_id: int, *, error: str, attempts: int) -
 
 async def fail_unfinished(tx: Conn, task_id: int, error: str) -> bool:
     """Fail a task that is still queued/running (a dead-lettered message); True if it was."""
-    status = await tx.execute(
+    row = await tx.fetchrow(
         "UPDATE reconnect_tasks SET state = 'failed', finished_at = now(), updated_at = now(),"
-        " last_error = $2 WHERE id = $1 AND state IN ('queued', 'running')",
+        " last_error = $2 WHERE id = $1 AND state IN ('queued', 'running')"
+        " RETURNING " + TASK_COLUMNS,
         task_id,
         error,
     )
-    return status.endswith(" 1")
+    if row is None:
+        return False
+    await announce.task_finished(tx, _task(row))
+    return True
 
 
 async def reset_for_retry(tx: Conn, task_id: int, *, by: str | None = None) -> Task:

@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.notifications import announce
 from daemon.platform import queues
 from daemon.platform.db import Conn
 
@@ -96,6 +97,14 @@ async def back_to_queued(tx: Conn, sms_id: int, error: str, *, unconfirmed: bool
     )
 
 
+# The finished row and its task's ids, for the announcement (``announce.sms_finished``).
+_FINISHED = (
+    " RETURNING *), t AS (SELECT service_id, client_id FROM reconnect_tasks"
+    " WHERE id = (SELECT task_id FROM s))"
+    " SELECT s.*, t.service_id, t.client_id FROM s LEFT JOIN t ON true"
+)
+
+
 async def finish(
     tx: Conn,
     sms_id: int,
@@ -106,13 +115,14 @@ async def finish(
     *,
     unconfirmed: bool = False,
 ) -> None:
-    """A final state; ``unconfirmed``: given up, but the last attempt may have been
-    accepted (a replay then looks it up first)."""
-    await tx.execute(
-        "UPDATE sms_messages SET state = $2, last_error = $3, provider = $4,"
+    """Record the final state; a sent or failed SMS is announced in the same ``tx``.
+    ``unconfirmed``: given up, but the last attempt may have been accepted (a replay then
+    looks it up first)."""
+    row = await tx.fetchrow(
+        "WITH s AS (UPDATE sms_messages SET state = $2, last_error = $3, provider = $4,"
         " provider_ref = coalesce($5, provider_ref), unconfirmed = $6,"
         " sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END, updated_at = now()"
-        " WHERE id = $1",
+        " WHERE id = $1" + _FINISHED,
         sms_id,
         state,
         error,
@@ -120,6 +130,8 @@ async def finish(
         ref,
         unconfirmed,
     )
+    if row is not None:
+        await announce.sms_finished(tx, row)
 
 
 # Serialises recording provider references, so that a reference found by a lookup is
@@ -143,12 +155,14 @@ async def claimed_refs(tx: Conn, provider: str, refs: list[str]) -> set[str]:
 
 
 async def fail_unfinished(tx: Conn, sms_id: int, error: str) -> None:
-    await tx.execute(
-        "UPDATE sms_messages SET state = 'failed', updated_at = now(), last_error = $2"
-        " WHERE id = $1 AND state IN ('queued', 'sending')",
+    row = await tx.fetchrow(
+        "WITH s AS (UPDATE sms_messages SET state = 'failed', updated_at = now(),"
+        " last_error = $2 WHERE id = $1 AND state IN ('queued', 'sending')" + _FINISHED,
         sms_id,
         error,
     )
+    if row is not None:
+        await announce.sms_finished(tx, row)
 
 
 async def reset_for_replay(tx: Conn, sms_id: int) -> None:

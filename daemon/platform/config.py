@@ -21,6 +21,7 @@ code that needs the value calls ``.reveal()``.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 import os
 import re
@@ -278,6 +279,29 @@ class TwilioConfig(_Section, frozen=True):
     lookup_settle_seconds: Seconds = 60.0
 
 
+class WebhooksConfig(_Section, frozen=True):
+    """Outbound webhooks (daemon/webhooks, the webhook dispatcher actor)."""
+
+    # Delay before each attempt, the first included: 8 attempts over about 28 hours.
+    retry_schedule_seconds: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=0.5)] = 0.2  # each delay ±20 %
+    timeout_seconds: Seconds = 15.0  # one whole exchange: connect, send, answer, body
+    response_body_max_bytes: Annotated[int, msgspec.Meta(ge=0, le=64 * 1024)] = 64 * 1024
+    slow_down_seconds: Seconds = 60.0  # the least wait after a 429 or a timeout
+    retry_after_max_seconds: Seconds = 6 * 3600.0  # Retry-After is honoured up to this
+    disable_after_seconds: Seconds = 5 * 24 * 3600.0  # only failures this long: disabled
+    secret_overlap_seconds: Seconds = 24 * 3600.0  # old secret signs this long after rotation
+    max_in_flight: Count = 64  # exchanges at once, all endpoints together
+    endpoint_concurrency: Count = 4  # per endpoint, unless the endpoint sets its own
+    # A claimed delivery is held this long; must exceed timeout_seconds, so a slow exchange
+    # is never sent twice at once (Svix PR #2181), while a crash costs at most this.
+    lease_seconds: Seconds = 60.0
+    safety_poll_seconds: Seconds = 300.0  # re-read the timer at least this often
+    allow_private_targets: bool = False  # loopback, private, link-local, CGNAT, ... allowed
+    allowed_cidrs: tuple[str, ...] = ()  # or only these non-global networks
+    user_agent: NonEmpty = "paymentd-webhooks/1"
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -289,6 +313,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     twilio: TwilioConfig = msgspec.field(default_factory=TwilioConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
+    webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     source: str = "<defaults>"
     # Things the operator should change but that still work (deprecated keys); the CLI
     # prints them and the daemon logs them at start-up.
@@ -310,6 +335,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "twilio": TwilioConfig,
     "retention": RetentionConfig,
     "drift": DriftConfig,
+    "webhooks": WebhooksConfig,
 }
 
 _URLS = ("uisp.base_url", "sms.base_url", "twilio.base_url")
@@ -538,6 +564,26 @@ def _spelling(new: str, old_origin: str) -> str:
     return f"[{section}] {key}"
 
 
+def _check_webhooks(w: WebhooksConfig) -> None:
+    if not w.retry_schedule_seconds or any(
+        not math.isfinite(x) or x < 0 for x in w.retry_schedule_seconds
+    ):
+        raise ConfigError(
+            "webhooks.retry_schedule_seconds: give one or more delays in seconds, each >= 0"
+        )
+    if w.lease_seconds <= w.timeout_seconds + 5:
+        raise ConfigError(
+            "webhooks.lease_seconds: must exceed webhooks.timeout_seconds by more than 5 s"
+        )
+    for cidr in w.allowed_cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"webhooks.allowed_cidrs: {cidr!r} is not a network like 10.0.0.0/8"
+            ) from None
+
+
 def _check(cfg: Config) -> Config:
     """Rules across keys, and shapes msgspec's constraints do not express."""
     db = cfg.database
@@ -562,6 +608,7 @@ def _check(cfg: Config) -> Config:
         raise ConfigError(
             "daemon.restart_backoff_max_seconds: must be >= daemon.restart_backoff_min_seconds"
         )
+    _check_webhooks(cfg.webhooks)
     try:
         cfg.sms.template.format(client_name="x", client_id=1, service_id=1, service_name="x")
     except (KeyError, IndexError, ValueError) as exc:

@@ -23,6 +23,12 @@ class Metrics:
             ["source", "outcome"],
             registry=r,
         )
+        self.webhook_attempts = Counter(
+            "paymentd_webhook_attempts",
+            "Outbound webhook attempts by outcome (succeeded, retry, failed, refused, lost_lease)",
+            ["outcome"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "paymentd_queue_depth", "Messages in a PGMQ queue", ["queue"], registry=r
         )

@@ -6,6 +6,11 @@ committed. ``EVENT_TYPES`` is the one list of what can be announced; the outboun
 webhook dispatcher (``daemon.webhooks``) fans events out to endpoints and the OpenAPI
 document lists them. Capabilities call ``emit``; nothing here knows about payments or
 networks.
+
+``emit`` also puts ``{"event_id"}`` on the ``QUEUE`` PGMQ queue in the same transaction:
+that is what makes the fan-out durable (a crash before it ran leaves the message) and
+prompt (the listener wakes its consumer on the insert), without anyone polling the
+events table.
 """
 
 from __future__ import annotations
@@ -16,7 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from daemon.platform import queues
 from daemon.platform.db import Conn
+
+# The fan-out queue: {"event_id": ...} per emitted event, or {"nudge": why} when webhook
+# deliveries became due without a new event (an operator's retry). Declared in
+# daemon.wiring.QUEUES, handled by daemon.webhooks.fanout.
+QUEUE = "event_fanout"
 
 # type -> what it means. Adding an event type is one line here.
 EVENT_TYPES: dict[str, str] = {
@@ -86,6 +97,7 @@ async def emit(
         dict(data),
     )
     assert row is not None
+    await queues.send(tx, QUEUE, {"event_id": row["id"]})
     return _event(row)
 
 

@@ -390,6 +390,14 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
         ("name",),
         lambda r: olt_aad(r["name"], "enable_password"),
     ),
+    # Webhook signing secrets (daemon.webhooks.endpoints.secret_aad: bound to the row id).
+    EncryptedColumn(
+        "webhook_secrets",
+        "id",
+        "secret_enc",
+        ("id",),
+        lambda r: f"webhook_secret:{r['id']}".encode(),
+    ),
 )
 
 

@@ -42,6 +42,7 @@ from daemon.platform.http.problem import (
 from daemon.platform.http.requestid import RequestIdMiddleware
 from daemon.platform.http.slowclients import BODY_TIMEOUT_SECONDS, ShieldFinalSend
 from daemon.uisp import intake
+from daemon.webhooks import catalog
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     app.register_blueprint(admin.blueprint(deps, stop))
     app.register_blueprint(operations.blueprint(deps))
     app.register_blueprint(network.blueprint(deps))
+    # Imported here: the webhook routes use this package's shapes (admin.Shape), so a
+    # module-level import would make importing them first a circular import.
+    from daemon.webhooks import api as webhooks_api
+
+    app.register_blueprint(webhooks_api.blueprint(deps))
     app.register_blueprint(health.blueprint(deps))
     _register_error_handlers(app)
     # Outermost: the request id, so even the shielded final send carries it.
@@ -105,7 +111,15 @@ class Provider(OpenAPIProvider):
 
     def schema(self) -> dict[str, Any]:
         if self._document is None:
-            self._document = super().schema()
+            document = super().schema()
+            # What we send (OpenAPI 3.1 ``webhooks``): one operation per event type.
+            document["webhooks"], events = catalog.openapi()
+            schemas = document["components"]["schemas"]
+            clash = [name for name in events if schemas.get(name, events[name]) != events[name]]
+            if clash:
+                raise RuntimeError(f"two different schemas are named {clash[0]!r}")
+            schemas.update(events)
+            self._document = document
         return self._document
 
     def build_paths(self, rule: Any) -> tuple[dict[str, Any], dict[str, Any]]:
