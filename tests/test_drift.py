@@ -21,6 +21,8 @@ from daemon.network import drift, drift_store
 from daemon.network.drift import Report
 from daemon.network.olt.types import OnuRef
 from daemon.platform import config as configmod
+from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
 from daemon.uisp.client import SERVICE_SUSPENDED
 from tests.flow_harness import ADMIN_TOKEN, Flow, World, daemon, world
 
@@ -297,3 +299,33 @@ async def test_an_olt_that_cannot_be_read_is_counted_not_drift_and_the_others_ar
     assert (report.counts.read_errors, report.counts.device_reads) == (1, 1)
     assert zte.auth_attempts == 1
     assert [(i.service_id, i.kind) for i in report.items] == [(1, "olt_vs_uisp")]
+
+
+async def test_a_run_from_another_process_shows_in_the_daemons_metrics(w: World) -> None:
+    """``paymentd network reconcile`` runs in its own process, with its own registry: the
+    daemon's ``paymentd_drift`` must follow the database (what the admin API lists), not
+    stay at the daemon's last own run until the next scheduled one, hours later."""
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        assert drift_gauges((await flow.http.get("/metrics")).text)["olt_vs_uisp"] == 0
+        hw.set_active(ANA_ONU, True)  # Ana is suspended in UISP: the ONU was switched on
+        res = flow.running.resources
+        other_process = drift.DriftDeps(
+            flow.db, res.uisp, res.pool, res.config.uisp, res.config.drift,
+            Metrics(), EventBus(),
+        )  # fmt: skip
+        with trio.fail_after(60):
+            report = await drift.reconcile(other_process, fix=False, trigger="cli")
+        assert [i.kind for i in report.items] == ["olt_vs_uisp"]
+        api = (await flow.http.get("/api/v1/network/drift", headers=ADMIN)).json()
+        assert api["counts"]["olt_vs_uisp"] == 1
+
+        async def gauge_follows() -> bool:
+            text = (await flow.http.get("/metrics")).text
+            if drift_gauges(text)["olt_vs_uisp"] == 1:
+                return True
+            await trio.sleep(0.25)
+            return False
+
+        # A scrape refreshes the database-backed gauges at most every few seconds.
+        await flow.wait_for(gauge_follows, "the daemon's drift gauge", seconds=30)

@@ -142,14 +142,21 @@ def _set_gauges(metrics: Metrics, items: list[DriftItem]) -> None:
 
 
 async def restore_metrics(db: Database, metrics: Metrics) -> None:
-    """Set the drift gauges from the latest finished run (at start-up: a restart must not
-    read as "no drift" until the next run, hours later). Best effort."""
+    """Set the drift gauges from the latest finished run: at start-up (a restart must not
+    read as "no drift" until the next run, hours later) and on a scrape (a run from the
+    CLI is another process, with its own registry). Best effort."""
     try:
         found = await drift_store.latest(db)
     except DatabaseError as exc:
         log.warning("drift: gauges not restored: %s", exc)
         return
-    _set_gauges(metrics, [] if found is None else found[1])
+    if found is None:
+        _set_gauges(metrics, [])
+        return
+    run, items = found
+    _set_gauges(metrics, items)
+    if run.finished_at is not None:
+        metrics.drift_run_seconds.set((run.finished_at - run.started_at).total_seconds())
 
 
 async def _reconcile(p: DriftDeps, run_id: int, fix: bool) -> Report:
