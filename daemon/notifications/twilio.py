@@ -197,6 +197,8 @@ class Twilio:
             raise (SmsOutcomeUnknown if what == "send" else SmsTransientError)(detail)
         if resp.status_code in (401, 403):
             return {}
+        if resp.status_code == 429:  # a rate limit from something in front of Twilio
+            raise SmsTransientError(detail)
         raise SmsPermanentError(detail)
 
     @staticmethod
