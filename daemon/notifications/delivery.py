@@ -26,6 +26,7 @@ from daemon.network import tasks
 from daemon.notifications import messages, providers, recovery
 from daemon.notifications.messages import Sms
 from daemon.notifications.sms import (
+    SentLookup,
     SmsError,
     SmsOutcomeUnknown,
     SmsPermanentError,
@@ -187,6 +188,15 @@ async def _retry_or_fail(
     unconfirmed: bool = False,
 ) -> None:
     attempts = sms.attempts
+    if attempts >= deps.settings.max_attempts and unconfirmed and isinstance(provider, SentLookup):
+        # The last attempt may have been accepted: give up only once the lookup says it was
+        # not (recovery.resolve, at the next delivery), or a sent SMS is reported failed.
+        delay = deps.settings.lookup_settle_seconds
+        async with deps.db.transaction() as tx:
+            await messages.back_to_queued(tx, sms.id, error, unconfirmed=True)
+            await queues.set_vt(tx, QUEUE, msg.msg_id, delay)
+        _report(deps, sms, "retry", provider, error=error, delay=delay)
+        return
     if attempts >= deps.settings.max_attempts:
         error = f"gave up after {attempts} attempts: {error}"
         async with deps.db.transaction() as tx:
