@@ -150,8 +150,11 @@ def blueprint(deps: Deps) -> Blueprint:
                     await queue_stats(deps)
                 except Exception as exc:  # stale gauges beat a failed scrape
                     log.warning("queue gauges not refreshed: %s", exc)
-                # From the database too: 'paymentd network reconcile' runs in another process.
-                await drift.restore_metrics(deps.db, deps.metrics)
+                try:
+                    # From the database: 'paymentd network reconcile' is another process.
+                    await drift.restore_metrics(deps.db, deps.metrics)
+                except Exception as exc:
+                    log.warning("drift gauges not refreshed: %s", exc)
         return Response(
             deps.metrics.render(), status=200, headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
