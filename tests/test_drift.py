@@ -329,3 +329,41 @@ async def test_a_run_from_another_process_shows_in_the_daemons_metrics(w: World)
 
         # A scrape refreshes the database-backed gauges at most every few seconds.
         await flow.wait_for(gauge_follows, "the daemon's drift gauge", seconds=30)
+
+
+async def test_a_webhook_applied_while_the_run_reads_the_olts_is_not_reported_as_drift(
+    w: World,
+) -> None:
+    """The run reads the task log first and the devices after (minutes, at 2 reads/s per
+    OLT). A suspension that arrives and is applied in between leaves the ONU off while the
+    run still holds "paymentd applied active": that is paymentd working, not drift."""
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        await ana_paid_and_reconnected(w, flow)
+        assert (await reconcile(flow)).items == []  # Ana's ONU now has a check time
+        bruno = w.fake.add_client("Bruno", "Díaz", "+34 600 333 444")
+        hw.add_onu(0, 1, 3, 8, active=True)
+        w.fake.add_service(bruno["id"], olt="olt-hw", onu="0/1/3:8")
+        reads = len([c for c in hw.command_log if c.startswith("display ont info")])
+        found: list[Report] = []
+
+        async def run() -> None:
+            # Never-checked ONUs first: Bruno's, then Ana's 10 s later.
+            found.append(await reconcile(flow, device_reads_per_second=0.1))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+
+            async def bruno_read() -> bool:
+                log = [c for c in hw.command_log if c.startswith("display ont info")]
+                return len(log) > reads
+
+            await flow.wait_for(bruno_read, "the run's first read")
+            for body in w.fake._set_suspended(1, True):  # UISP suspends Ana, webhooks sent
+                await w.fake._deliver(body)
+            await flow.wait_task_state("succeeded", count=2)
+            assert not hw.is_active(ANA_ONU)
+        [report] = found
+        await flow.settle()
+    assert report.items == []
+    assert report.counts.device_reads == 2

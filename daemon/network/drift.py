@@ -11,7 +11,8 @@ rule a webhook follows):
   session, in turn with its other requests), at most ``drift.device_reads_per_run`` per
   OLT and ``device_reads_per_second``, least recently checked ONUs first.
 
-A service with a task queued or running is converging already and is skipped. Each
+A service with a task queued or running is converging already and is skipped, and so is
+one that got a task while the run was reading the devices. Each
 mismatch is a ``DriftItem`` with a kind (``drift_store.KINDS``); a run's items replace the
 previous run's (admin API ``GET /api/v1/network/drift``, gauge ``paymentd_drift{kind}``,
 set again from the database at start-up).
@@ -177,8 +178,13 @@ async def _reconcile(p: DriftDeps, run_id: int, fix: bool) -> Report:
             items.append(_item(s, "olt_unknown", None, None, f"no OLT named {s.olt_name!r}"))
         else:
             compared.append(s)
-    counts.services = len(compared)
     read = await _read_devices(p, compared, counts)
+    # The reads take minutes: a task queued meanwhile (a webhook) may have changed the ONU
+    # since the task log was read. That service is converging, not drifting.
+    moved = await tasks.services_with_tasks_after(p.db, horizon)
+    counts.skipped += sum(1 for s in compared if s.id in moved)
+    compared = [s for s in compared if s.id not in moved]
+    counts.services = len(compared)
 
     for s in compared:
         last = applied.get(s.id)
