@@ -24,7 +24,7 @@ from daemon.platform import config as configmod
 from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
 from daemon.uisp.client import SERVICE_SUSPENDED
-from tests.flow_harness import ADMIN_TOKEN, Flow, World, daemon, world
+from tests.flow_harness import ADMIN_TOKEN, Flow, World, daemon, make_config, world
 
 ROOT = Path(__file__).resolve().parent.parent
 ANA_ONU = OnuRef(0, 1, 3, 7)
@@ -367,3 +367,20 @@ async def test_a_webhook_applied_while_the_run_reads_the_olts_is_not_reported_as
         await flow.settle()
     assert report.items == []
     assert report.counts.device_reads == 2
+
+
+async def test_network_drift_says_when_runs_failed_rather_than_that_none_ran(
+    w: World, tmp_path: Path
+) -> None:
+    config = tmp_path / "drift.toml"
+    config.write_text(configmod.to_toml(make_config(w.db_url, tmp_path, w.fake_url, w.sink_url)))
+    never = await cli("network", "drift", "-c", str(config))
+    assert never.returncode == 2
+    assert "no drift run yet: run 'paymentd network reconcile'" in never.stderr
+    run_id = await drift_store.start_run(w.db, "report", "schedule")
+    await drift_store.fail_run(w.db, run_id, "UispTransientError: UISP GET /clients/services")
+    failed = await cli("network", "drift", "-c", str(config))
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    [line] = failed.stderr.splitlines()
+    assert f"no drift run has finished; the latest (run {run_id}" in line
+    assert "failed: UispTransientError: UISP GET /clients/services" in line
