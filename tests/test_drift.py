@@ -21,8 +21,10 @@ from daemon.network import drift, drift_store
 from daemon.network.drift import Report
 from daemon.network.olt.types import OnuRef
 from daemon.platform import config as configmod
+from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
 from daemon.uisp.client import SERVICE_SUSPENDED
-from tests.flow_harness import ADMIN_TOKEN, Flow, World, daemon, world
+from tests.flow_harness import ADMIN_TOKEN, Flow, World, daemon, make_config, world
 
 ROOT = Path(__file__).resolve().parent.parent
 ANA_ONU = OnuRef(0, 1, 3, 7)
@@ -297,3 +299,88 @@ async def test_an_olt_that_cannot_be_read_is_counted_not_drift_and_the_others_ar
     assert (report.counts.read_errors, report.counts.device_reads) == (1, 1)
     assert zte.auth_attempts == 1
     assert [(i.service_id, i.kind) for i in report.items] == [(1, "olt_vs_uisp")]
+
+
+async def test_a_run_from_another_process_shows_in_the_daemons_metrics(w: World) -> None:
+    """``paymentd network reconcile`` runs in its own process, with its own registry: the
+    daemon's ``paymentd_drift`` must follow the database (what the admin API lists), not
+    stay at the daemon's last own run until the next scheduled one, hours later."""
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        assert drift_gauges((await flow.http.get("/metrics")).text)["olt_vs_uisp"] == 0
+        hw.set_active(ANA_ONU, True)  # Ana is suspended in UISP: the ONU was switched on
+        res = flow.running.resources
+        other_process = drift.DriftDeps(
+            flow.db, res.uisp, res.pool, res.config.uisp, res.config.drift,
+            Metrics(), EventBus(),
+        )  # fmt: skip
+        with trio.fail_after(60):
+            report = await drift.reconcile(other_process, fix=False, trigger="cli")
+        assert [i.kind for i in report.items] == ["olt_vs_uisp"]
+        api = (await flow.http.get("/api/v1/network/drift", headers=ADMIN)).json()
+        assert api["counts"]["olt_vs_uisp"] == 1
+
+        async def gauge_follows() -> bool:
+            text = (await flow.http.get("/metrics")).text
+            if drift_gauges(text)["olt_vs_uisp"] == 1:
+                return True
+            await trio.sleep(0.25)
+            return False
+
+        # A scrape refreshes the database-backed gauges at most every few seconds.
+        await flow.wait_for(gauge_follows, "the daemon's drift gauge", seconds=30)
+
+
+async def test_a_webhook_applied_while_the_run_reads_the_olts_is_not_reported_as_drift(
+    w: World,
+) -> None:
+    """The run reads the task log first and the devices after (minutes, at 2 reads/s per
+    OLT). A suspension that arrives and is applied in between leaves the ONU off while the
+    run still holds "paymentd applied active": that is paymentd working, not drift."""
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        await ana_paid_and_reconnected(w, flow)
+        assert (await reconcile(flow)).items == []  # Ana's ONU now has a check time
+        bruno = w.fake.add_client("Bruno", "Díaz", "+34 600 333 444")
+        hw.add_onu(0, 1, 3, 8, active=True)
+        w.fake.add_service(bruno["id"], olt="olt-hw", onu="0/1/3:8")
+        reads = len([c for c in hw.command_log if c.startswith("display ont info")])
+        found: list[Report] = []
+
+        async def run() -> None:
+            # Never-checked ONUs first: Bruno's, then Ana's 10 s later.
+            found.append(await reconcile(flow, device_reads_per_second=0.1))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+
+            async def bruno_read() -> bool:
+                log = [c for c in hw.command_log if c.startswith("display ont info")]
+                return len(log) > reads
+
+            await flow.wait_for(bruno_read, "the run's first read")
+            for body in w.fake._set_suspended(1, True):  # UISP suspends Ana, webhooks sent
+                await w.fake._deliver(body)
+            await flow.wait_task_state("succeeded", count=2)
+            assert not hw.is_active(ANA_ONU)
+        [report] = found
+        await flow.settle()
+    assert report.items == []
+    assert report.counts.device_reads == 2
+
+
+async def test_network_drift_says_when_runs_failed_rather_than_that_none_ran(
+    w: World, tmp_path: Path
+) -> None:
+    config = tmp_path / "drift.toml"
+    config.write_text(configmod.to_toml(make_config(w.db_url, tmp_path, w.fake_url, w.sink_url)))
+    never = await cli("network", "drift", "-c", str(config))
+    assert never.returncode == 2
+    assert "no drift run yet: run 'paymentd network reconcile'" in never.stderr
+    run_id = await drift_store.start_run(w.db, "report", "schedule")
+    await drift_store.fail_run(w.db, run_id, "UispTransientError: UISP GET /clients/services")
+    failed = await cli("network", "drift", "-c", str(config))
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    [line] = failed.stderr.splitlines()
+    assert f"no drift run has finished; the latest (run {run_id}" in line
+    assert "failed: UispTransientError: UISP GET /clients/services" in line

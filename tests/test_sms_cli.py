@@ -13,7 +13,14 @@ import trio
 
 from daemon.fakes import sms_sink, twilio_server
 from daemon.fakes.twilio_server import FakeTwilio
-from daemon.platform.config import Config, SmsConfig, TwilioConfig, to_toml
+from daemon.platform.config import (
+    Config,
+    DatabaseConfig,
+    SecretsConfig,
+    SmsConfig,
+    TwilioConfig,
+    to_toml,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SID = "AC" + "7e" * 16
@@ -138,3 +145,25 @@ async def test_configuration_and_usage_problems_are_one_line_exit_2_nothing_sent
     [line] = proc.stderr.splitlines()
     assert line.startswith(f"paymentd: error: {expected}"), line
     assert sink.requests == [] and fake.requests == []
+
+
+async def test_check_config_warns_of_labsmobile_without_credentials_as_the_fallback_too(
+    tmp_path: Path,
+) -> None:
+    """As the fallback, LabsMobile without credentials answers 401 to every SMS the
+    primary could not send, and each of those SMS fails for good."""
+    sms = SmsConfig(provider="twilio", fallback="labsmobile")
+    twilio = TwilioConfig(account_sid=SID, auth_token=TOKEN, from_number="+34911000111")
+    key = tmp_path / "secret.key"
+    key.write_text("ab" * 32)
+    key.chmod(0o600)
+    secrets = SecretsConfig(key_file=str(key))
+    # Nothing listens on port 9: the database check is a warning, not the news here.
+    database = DatabaseConfig(url="postgresql://postgres@127.0.0.1:9/none")
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(Config().replace(sms=sms, twilio=twilio, secrets=secrets,
+                                             database=database)))  # fmt: skip
+    with trio.fail_after(60):
+        proc = await paymentd("check-config", "--config", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: sms.username / sms.token are empty" in proc.stdout

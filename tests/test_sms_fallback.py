@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from daemon.notifications import providers
+from daemon.notifications.sms import LabsMobile
 from daemon.platform.config import ConfigError, from_mapping
 from daemon.platform.db import Database
 from tests.sms_fixtures import (  # noqa: F401
@@ -125,3 +126,42 @@ def test_fallback_mistakes_are_one_line_naming_the_key(
     with pytest.raises(ConfigError) as info:
         from_mapping({"sms": sms}, env={})
     assert str(info.value).startswith(message)
+
+
+async def test_a_primary_that_refuses_our_credentials_hands_over_to_the_fallback(
+    db: Database, fakes: Fakes
+) -> None:
+    """A revoked LabsMobile token (or its IP filter, 403) refuses every SMS: that is the
+    provider being unusable, not this message being wrong, so the fallback sends it."""
+    broken = LabsMobile(base_url=fakes.sink_url, username="ops@example.com", token="revoked",
+                        sender="ISP", default_country_code="34", timeout=2.0)  # fmt: skip
+    deps = make_deps(db, broken, twilio(fakes), fallback_after=1)
+    with trio.fail_after(20):
+        sms_id = await queue_sms(db)
+        msg = await deliver(deps)
+        assert msg is not None
+        retry = await row(db, sms_id)
+        await skip_wait(deps, msg)
+        await deliver(deps)
+        sms = await row(db, sms_id)
+        await close(deps)
+    assert retry["state"] == "queued" and "HTTP 401" in retry["last_error"]
+    [sent] = fakes.twilio.messages
+    assert (sms["state"], sms["provider"], sms["provider_ref"]) == ("sent", "twilio", sent["sid"])
+    assert fakes.sink.messages == []
+
+
+async def test_refused_credentials_without_a_fallback_still_fail_the_sms(
+    db: Database, fakes: Fakes
+) -> None:
+    broken = LabsMobile(base_url=fakes.sink_url, username="ops@example.com", token="revoked",
+                        sender="ISP", default_country_code="34", timeout=2.0)  # fmt: skip
+    deps = make_deps(db, broken)
+    with trio.fail_after(20):
+        sms_id = await queue_sms(db)
+        await deliver(deps)
+        sms = await row(db, sms_id)
+        assert await next_visible(deps) is None
+        await close(deps)
+    assert (sms["state"], sms["attempts"]) == ("failed", 1)
+    assert "check username/token" in sms["last_error"]

@@ -204,3 +204,46 @@ async def test_an_accepted_last_attempt_is_sent_not_given_up(db: Database, fakes
         await close(deps)
     assert (sms["state"], sms["attempts"]) == ("sent", 1)
     assert posts(fakes) == 1
+
+
+async def test_a_last_attempt_whose_answer_was_lost_is_looked_up_not_called_failed(
+    db: Database, fakes: Fakes
+) -> None:
+    """The last allowed attempt times out after Twilio kept the message: the customer has
+    it, so the row must end 'sent' (after a lookup), not 'failed' with an alert."""
+    deps = make_deps(db, twilio(fakes), max_attempts=1)
+    fakes.twilio.fail_next(1, delay=4.0, after_accept=True)  # the client gives up after 2 s
+    with trio.fail_after(30):
+        sms_id = await queue_sms(db)
+        msg = await deliver(deps)
+        assert msg is not None
+        waiting = await row(db, sms_id)
+        await age_attempt(db, sms_id, 10)  # past the settle time
+        await skip_wait(deps, msg)
+        await deliver(deps)
+        sms = await row(db, sms_id)
+        await close(deps)
+    assert (waiting["state"], waiting["unconfirmed"]) == ("queued", True)
+    [accepted] = fakes.twilio.messages
+    assert (sms["state"], sms["provider_ref"], sms["attempts"]) == ("sent", accepted["sid"], 1)
+    assert posts(fakes) == 1
+
+
+async def test_a_last_attempt_twilio_never_got_fails_once_the_list_says_so(
+    db: Database, fakes: Fakes
+) -> None:
+    deps = make_deps(db, twilio(fakes), max_attempts=1)
+    fakes.twilio.fail_next(1, delay=4.0, status=503)  # no answer in time, nothing kept
+    with trio.fail_after(30):
+        sms_id = await queue_sms(db)
+        msg = await deliver(deps)
+        assert msg is not None
+        await age_attempt(db, sms_id, 10)
+        await skip_wait(deps, msg)
+        await deliver(deps)
+        sms = await row(db, sms_id)
+        await close(deps)
+    assert fakes.twilio.messages == [] and posts(fakes) == 1
+    assert (sms["state"], sms["attempts"]) == ("failed", 1)
+    assert "gave up after 1" in sms["last_error"]
+    assert await next_visible(deps) is None

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import socket
 from collections.abc import AsyncIterator
+from functools import partial
 
 import httpx
 import pytest
@@ -271,3 +272,28 @@ def test_the_auth_token_is_masked_in_logs_and_never_in_the_config_repr() -> None
         logs.forget_secrets()
     assert "tw-Tok3n-secret" not in line and "***" in line
     assert "tw-Tok3n-secret" not in repr(cfg.twilio) + str(cfg.twilio.auth_token)
+
+
+async def test_a_proxys_429_without_json_is_transient_not_a_failed_sms(
+    nursery: trio.Nursery,
+) -> None:
+    """A rate limit answered by something in front of Twilio (a proxy, a WAF) in HTML: the
+    message was not accepted and is worth retrying, as Twilio's own 429 is."""
+    answer = (
+        b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/html\r\n"
+        b"Content-Length: 22\r\nConnection: close\r\n\r\n<h1>slow down</h1>\r\n\r\n"
+    )
+
+    async def proxy(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65536)
+            await stream.send_all(answer)
+
+    [listener] = await nursery.start(partial(trio.serve_tcp, proxy, 0, host="127.0.0.1"))
+    port = listener.socket.getsockname()[1]  # type: ignore[attr-defined]
+    with trio.fail_after(10):
+        tw = client(f"http://127.0.0.1:{port}")
+        with pytest.raises(SmsTransientError) as info:
+            await tw.send("+34600111222", "Hola", subid="s")
+        await tw.aclose()
+    assert type(info.value) is SmsTransientError and "HTTP 429" in str(info.value)

@@ -84,6 +84,13 @@ def cmd_network(args: argparse.Namespace) -> int:
 
         found = with_db(cfg, drift_store.latest)
         if found is None:
+            last = with_db(cfg, drift_store.last_runs, 1)
+            if last and last[0].state == "failed":
+                # Not "none yet": the job runs and fails (UISP unreachable, a bad key).
+                raise UserError(
+                    f"no drift run has finished; the latest (run {last[0].id}, "
+                    f"{last[0].started_at:%Y-%m-%d %H:%M}) failed: {last[0].error}"
+                )
             raise UserError("no drift run yet: run 'paymentd network reconcile'")
         run, items = found
         if args.kind:

@@ -82,9 +82,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         warnings.append("uisp.webhook_token is empty: the UISP webhook endpoint is disabled")
     if not cfg.http.admin_token:
         warnings.append("http.admin_token is empty: the admin API is disabled")
-    if cfg.sms.provider == "labsmobile" and not (cfg.sms.username and cfg.sms.token):
-        warnings.append("sms.username / sms.token are empty: LabsMobile will refuse every SMS")
     from daemon.notifications import providers
+
+    # As the fallback too: each SMS the primary could not send would then fail for good.
+    if "labsmobile" in providers.names(cfg) and not (cfg.sms.username and cfg.sms.token):
+        warnings.append("sms.username / sms.token are empty: LabsMobile will refuse every SMS")
 
     providers.check(cfg)  # a [twilio] section that lacks what Twilio needs: one line, exit 2
     for w in warnings:

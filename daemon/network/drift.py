@@ -11,7 +11,8 @@ rule a webhook follows):
   session, in turn with its other requests), at most ``drift.device_reads_per_run`` per
   OLT and ``device_reads_per_second``, least recently checked ONUs first.
 
-A service with a task queued or running is converging already and is skipped. Each
+A service with a task queued or running is converging already and is skipped, and so is
+one that got a task while the run was reading the devices. Each
 mismatch is a ``DriftItem`` with a kind (``drift_store.KINDS``); a run's items replace the
 previous run's (admin API ``GET /api/v1/network/drift``, gauge ``paymentd_drift{kind}``,
 set again from the database at start-up).
@@ -142,14 +143,21 @@ def _set_gauges(metrics: Metrics, items: list[DriftItem]) -> None:
 
 
 async def restore_metrics(db: Database, metrics: Metrics) -> None:
-    """Set the drift gauges from the latest finished run (at start-up: a restart must not
-    read as "no drift" until the next run, hours later). Best effort."""
+    """Set the drift gauges from the latest finished run: at start-up (a restart must not
+    read as "no drift" until the next run, hours later) and on a scrape (a run from the
+    CLI is another process, with its own registry). Best effort."""
     try:
         found = await drift_store.latest(db)
     except DatabaseError as exc:
         log.warning("drift: gauges not restored: %s", exc)
         return
-    _set_gauges(metrics, [] if found is None else found[1])
+    if found is None:
+        _set_gauges(metrics, [])
+        return
+    run, items = found
+    _set_gauges(metrics, items)
+    if run.finished_at is not None:
+        metrics.drift_run_seconds.set((run.finished_at - run.started_at).total_seconds())
 
 
 async def _reconcile(p: DriftDeps, run_id: int, fix: bool) -> Report:
@@ -170,8 +178,13 @@ async def _reconcile(p: DriftDeps, run_id: int, fix: bool) -> Report:
             items.append(_item(s, "olt_unknown", None, None, f"no OLT named {s.olt_name!r}"))
         else:
             compared.append(s)
-    counts.services = len(compared)
     read = await _read_devices(p, compared, counts)
+    # The reads take minutes: a task queued meanwhile (a webhook) may have changed the ONU
+    # since the task log was read. That service is converging, not drifting.
+    moved = await tasks.services_with_tasks_after(p.db, horizon)
+    counts.skipped += sum(1 for s in compared if s.id in moved)
+    compared = [s for s in compared if s.id not in moved]
+    counts.services = len(compared)
 
     for s in compared:
         last = applied.get(s.id)

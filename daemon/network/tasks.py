@@ -388,6 +388,12 @@ async def newest_id(db: Executor, service_id: int | None = None) -> int:
     return newest
 
 
+async def services_with_tasks_after(db: Executor, task_id: int) -> set[int]:
+    """Services with a task newer than ``task_id`` (created since a drift run began)."""
+    rows = await db.fetch("SELECT DISTINCT service_id FROM reconnect_tasks WHERE id > $1", task_id)
+    return {r["service_id"] for r in rows}
+
+
 @dataclass(frozen=True)
 class LoggedEvent:
     """One ``task_events`` row, for a live tail of the whole log (``paymentd tasks follow``)."""

@@ -26,6 +26,8 @@ from daemon.network import tasks
 from daemon.notifications import messages, providers, recovery
 from daemon.notifications.messages import Sms
 from daemon.notifications.sms import (
+    SentLookup,
+    SmsAccountError,
     SmsError,
     SmsOutcomeUnknown,
     SmsPermanentError,
@@ -142,10 +144,13 @@ async def handle_sms(deps: SmsDeps, msg: Message, lease: Lease | None = None) ->
     try:
         with trio.fail_after(deadline):
             ref = await provider.send(sms.phone, sms.body, subid=_subid(sms_id))
+    except SmsAccountError as exc:
+        if deps.fallback is None:
+            await _fail(deps, msg, sms, provider, str(exc))
+        else:  # this provider is unusable, not the message: the other one may send it
+            await _retry_or_fail(deps, msg, sms, provider, str(exc))
     except SmsPermanentError as exc:
-        async with deps.db.transaction() as tx:
-            await _finish(tx, msg, sms, "failed", str(exc), provider=provider.name)
-        _report(deps, sms, "failed", provider, error=str(exc))
+        await _fail(deps, msg, sms, provider, str(exc))
     except (SmsError, trio.TooSlowError) as exc:
         error = str(exc) or f"no answer within {deadline:.0f} s"
         # No answer, or one that may hide an acceptance: look it up before the next attempt.
@@ -154,6 +159,12 @@ async def handle_sms(deps: SmsDeps, msg: Message, lease: Lease | None = None) ->
     else:
         await _record_sent(deps, msg, sms, provider, ref)
         _report(deps, sms, "sent", provider, ref=ref)
+
+
+async def _fail(deps: SmsDeps, msg: Message, sms: Sms, provider: SmsProvider, error: str) -> None:
+    async with deps.db.transaction() as tx:
+        await _finish(tx, msg, sms, "failed", error, provider=provider.name)
+    _report(deps, sms, "failed", provider, error=error)
 
 
 async def _record_sent(
@@ -187,6 +198,15 @@ async def _retry_or_fail(
     unconfirmed: bool = False,
 ) -> None:
     attempts = sms.attempts
+    if attempts >= deps.settings.max_attempts and unconfirmed and isinstance(provider, SentLookup):
+        # The last attempt may have been accepted: give up only once the lookup says it was
+        # not (recovery.resolve, at the next delivery), or a sent SMS is reported failed.
+        delay = deps.settings.lookup_settle_seconds
+        async with deps.db.transaction() as tx:
+            await messages.back_to_queued(tx, sms.id, error, unconfirmed=True)
+            await queues.set_vt(tx, QUEUE, msg.msg_id, delay)
+        _report(deps, sms, "retry", provider, error=error, delay=delay)
+        return
     if attempts >= deps.settings.max_attempts:
         error = f"gave up after {attempts} attempts: {error}"
         async with deps.db.transaction() as tx:

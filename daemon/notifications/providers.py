@@ -3,8 +3,9 @@
 ``sms.provider`` is the primary and ``sms.fallback`` the other one. Attempts 1 to
 ``sms.fallback_after`` of a message go through the primary; after that the fallback and
 the primary take turns (a fallback that fails transiently too must not keep a recovered
-primary from sending). Only transient failures lead there: a permanent one (a bad number,
-a bad message) fails the SMS, as it would with the other provider.
+primary from sending). Only transient failures lead there, and a provider that refuses our
+account (``SmsAccountError``, 401/403): a permanent one about the message (a bad number, a
+bad message) fails the SMS, as it would with the other provider.
 """
 
 from __future__ import annotations

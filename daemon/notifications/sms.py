@@ -8,7 +8,8 @@ A provider's ``send`` returns the provider's reference for the message or raises
   ``SmsOutcomeUnknown`` (a kind of it) when the request went out and the answer may hide
   an acceptance (a read timeout, a dropped connection);
 - ``SmsPermanentError``: this message (or the account's credentials) will never work as it
-  is — the caller gives up on it.
+  is — the caller gives up on it; ``SmsAccountError`` (a kind of it) when the provider
+  refuses the account (401/403) — with a fallback configured, the SMS goes there instead.
 
 A provider that can list what it sent (``SentLookup``: Twilio) lets the sender ask, before
 sending again, whether an attempt whose outcome is unknown was accepted after all.
@@ -30,6 +31,7 @@ from daemon.platform.config import SmsConfig
 __all__ = [
     "LabsMobile",
     "SentLookup",
+    "SmsAccountError",
     "SmsError",
     "SmsOutcomeUnknown",
     "SmsPermanentError",
@@ -54,6 +56,11 @@ class SmsOutcomeUnknown(SmsTransientError):
 
 class SmsPermanentError(SmsError):
     """Retrying will not help (bad number, bad message, bad credentials)."""
+
+
+class SmsAccountError(SmsPermanentError):
+    """The provider refuses our account (HTTP 401/403: credentials, an IP filter): no
+    message gets through it until an operator acts, but another provider may send it."""
 
 
 class SmsProvider(Protocol):
@@ -195,7 +202,7 @@ class LabsMobile:
             raise SmsTransientError(f"LabsMobile {path}: {exc!r}") from exc
         status = resp.status_code
         if status in (401, 403):
-            raise SmsPermanentError(f"LabsMobile {path}: HTTP {status} (check username/token)")
+            raise SmsAccountError(f"LabsMobile {path}: HTTP {status} (check username/token)")
         if status == 429 or status >= 500:
             raise SmsTransientError(f"LabsMobile {path}: HTTP {status}")
         try:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from daemon.notifications.sms import (
+    SmsAccountError,
     SmsOutcomeUnknown,
     SmsPermanentError,
     SmsTransientError,
@@ -197,6 +198,8 @@ class Twilio:
             raise (SmsOutcomeUnknown if what == "send" else SmsTransientError)(detail)
         if resp.status_code in (401, 403):
             return {}
+        if resp.status_code == 429:  # a rate limit from something in front of Twilio
+            raise SmsTransientError(detail)
         raise SmsPermanentError(detail)
 
     @staticmethod
@@ -207,7 +210,7 @@ class Twilio:
         if status == 429 or code in _TRANSIENT_CODES:
             return SmsTransientError(detail)
         if status in (401, 403):
-            return SmsPermanentError(f"{detail} (check twilio.account_sid and twilio.auth_token)")
+            return SmsAccountError(f"{detail} (check twilio.account_sid and twilio.auth_token)")
         return SmsPermanentError(detail)
 
 

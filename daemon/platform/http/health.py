@@ -19,6 +19,7 @@ import trio
 from pydantic import BaseModel
 from quart import Blueprint, Response
 
+from daemon.network import drift
 from daemon.platform import queues
 from daemon.platform.deps import Deps
 from daemon.platform.http import schema
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # /readyz must answer well inside a probe's timeout even when PostgreSQL hangs.
 READY_DB_TIMEOUT_SECONDS = 2.0
-# A scrape refreshes the queue gauges at most this often and waits this long for them:
+# A scrape refreshes the queue (and drift) gauges at most this often and waits this long for them:
 # Prometheus may scrape often, and a slow database must not make the scrape fail.
 METRICS_REFRESH_INTERVAL_SECONDS = 5.0
 METRICS_REFRESH_TIMEOUT_SECONDS = 1.0
@@ -149,6 +150,11 @@ def blueprint(deps: Deps) -> Blueprint:
                     await queue_stats(deps)
                 except Exception as exc:  # stale gauges beat a failed scrape
                     log.warning("queue gauges not refreshed: %s", exc)
+                try:
+                    # From the database: 'paymentd network reconcile' is another process.
+                    await drift.restore_metrics(deps.db, deps.metrics)
+                except Exception as exc:
+                    log.warning("drift gauges not refreshed: %s", exc)
         return Response(
             deps.metrics.render(), status=200, headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
