@@ -104,3 +104,55 @@ async def test_sigkill_mid_schedule_then_restart_sends_the_retry_once_at_its_tim
     assert done is not None and done.delivery.attempts == 2
     assert [a.status_code for a in done.attempts] == [500, 200]
     Webhook(secret).verify(second.body, second.headers)
+
+
+async def test_sigkill_mid_send_retries_after_the_lease_and_only_then(
+    w: World, tmp_path: Path, notify_sockets: list[Notifications]
+) -> None:
+    async def hang_first(r: Received) -> Answer:
+        if len(rx.received) == 1:
+            await trio.sleep_forever()
+        return Answer(200, b"ok")
+
+    rx = WebhookReceiver(hang_first)
+    cfg = make_config(w.db_url, tmp_path, w.fake_url, w.sink_url, port=free_port())
+    cfg = cfg.replace(
+        webhooks=msgspec.structs.replace(
+            WebhooksConfig(), allowed_cidrs=("127.0.0.0/8",), timeout_seconds=4, lease_seconds=10
+        )
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(to_toml(cfg))
+    log = tmp_path / "daemon.log"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rx.serve)
+        async with w.db.transaction() as tx:
+            await endpoints.create(tx, load_keyring(cfg.secrets), url=rx.url())
+        notify = await listen(notify_sockets, tmp_path / "notify-1.sock")
+        with daemon_process(config, notify.path, log) as proc:
+            await notify.wait_for("READY=1")
+            async with w.db.transaction() as tx:
+                await outbox.emit(tx, "sms.sent", {"n": 1})
+            with trio.fail_after(30):
+                await rx.wait_for(1)  # the receiver holds it: the daemon is mid-send
+            proc.send_signal(signal.SIGKILL)
+            assert await wait_exit(proc, 10) == -signal.SIGKILL
+        [d] = await deliveries.list_deliveries(w.db)
+        assert d.state == "pending" and d.attempts == 0 and d.leased_until is not None
+        lease_end = d.leased_until
+        notify2 = await listen(notify_sockets, tmp_path / "notify-2.sock")
+        with daemon_process(config, notify2.path, log) as proc:
+            await notify2.wait_for("READY=1")
+            with trio.fail_after(60):
+                second = (await rx.wait_for(2))[1]
+                while (await deliveries.get(w.db, d.id)).state != "succeeded":  # type: ignore[union-attr]  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert await wait_exit(proc, 20) == 0
+        nursery.cancel_scope.cancel()
+    assert second.wall >= lease_end, "sent again while the crashed attempt's lease held"
+    assert len(rx.received) == 2
+    assert rx.received[0].headers["webhook-id"] == second.headers["webhook-id"]
+    done = await deliveries.get_detail(w.db, d.id)
+    # The crashed attempt left no record (it never finished); the retry is attempt 1.
+    assert done is not None and [a.status_code for a in done.attempts] == [200]

@@ -143,7 +143,7 @@ async def test_old_attempts_are_pruned_by_retention(db: Database) -> None:
     from daemon.platform import retention
     from daemon.platform.metrics import Metrics
 
-    ep, _ = await _endpoint(db)
+    await _endpoint(db)
     async with db.transaction() as tx:
         event = await outbox.emit(tx, "sms.sent", {})
         await deliveries.fan_out(tx, event.id, event.type, dt.datetime.now(dt.UTC))
@@ -161,4 +161,3 @@ async def test_old_attempts_are_pruned_by_retention(db: Database) -> None:
     assert pruned["webhook_attempts"] == 1
     [kept] = await deliveries.attempts(db, d.id)
     assert kept.started_at > dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
-    assert ep.id

@@ -89,9 +89,6 @@ async def run(
         timeout=httpx.Timeout(cfg.timeout_seconds),
         headers={"user-agent": cfg.user_agent},
     ) as client:
-        # Callbacks without a signing endpoint are signed with the daemon-wide secret.
-        async with deps.db.transaction() as tx:
-            await endpoints.ensure_callback_secret(tx, deps.box)
         dispatcher = Dispatcher(deps, client)
         async with trio.open_nursery() as nursery:
             task_status.started()
@@ -128,6 +125,7 @@ class Dispatcher:
         self.in_flight = 0
         self.buckets: dict[str, _Bucket] = {}
         self._secrets: dict[str | None, tuple[dt.datetime, list[str]]] = {}
+        self._callback_secret_ready = False
         self.idle = trio.Event()  # set while nothing is in flight (shutdown waits on it)
         self.idle.set()
 
@@ -155,6 +153,13 @@ class Dispatcher:
     async def _round(self, nursery: trio.Nursery) -> dt.datetime | None:
         """Claim and start what is due; return when to look again (None: at once)."""
         deps, cfg = self.deps, self.cfg
+        if not self._callback_secret_ready:
+            # Callbacks without a signing endpoint are signed with the daemon-wide secret.
+            # Here rather than before started(): a database that is down at start (or
+            # after a lost instance lock) is a blip to ride out, not a boot error.
+            async with deps.db.transaction() as tx:
+                await endpoints.ensure_callback_secret(tx, deps.box)
+            self._callback_secret_ready = True
         now = deps.clock.now()
         free = cfg.max_in_flight - self.in_flight
         batch = min(free, CLAIM_BATCH)
