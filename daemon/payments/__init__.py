@@ -1,0 +1,1 @@
+"""Payments: the payment processor, its providers and its API."""
