@@ -55,9 +55,7 @@ class LocalStripe:
         localstripe keeps webhooks by name for its whole life: tests use unique names and
         their own secret, so one test never receives another's events.
         """
-        r = httpx.post(
-            f"{self.url}/_config/webhooks/{name}", data={"url": url, "secret": secret}
-        )
+        r = httpx.post(f"{self.url}/_config/webhooks/{name}", data={"url": url, "secret": secret})
         r.raise_for_status()
 
 

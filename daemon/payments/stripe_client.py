@@ -50,7 +50,7 @@ class StripeApi:
     http: TrioHttpxClient
 
     async def aclose(self) -> None:
-        await self.http.close_async()
+        await self.http.close_async()  # type: ignore[no-untyped-call]
 
 
 def open_api(api_key: str, base_url: str, *, timeout_seconds: float) -> StripeApi:
