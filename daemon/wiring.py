@@ -24,6 +24,9 @@ from daemon.actors.olt_pool import OltPool, OltPoolSettings
 from daemon.network import devices, reconnect, tasks
 from daemon.notifications import delivery, messages
 from daemon.notifications.sms import SmsProvider, make_provider
+from daemon.payments import processor, stripe_events, stripe_process
+from daemon.payments.provider import PaymentProvider
+from daemon.payments.stripe_provider import StripeProvider
 from daemon.platform import queues, retention
 from daemon.platform.config import Config
 from daemon.platform.consumer import ConsumerSettings, Lease, Wakeups
@@ -47,6 +50,7 @@ class Resources:
     pool: OltPool
     uisp: UispClient
     sms_provider: SmsProvider | None
+    payment_provider: PaymentProvider | None = None  # payments.provider; None for "none"
 
     @property
     def config(self) -> Config:
@@ -104,6 +108,13 @@ def _sms_deps(r: Resources) -> delivery.SmsDeps:
     )
 
 
+def _stripe_deps(r: Resources) -> stripe_process.StripeEventDeps:
+    provider = r.payment_provider
+    stripe = provider if isinstance(provider, StripeProvider) else None
+    core = processor.ProcessorDeps(r.db, provider, r.config.payments, r.deps.events)
+    return stripe_process.StripeEventDeps(r.db, stripe, core)
+
+
 QUEUES: tuple[QueueDecl[Any], ...] = (
     QueueDecl(
         webhooks.QUEUE,
@@ -132,6 +143,15 @@ QUEUES: tuple[QueueDecl[Any], ...] = (
         on_poison=delivery.on_poison,
         on_replay=delivery.on_replay,
         description="SMS to customers → the SMS provider",
+    ),
+    QueueDecl(
+        stripe_events.QUEUE,
+        stripe_process.handle,
+        _stripe_deps,
+        concurrency=4,
+        on_poison=stripe_process.on_poison,
+        on_replay=stripe_process.on_replay,
+        description="stored Stripe events → the object re-fetched from Stripe → payment state",
     ),
 )
 QUEUE_NAMES: tuple[str, ...] = tuple(q.name for q in QUEUES)
@@ -181,6 +201,7 @@ def retention_targets() -> list[retention.Target]:
         retention.Target("uisp_webhooks", "received_at", "state <> 'queued'"),
         retention.Target("task_events", "at"),
         retention.Target("failed_messages", "failed_at"),
+        retention.Target("stripe_events", "received_at", "state <> 'queued'"),
     ]
     targets += [retention.Target(f"pgmq.a_{q}", "archived_at") for q in QUEUE_NAMES]
     return targets
@@ -264,7 +285,13 @@ async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]
         provider = make_provider(cfg.sms)
         if provider is not None:
             stack.push_async_callback(_bounded_close, provider.aclose)
-        yield Resources(deps, box, pool, uisp, provider)
+        # The payments core builds the configured provider (daemon.payments.providers);
+        # until that is merged, only Stripe's is built here.
+        payment_provider: PaymentProvider | None = None
+        if cfg.payments.provider == "stripe":
+            payment_provider = StripeProvider.from_config(cfg.payments)
+            stack.push_async_callback(_bounded_close, payment_provider.aclose)
+        yield Resources(deps, box, pool, uisp, provider, payment_provider)
 
 
 async def _bounded_close(close: Callable[[], Awaitable[None]]) -> None:

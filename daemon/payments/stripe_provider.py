@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import stripe
@@ -76,6 +77,19 @@ _REFUND_STATUS: dict[str, RefundStatus] = {
 }
 # Stripe's own refund reasons; any other reason of ours goes in metadata only.
 _STRIPE_REFUND_REASONS = {"duplicate", "fraudulent", "requested_by_customer"}
+
+
+@dataclass(frozen=True)
+class StripeInvoice:
+    """A subscription's invoice, as far as our history needs it (recurring payments)."""
+
+    id: str
+    status: str  # draft, open, paid, uncollectible, void
+    amount_paid: int
+    currency: str  # upper case
+    subscription_id: str | None
+    payment_id: str | None  # our payment, from the subscription's metadata
+    billing_reason: str | None
 
 
 class StripeProvider:
@@ -300,6 +314,13 @@ class StripeProvider:
         )
         return _from_refund(refund.to_dict())
 
+    async def retrieve_invoice(self, invoice_id: str) -> StripeInvoice:
+        """Stripe-only (recurring payments): re-fetch an invoice for ``invoice.paid``."""
+        invoice = await self._call(
+            "retrieve Invoice", lambda: self._v1.invoices.retrieve_async(invoice_id)
+        )
+        return _from_invoice(invoice.to_dict())
+
     # -- helpers ------------------------------------------------------------------------
 
     async def _intent_of(self, ref: ProviderRef) -> str:
@@ -380,6 +401,22 @@ def _from_intent(pi: Obj, *, captured: int | None = None) -> ProviderPayment:
         failure_code=error.get("decline_code") or error.get("code"),
         failure_message=error.get("message"),
         intent_id=pi["id"],
+    )
+
+
+def _from_invoice(inv: Obj) -> StripeInvoice:
+    # API 2025-03-31 and later: parent.subscription_details; older: top-level fields.
+    details = (inv.get("parent") or {}).get("subscription_details") or {}
+    sub = details.get("subscription") or inv.get("subscription")
+    meta = details.get("metadata") or (inv.get("subscription_details") or {}).get("metadata")
+    return StripeInvoice(
+        id=inv["id"],
+        status=str(inv.get("status")),
+        amount_paid=int(inv.get("amount_paid") or 0),
+        currency=str(inv.get("currency") or "").upper(),
+        subscription_id=sub.get("id") if isinstance(sub, dict) else sub,
+        payment_id=(meta or {}).get(PAYMENT_ID_KEY),
+        billing_reason=inv.get("billing_reason"),
     )
 
 
@@ -466,4 +503,4 @@ def _code(exc: stripe.StripeError, default: str) -> str:
     return str(exc.code) if getattr(exc, "code", None) else default
 
 
-__all__ = ["PAYMENT_ID_KEY", "REFUND_ID_KEY", "StripeProvider"]
+__all__ = ["PAYMENT_ID_KEY", "REFUND_ID_KEY", "StripeInvoice", "StripeProvider"]

@@ -5,6 +5,7 @@ event (ends long-lived streams such as SSE when the daemon stops). Produces a ``
 app with three groups of routes:
 
 - ``daemon.uisp.intake``: ``POST /webhooks/uisp/<token>`` (UISP CRM events in);
+- ``daemon.payments.stripe_webhook``: ``POST /webhooks/stripe`` (signed Stripe events in);
 - ``daemon.platform.http.admin``: ``/api/v1/*`` behind a Bearer token (tasks, queues, events);
 - ``daemon.platform.http.health``: ``/healthz``, ``/readyz``, ``/metrics`` (open);
 - ``/openapi.json``: the OpenAPI 3.1 document quart-schema builds from the shapes each
@@ -28,6 +29,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from daemon import __version__
+from daemon.payments import stripe_webhook
 from daemon.platform.db import DatabaseError
 from daemon.platform.deps import Deps
 from daemon.platform.http import admin, health, operations, schema
@@ -83,6 +85,7 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
 
     stop = shutdown if shutdown is not None else trio.Event()
     app.register_blueprint(intake.blueprint(deps))
+    app.register_blueprint(stripe_webhook.blueprint(deps))
     app.register_blueprint(admin.blueprint(deps, stop))
     app.register_blueprint(operations.blueprint(deps))
     app.register_blueprint(health.blueprint(deps))
