@@ -318,3 +318,37 @@ async def test_the_api_key_and_client_secrets_stay_out_of_logs_and_errors(
     assert key not in text and created.client_secret not in text
     assert "rk_wrong_key_9a8b7c" not in str(info.value) and info.value.code == "authentication"
     assert key not in repr(provider) and key not in repr(stripe_config(front, stripe_api_key=key))
+
+
+async def test_a_3d_secure_card_leaves_the_intent_requiring_action(
+    provider: StripeProvider, front: StripeFront, localstripe: LocalStripe
+) -> None:
+    card = {"number": "4000002500003155", "exp_month": "12", "exp_year": "2030", "cvc": "123"}
+    async with httpx.AsyncClient(base_url=localstripe.url, auth=(localstripe.api_key, "")) as c:
+        pm = (
+            await c.post(
+                "/v1/payment_methods",
+                data={"type": "card", **{f"card[{k}]": v for k, v in card.items()}},
+            )
+        ).json()["id"]
+    with trio.fail_after(10):
+        created = await provider.create(create_request("pay_3ds"))
+        await pay_intent(front, created.ref.id, card=pm)
+        now = await provider.retrieve(created.ref)
+    assert now.status == "requires_action"
+
+
+async def test_a_paid_checkout_session_is_refunded_through_its_payment_intent(
+    provider: StripeProvider, front: StripeFront
+) -> None:
+    with trio.fail_after(10):
+        created = await provider.create(create_request("pay_hr", 1800, method="hosted_checkout"))
+        await front.complete_session(created.ref.id)
+        refund = await provider.refund(
+            RefundRequest("ref_h", created.ref, 800, "EUR", refund_key("ref_h"), "duplicate")
+        )
+    intent = front.sessions[created.ref.id]["payment_intent"]
+    [sent] = front.created("/v1/refunds")
+    assert sent.form["payment_intent"] == intent
+    assert sent.form["reason"] == "duplicate"  # one of Stripe's own reasons: passed as such
+    assert (refund.status, refund.amount) == ("succeeded", 800)
