@@ -24,7 +24,8 @@ from daemon.actors.olt_pool import OltPool, OltPoolSettings
 from daemon.network import devices, reconnect, tasks
 from daemon.notifications import delivery, messages
 from daemon.notifications.sms import SmsProvider, make_provider
-from daemon.payments import processor, stripe_events, stripe_process
+from daemon.payments import idempotency, processor, providers, stripe_events, stripe_process
+from daemon.payments import jobs as payment_jobs
 from daemon.payments.provider import PaymentProvider
 from daemon.payments.stripe_provider import StripeProvider
 from daemon.platform import queues, retention
@@ -108,11 +109,14 @@ def _sms_deps(r: Resources) -> delivery.SmsDeps:
     )
 
 
+def _payments_deps(r: Resources) -> processor.ProcessorDeps:
+    return processor.ProcessorDeps(r.db, r.payment_provider, r.config.payments, r.deps.events)
+
+
 def _stripe_deps(r: Resources) -> stripe_process.StripeEventDeps:
     provider = r.payment_provider
     stripe = provider if isinstance(provider, StripeProvider) else None
-    core = processor.ProcessorDeps(r.db, provider, r.config.payments, r.deps.events)
-    return stripe_process.StripeEventDeps(r.db, stripe, core)
+    return stripe_process.StripeEventDeps(r.db, stripe, _payments_deps(r))
 
 
 QUEUES: tuple[QueueDecl[Any], ...] = (
@@ -143,6 +147,15 @@ QUEUES: tuple[QueueDecl[Any], ...] = (
         on_poison=delivery.on_poison,
         on_replay=delivery.on_replay,
         description="SMS to customers → the SMS provider",
+    ),
+    QueueDecl(
+        processor.QUEUE,
+        processor.handle,
+        _payments_deps,
+        concurrency=8,  # bounded by the provider's rate limits more than by us
+        on_poison=processor.on_poison,
+        on_replay=processor.on_replay,
+        description="payments and refunds → the payment provider, to their final state",
     ),
     QueueDecl(
         stripe_events.QUEUE,
@@ -190,7 +203,9 @@ def worker_actors(res: Resources, url: str, wakeups: Wakeups, stop: trio.Event) 
         actors.append(
             ActorDecl(f"consumer:{decl.name}", partial(queue_consumer.run, consumer), "stop")
         )
-    sched = scheduler.SchedulerDeps(res.db, jobs(deps), deps.metrics, deps.events, stop)
+    sched = scheduler.SchedulerDeps(
+        res.db, jobs(deps, res.payment_provider), deps.metrics, deps.events, stop
+    )
     actors.append(ActorDecl("scheduler", partial(scheduler.run, sched), "stop"))
     return actors
 
@@ -207,9 +222,21 @@ def retention_targets() -> list[retention.Target]:
     return targets
 
 
-def jobs(deps: Deps) -> list[Job]:
-    """The scheduler's periodic jobs (the payments issue adds reconcile/expire here)."""
+def jobs(deps: Deps, payment_provider: PaymentProvider | None = None) -> list[Job]:
+    """The scheduler's periodic jobs. ``payment_provider``: the daemon's; without one (the
+    CLI) the payments jobs build the configured provider for each run."""
     cfg = deps.config.retention
+    pay = deps.config.payments
+
+    async def reconcile() -> str:
+        async with providers.processor_deps(pay, deps.db, deps.events, payment_provider) as p:
+            return await payment_jobs.reconcile(p)
+
+    async def expire() -> str:
+        async with providers.processor_deps(pay, deps.db, deps.events, payment_provider) as p:
+            summary = await payment_jobs.expire(p)
+        pruned = await idempotency.prune(deps.db)
+        return summary + (f"; {pruned} expired idempotency key(s) deleted" if pruned else "")
 
     async def prune() -> str:
         pruned = await retention.prune(
@@ -231,7 +258,19 @@ def jobs(deps: Deps) -> list[Job]:
             cfg.interval_seconds,
             prune,
             "delete webhooks, task history, dead letters and queue archives past retention",
-        )
+        ),
+        Job(
+            "payments_reconcile",
+            pay.reconcile_interval_seconds,
+            reconcile,
+            "re-fetch payments pending/processing/unknown past payments.reconcile_after_seconds",
+        ),
+        Job(
+            "payments_expire",
+            pay.expire_interval_seconds,
+            expire,
+            "cancel and expire payments pending past payments.pending_ttl_seconds",
+        ),
     ]
 
 
@@ -285,11 +324,8 @@ async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]
         provider = make_provider(cfg.sms)
         if provider is not None:
             stack.push_async_callback(_bounded_close, provider.aclose)
-        # The payments core builds the configured provider (daemon.payments.providers);
-        # until that is merged, only Stripe's is built here.
-        payment_provider: PaymentProvider | None = None
-        if cfg.payments.provider == "stripe":
-            payment_provider = StripeProvider.from_config(cfg.payments)
+        payment_provider = providers.make(cfg.payments, deps.db)
+        if payment_provider is not None:
             stack.push_async_callback(_bounded_close, payment_provider.aclose)
         yield Resources(deps, box, pool, uisp, provider, payment_provider)
 
