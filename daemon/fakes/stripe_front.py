@@ -20,7 +20,8 @@ it creates and confirms a real PaymentIntent in localstripe with a test card, fo
 ``mode=subscription`` it makes a subscription and its first paid invoice; then it sends
 the events Stripe would (``checkout.session.completed``, ``invoice.paid``), signed, to
 ``webhook_url``. ``stall`` makes answers hang until ``unstall`` (a provider timeout),
-``fail_next`` answers the next request with a given Stripe error.
+``fail_next`` answers the next request with a given Stripe error, ``lose_next_answer``
+does the next POST but never answers it.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class StripeFront:
         self.sent_events: list[Obj] = []
         self._stalled: trio.Event | None = None
         self._failures: list[tuple[int, Obj]] = []
+        self._lose_next = False
         self._idempotent: dict[tuple[str, str], _Idempotent] = {}
         self._ids = itertools.count(1)
         self._http = httpx.AsyncClient(timeout=30)
@@ -139,6 +141,11 @@ class StripeFront:
         if self._stalled is not None:
             self._stalled.set()
             self._stalled = None
+
+    def lose_next_answer(self) -> None:
+        """The next idempotent POST is carried out (and its answer kept for the key) but
+        never answered: the caller times out not knowing (a crash or a lost answer)."""
+        self._lose_next = True
 
     def fail_next(self, status: int, error_type: str, message: str, **extra: Any) -> None:
         """The next request is answered with this Stripe error (and not recorded)."""
@@ -200,12 +207,15 @@ class StripeFront:
             entry.status = response.status_code
             entry.body = await response.get_data(as_text=False)
             entry.content_type = response.content_type or "application/json"
-            return response
         except BaseException:
-            del self._idempotent[scope]  # never answered: as if never sent
+            del self._idempotent[scope]  # nothing was kept: as if never sent
             raise
         finally:
             entry.done.set()
+        if self._lose_next:
+            self._lose_next = False
+            await trio.sleep_forever()  # done and kept for the key; the answer is lost
+        return response
 
     async def _route(self, path: str, form: Obj, raw: bytes) -> Response:
         parts = path.strip("/").split("/")
