@@ -18,6 +18,7 @@ import msgspec
 import trio
 
 from daemon.app import Running, run_daemon
+from daemon.payments.mock_provider import MockProvider
 from daemon.payments.processor import ProcessorDeps
 from daemon.platform.config import (
     Config,
@@ -89,11 +90,13 @@ class Pay:
         return await wait_for(reached, seconds)
 
     def processor(self) -> ProcessorDeps:
-        """What the daemon's own jobs get: its provider, config and event bus."""
+        """What the daemon's own jobs get, on the test's connections: the daemon's pool
+        lives in its own asyncio loop. The mock keeps its state in the database, so a
+        second MockProvider is the same provider."""
         r = self.running
-        return ProcessorDeps(
-            self.db, r.resources.payment_provider, r.deps.config.payments, r.deps.events
-        )
+        cfg = r.deps.config.payments
+        provider = MockProvider(self.db, cfg.public_base_url)
+        return ProcessorDeps(self.db, provider, cfg, r.deps.events)
 
 
 async def wait_for(probe: Callable[[], Awaitable[T | None]], seconds: float = 20) -> T:

@@ -10,11 +10,11 @@ import argparse
 import sys
 
 from daemon import __version__
-from daemon.cli import apikeys, olt, operations, secrets, service, sim
+from daemon.cli import apikeys, olt, operations, payments, secrets, service, sim
 from daemon.cli.common import Parser, UserError
 from daemon.platform.config import ConfigError
 
-GROUPS = (service, olt, secrets, operations, sim, apikeys)
+GROUPS = (service, olt, secrets, operations, sim, apikeys, payments)
 
 
 def build_parser() -> argparse.ArgumentParser:
