@@ -16,6 +16,9 @@ import trio
 
 from daemon.fakes.stripe_front import StripeFront
 from daemon.payments import jobs, store
+from daemon.payments.processor import ProcessorDeps
+from daemon.payments.stripe_provider import StripeProvider
+from daemon.platform.events import EventBus
 from tests.localstripe import LocalStripe
 from tests.payments_harness import ADMIN, Pay, paymentd, wait_for
 from tests.stripe_fixtures import pay_intent, stripe_front_fixture
@@ -68,9 +71,15 @@ async def test_a_card_payment_is_created_at_stripe_and_paid_through_its_webhook(
         await pay_intent(front, created["provider_ref"])
     paid = await pay.wait_status(created["id"], "succeeded")
     assert paid["amount_captured"] == 1999
-    stored = await pay.db.fetchrow(
-        "SELECT type, state FROM stripe_events WHERE object_id = $1", created["provider_ref"]
-    )
+
+    # The event's row is marked processed just after the payment's change commits.
+    async def processed() -> Any:
+        return await pay.db.fetchrow(
+            "SELECT type, state FROM stripe_events WHERE object_id = $1 AND state <> 'queued'",
+            created["provider_ref"],
+        )
+
+    stored = await wait_for(processed)
     assert dict(stored) == {"type": "payment_intent.succeeded", "state": "processed"}
     assert [pi["id"] for pi in await intents_for(localstripe, created["id"])] == [
         created["provider_ref"]
@@ -110,10 +119,15 @@ async def test_a_lost_create_answer_is_retried_with_the_same_key_one_intent(
     payment_id = r.json()["id"]
     await pay.wait_status(payment_id, "unknown")
     assert len(await intents_for(localstripe, payment_id)) == 1  # made, answer lost
-    cfg = pay.processor()
-    cfg.cfg = msgspec.structs.replace(cfg.cfg, reconcile_after_seconds=0.001)
-    with trio.fail_after(20):
-        await jobs.reconcile(cfg)
+    # The reconcile job, once, on the test's connections (the daemon's pool lives in its
+    # own asyncio loop) and its own Stripe client: Stripe's state is Stripe's.
+    cfg = msgspec.structs.replace(pay.cfg.payments, reconcile_after_seconds=0.001)
+    provider = StripeProvider.from_config(cfg)
+    try:
+        with trio.fail_after(20):
+            await jobs.reconcile(ProcessorDeps(pay.db, provider, cfg, EventBus()))
+    finally:
+        await provider.aclose()
     settled = await pay.wait_status(payment_id, "pending")
     keys = [s.idempotency_key for s in front.created("/v1/payment_intents")]
     assert keys == [f"paymentd:{payment_id}:create"] * 2
