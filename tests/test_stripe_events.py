@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import httpx
 import pytest
 import trio
 
@@ -260,3 +261,44 @@ async def test_localstripes_own_signed_webhook_drives_the_payment(
     assert payment is not None and payment.status == "succeeded"
     body = await db.fetchval("SELECT body FROM stripe_events WHERE object_id = $1", created.ref.id)
     assert json.loads(json.dumps(body))["type"] == "payment_intent.succeeded"
+
+
+async def test_failed_canceled_and_requires_action_events_follow_stripes_copy(
+    db: Database,
+    provider: StripeProvider,
+    front: StripeFront,
+    localstripe: LocalStripe,
+    handler_deps: Any,
+) -> None:
+    card = {"number": "4000002500003155", "exp_month": "12", "exp_year": "2030", "cvc": "123"}
+    async with httpx.AsyncClient(base_url=localstripe.url, auth=(localstripe.api_key, "")) as c:
+        three_ds = (
+            await c.post(
+                "/v1/payment_methods",
+                data={"type": "card", **{f"card[{k}]": v for k, v in card.items()}},
+            )
+        ).json()["id"]
+        with trio.fail_after(10):
+            declined = await provider.create(create_request("pay_f1"))
+            await pay_intent(front, declined.ref.id, card="pm_card_chargeCustomerFail")
+            cancelled = await provider.create(create_request("pay_f2"))
+            await c.post(f"/v1/payment_intents/{cancelled.ref.id}/cancel")  # at Stripe
+            action = await provider.create(create_request("pay_f3"))
+            await pay_intent(front, action.ref.id, card=three_ds)
+    ids = {}
+    for name, made, kind in (
+        ("declined", declined, "payment_failed"),
+        ("cancelled", cancelled, "canceled"),
+        ("action", action, "requires_action"),
+    ):
+        ids[name] = await insert_payment(db, "payment_intent", made.ref.id)
+        await stripe_events.store(db, stripe_event(f"payment_intent.{kind}", {"id": made.ref.id}))
+    await process_queue(handler_deps)
+    got = {name: await store.get(db, pid) for name, pid in ids.items()}
+    assert {name: p.status for name, p in got.items() if p} == {
+        # A declined attempt returns the intent to requires_payment_method: still payable.
+        "declined": "pending",
+        "cancelled": "canceled",
+        "action": "requires_action",
+    }
+    assert got["declined"] is not None and got["declined"].failure_code == "card_declined"
