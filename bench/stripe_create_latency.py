@@ -10,11 +10,15 @@ the call to having the client secret in hand (``time.perf_counter``, same proces
   trio, our params, idempotency key, mapping to ``ProviderPayment``) straight to
   localstripe;
 - **provider via front**: the same through ``daemon/fakes/stripe_front.py`` (the extra
-  hop and the idempotency store the tests use).
+  hop and the idempotency store the tests use);
+- **API, Prefer: wait**: the whole daemon (``run_daemon`` in process, on a throwaway
+  database, ``payments.provider = "stripe"`` straight to localstripe):
+  ``POST /api/v1/payments`` with an ``Idempotency-Key`` and ``Prefer: wait=10``, timed
+  until its 201 carrying the client secret (durable insert, queue, processor pickup,
+  the Stripe call, the event bus waking the request); at the daemon's default
+  ``database.notify_throttle_ms`` (100) and at 0.
 
-The ratio column is against the baseline's p50 in the same run. This is the provider's
-share only: the payments API's ``Prefer: wait`` latency adds the HTTP request, the
-durable insert and the processor's pickup (the payments core's bench).
+The ratio column is against the baseline's p50 in the same run.
 """
 
 from __future__ import annotations
@@ -22,19 +26,26 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import _common
 import httpx
+import msgspec
+import psycopg
 import trio
+import trio_asyncio
 
+from daemon.app import Running, run_daemon
 from daemon.fakes import stripe_front
 from daemon.payments.provider import CreateRequest, create_key
 from daemon.payments.stripe_provider import StripeProvider
 from daemon.platform.config import PaymentsConfig
 from tests.localstripe import LocalStripe, running_localstripe
+from tests.payments_harness import ADMIN, make_config
 
 
 def request(i: int, mode: str) -> CreateRequest:
@@ -91,7 +102,61 @@ async def via_provider(base_url: str, api_key: str, n: int, mode: str) -> list[f
         await provider.aclose()
 
 
-async def main(n: int) -> None:
+async def via_api(
+    server: LocalStripe, n: int, db_url: str, tmp: Path, throttle_ms: int
+) -> list[float]:
+    cfg = make_config(
+        db_url,
+        tmp,
+        provider="stripe",
+        stripe_api_key=server.api_key,
+        stripe_base_url=server.url,
+        provider_timeout_seconds=10.0,
+    )
+    cfg = cfg.replace(
+        database=msgspec.structs.replace(cfg.database, notify_throttle_ms=throttle_ms)
+    )
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        running: Running = await nursery.start(
+            partial(run_daemon, cfg, env={}, handle_signals=False)
+        )
+        async with httpx.AsyncClient(base_url=running.base_url, timeout=30) as http:
+
+            async def call(i: int) -> str:
+                r = await http.post(
+                    "/api/v1/payments",
+                    json={"amount": 1000 + abs(i), "currency": "EUR"},
+                    headers={
+                        **ADMIN,
+                        "Idempotency-Key": f"bench-{throttle_ms}-{i}",
+                        "Prefer": "wait=10",
+                    },
+                )
+                assert r.status_code == 201, r.text
+                secret: str = r.json()["client_secret"]
+                assert secret, r.text
+                return secret
+
+            try:
+                return await timed(n, call)
+            finally:
+                _stages(db_url)
+                running.shutdown.set()
+
+
+def _stages(db_url: str) -> None:
+    """Where the API's time goes: the insert's commit → the processor's pending commit."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM p.at - c.at))"
+            " FROM payment_events c JOIN payment_events p USING (payment_id)"
+            " WHERE c.to_status = 'created' AND p.to_status = 'pending'"
+        ).fetchone()
+        print(f"  created → pending (commits) p50: {rows[0] * 1000:.1f} ms", file=sys.stderr)
+        conn.execute("TRUNCATE payments, payment_events, refunds, idempotency_keys CASCADE")
+
+
+async def main(n: int, db_url: str, tmp: Path) -> None:
     _common.quiet()
     rows: list[tuple[str, list[float]]] = []
     with running_localstripe() as server:
@@ -107,6 +172,9 @@ async def main(n: int) -> None:
                 ("provider → front → localstripe", await via_provider(url, server.api_key, n, "f"))
             )
             nursery.cancel_scope.cancel()
+        for throttle in (100, 0):
+            name = f"API, Prefer: wait, notify throttle {throttle} ms"
+            rows.append((name, await via_api(server, n, db_url, tmp, throttle)))
     base = _common.percentile(rows[0][1], 50)
     print(
         _common.table(
@@ -130,4 +198,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=300, help="creates per mode")
     args = parser.parse_args()
-    trio.run(main, args.n)
+    with _common.throwaway_database() as db_url, tempfile.TemporaryDirectory() as tmp:
+        trio.run(main, args.n, db_url, Path(tmp))
