@@ -21,9 +21,9 @@ in, the final state is Stripe's current one.
   payment's history once (``invoice_paid``, with the invoice id and amount).
 
 Anything else is recorded ``processed`` with an outcome saying it was ignored. Stripe
-unreachable: the message is retried (1 s doubling to 5 min) — an event is never dropped
-because Stripe was down. An object that is not ours is ignored (another integration on
-the same Stripe account).
+unreachable: the event is retried (1 s doubling to 5 min, a fresh queue message each time,
+for about three days) — an event is never dropped because Stripe was down for a while.
+An object that is not ours is ignored (another integration on the same Stripe account).
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 QUEUE = stripe_events.QUEUE
 ACTOR = "stripe_event"
 RETRY_MAX_SECONDS = 300.0
+# Stripe unreachable: retried (1 s doubling to 5 min) about three days, then the event is
+# marked failed (reconciliation still re-fetches its payment; a replay re-queues it).
+GIVE_UP_AFTER_ATTEMPTS = 9 + 3 * 24 * 12
 
 
 @dataclass(frozen=True)
@@ -72,18 +75,24 @@ async def handle(deps: StripeEventDeps, msg: Message, lease: Lease) -> None:
     try:
         if deps.provider is None:
             raise ProviderRejected("payments.provider is not stripe", code="not_configured")
-        outcome, state = await apply(deps, deps.provider, body), "processed"
+        outcome = await apply(deps, deps.provider, body)
+        state: stripe_events.State = "processed"
     except ProviderUnavailable as exc:
-        delay = min(RETRY_MAX_SECONDS, 2.0 ** max(0, msg.read_ct - 1))
-        log.warning("Stripe event %s: %s; again in %g s", event_id, exc.message, delay)
         async with deps.db.transaction() as tx:
-            await stripe_events.count_attempt(tx, event_id)
-            await queues.set_vt(tx, QUEUE, msg.msg_id, delay)
-        return
+            attempts = await stripe_events.count_attempt(tx, event_id)
+            if attempts < GIVE_UP_AFTER_ATTEMPTS:
+                delay = min(RETRY_MAX_SECONDS, 2.0 ** (attempts - 1))
+                # A fresh delayed copy: waiting out an outage never counts towards the
+                # consumer's poison threshold.
+                await queues.requeue(tx, QUEUE, msg, delay)
+        if attempts < GIVE_UP_AFTER_ATTEMPTS:
+            log.warning("Stripe event %s: %s; again in %g s", event_id, exc.message, delay)
+            return
+        outcome, state = f"failed: Stripe unreachable ({attempts} tries): {exc.message}", "failed"
     except ProviderRejected as exc:
         outcome, state = f"failed: {exc.message}", "failed"
     async with deps.db.transaction() as tx:
-        await stripe_events.record_outcome(tx, event_id, state, outcome)  # type: ignore[arg-type]
+        await stripe_events.record_outcome(tx, event_id, state, outcome)
         await queues.archive(tx, QUEUE, msg.msg_id)
     log.info("Stripe event %s %s: %s", event_id, row.type, outcome)
 
