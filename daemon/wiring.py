@@ -109,7 +109,9 @@ def _sms_deps(r: Resources) -> delivery.SmsDeps:
 
 
 def _payments_deps(r: Resources) -> processor.ProcessorDeps:
-    return processor.ProcessorDeps(r.db, r.payment_provider, r.config.payments, r.deps.events)
+    return processor.ProcessorDeps(
+        r.db, r.payment_provider, r.config.payments, r.deps.events, r.uisp
+    )
 
 
 QUEUES: tuple[QueueDecl[Any], ...] = (

@@ -87,6 +87,7 @@ class PaymentOut(BaseModel):
     metadata: dict[str, str]
     status_callback_url: str | None
     uisp_client_id: int | None
+    uisp_payment_id: int | None
     provider: str
     provider_ref: str | None
     client_secret: str | None

@@ -70,6 +70,9 @@ class Payment:
     reconcile_at: dt.datetime | None
     reconcile_attempts: int
     finished_at: dt.datetime | None
+    uisp_payment_id: int | None
+    uisp_recorded_at: dt.datetime | None
+    uisp_error: str | None
 
     @property
     def final(self) -> bool:
@@ -103,6 +106,7 @@ class Payment:
             "metadata": self.metadata,
             "status_callback_url": self.status_callback_url,
             "uisp_client_id": self.uisp_client_id,
+            "uisp_payment_id": self.uisp_payment_id,
             "provider": self.provider,
             "provider_ref": self.provider_ref,
             "client_secret": self.client_secret,
@@ -415,6 +419,10 @@ async def transition(
         event_type == "payment.pending" and states.OUTBOX_EVENT.get(payment.status) == event_type
     ):
         await outbox.emit(tx, event_type, moved.announced(), subject=f"payment:{moved.id}")
+    if to_status == "succeeded" and moved.uisp_client_id is not None:
+        # Closing the loop to the network: the processor records it in UISP (if so
+        # configured), whose unsuspend webhook then reconnects the customer.
+        await queues.send(tx, QUEUE, {"payment_id": moved.id, "uisp": True})
     return moved, Change(moved.id, to_status)
 
 
