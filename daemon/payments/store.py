@@ -257,7 +257,7 @@ async def insert(
     # One statement for the row, its first history entry and its queue message: the
     # create path's cost is mostly round trips through the bridge.
     row: Any = await tx.fetchrow(
-        "WITH p AS (INSERT INTO payments (id, amount, currency, method, kind, \"interval\","
+        'WITH p AS (INSERT INTO payments (id, amount, currency, method, kind, "interval",'
         " capture_method, description, customer, metadata, status_callback_url,"
         " uisp_client_id, created_by, provider, expires_at)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14,"
