@@ -110,7 +110,9 @@ def _sms_deps(r: Resources) -> delivery.SmsDeps:
 
 
 def _payments_deps(r: Resources) -> processor.ProcessorDeps:
-    return processor.ProcessorDeps(r.db, r.payment_provider, r.config.payments, r.deps.events)
+    return processor.ProcessorDeps(
+        r.db, r.payment_provider, r.config.payments, r.deps.events, r.uisp
+    )
 
 
 def _stripe_deps(r: Resources) -> stripe_process.StripeEventDeps:
@@ -252,26 +254,30 @@ def jobs(deps: Deps, payment_provider: PaymentProvider | None = None) -> list[Jo
             f" ({detail})" if detail else ""
         )
 
-    return [
+    declared = [
         Job(
             "retention",
             cfg.interval_seconds,
             prune,
             "delete webhooks, task history, dead letters and queue archives past retention",
-        ),
-        Job(
-            "payments_reconcile",
-            pay.reconcile_interval_seconds,
-            reconcile,
-            "re-fetch payments pending/processing/unknown past payments.reconcile_after_seconds",
-        ),
-        Job(
-            "payments_expire",
-            pay.expire_interval_seconds,
-            expire,
-            "cancel and expire payments pending past payments.pending_ttl_seconds",
-        ),
+        )
     ]
+    if pay.provider != "none":  # without a provider there is nothing to ask
+        declared += [
+            Job(
+                "payments_reconcile",
+                pay.reconcile_interval_seconds,
+                reconcile,
+                "re-fetch payments pending/processing/unknown untouched past a threshold",
+            ),
+            Job(
+                "payments_expire",
+                pay.expire_interval_seconds,
+                expire,
+                "cancel and expire payments pending past payments.pending_ttl_seconds",
+            ),
+        ]
+    return declared
 
 
 async def replay_dead(db: Database, dead_ids: Sequence[int]) -> list[queues.DeadLetter]:

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import trio
 
 from daemon.payments import provider as prov
-from daemon.payments import states, store
+from daemon.payments import states, store, uisp_loop
 from daemon.payments.provider import (
     PaymentProvider,
     ProviderDeclined,
@@ -49,6 +49,7 @@ from daemon.platform.consumer import Lease
 from daemon.platform.db import Conn, Database
 from daemon.platform.events import EventBus
 from daemon.platform.queues import Message
+from daemon.uisp.client import UispClient
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class ProcessorDeps:
     provider: PaymentProvider | None  # None: payments.provider = "none"
     cfg: PaymentsConfig
     events: EventBus
+    uisp: UispClient | None = None  # for payments.uisp_record_payments
 
 
 @dataclass
@@ -85,6 +87,8 @@ async def handle(deps: ProcessorDeps, msg: Message, lease: Lease | None = None) 
     body = msg.message
     if "refund_id" in body:
         await run_refund(deps, str(body["refund_id"]), actor="processor")
+    elif body.get("uisp"):
+        await uisp_loop.record(deps.db, deps.uisp, deps.cfg, str(body.get("payment_id", "")))
     else:
         await drive(deps, str(body.get("payment_id", "")), actor="processor",
                     refresh=bool(body.get("sync")))  # fmt: skip

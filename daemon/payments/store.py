@@ -70,6 +70,9 @@ class Payment:
     reconcile_at: dt.datetime | None
     reconcile_attempts: int
     finished_at: dt.datetime | None
+    uisp_payment_id: int | None
+    uisp_recorded_at: dt.datetime | None
+    uisp_error: str | None
 
     @property
     def final(self) -> bool:
@@ -103,6 +106,7 @@ class Payment:
             "metadata": self.metadata,
             "status_callback_url": self.status_callback_url,
             "uisp_client_id": self.uisp_client_id,
+            "uisp_payment_id": self.uisp_payment_id,
             "provider": self.provider,
             "provider_ref": self.provider_ref,
             "client_secret": self.client_secret,
@@ -250,13 +254,20 @@ async def insert(
     tx: Conn, new: NewPayment, *, created_by: str, provider: str, ttl_seconds: float
 ) -> Payment:
     """Store a payment, queue it and announce it (``payment.created``), in ``tx``."""
-    row = await tx.fetchrow(
-        'INSERT INTO payments (id, amount, currency, method, kind, "interval",'
+    # One statement for the row, its first history entry and its queue message: the
+    # create path's cost is mostly round trips through the bridge.
+    row: Any = await tx.fetchrow(
+        'WITH p AS (INSERT INTO payments (id, amount, currency, method, kind, "interval",'
         " capture_method, description, customer, metadata, status_callback_url,"
         " uisp_client_id, created_by, provider, expires_at)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14,"
         " now() + make_interval(secs => $15))"
-        f" RETURNING {_PAYMENT_COLUMNS}",
+        f" RETURNING {_PAYMENT_COLUMNS}),"
+        " h AS (INSERT INTO payment_events (payment_id, kind, to_status, actor)"
+        " SELECT id, 'transition', 'created', $13 FROM p),"
+        " q AS (SELECT pgmq.send($16::text, jsonb_build_object('payment_id', id)) AS msg_id"
+        " FROM p)"
+        " SELECT p.*, q.msg_id FROM p, q",
         new_payment_id(),
         new.amount,
         new.currency,
@@ -272,11 +283,12 @@ async def insert(
         created_by,
         provider,
         ttl_seconds,
+        QUEUE,
     )
-    payment = _payment(row)
-    await add_event(tx, payment.id, "transition", None, "created", created_by)
+    data = dict(row)
+    del data["msg_id"]
+    payment = _payment(data)
     await outbox.emit(tx, "payment.created", payment.announced(), subject=f"payment:{payment.id}")
-    await queues.send(tx, QUEUE, {"payment_id": payment.id})
     return payment
 
 
@@ -415,6 +427,10 @@ async def transition(
         event_type == "payment.pending" and states.OUTBOX_EVENT.get(payment.status) == event_type
     ):
         await outbox.emit(tx, event_type, moved.announced(), subject=f"payment:{moved.id}")
+    if to_status == "succeeded" and moved.uisp_client_id is not None:
+        # Closing the loop to the network: the processor records it in UISP (if so
+        # configured), whose unsuspend webhook then reconnects the customer.
+        await queues.send(tx, QUEUE, {"payment_id": moved.id, "uisp": True})
     return moved, Change(moved.id, to_status)
 
 

@@ -60,6 +60,10 @@ CREATE TABLE payments (
     reconcile_at        timestamptz,
     reconcile_attempts  integer NOT NULL DEFAULT 0,
     finished_at         timestamptz,
+    -- A succeeded payment with uisp_client_id, recorded in UISP (payments.uisp_record_payments).
+    uisp_payment_id     bigint,
+    uisp_recorded_at    timestamptz,
+    uisp_error          text,
     CHECK ((kind = 'recurring') = ("interval" IS NOT NULL)),
     CHECK (provider_ref IS NULL OR provider_object IS NOT NULL)
 );
