@@ -112,7 +112,7 @@ async def test_the_retention_job_is_declared_and_runs_once_from_the_cli(
 ) -> None:
     cfg = Config().replace(database=DatabaseConfig(url=db_url), retention=RetentionConfig())
     jobs = wiring.jobs(Deps(cfg, db, Metrics(), EventBus(), Health()))
-    assert [j.name for j in jobs] == ["retention"]
+    assert "retention" in [j.name for j in jobs]
     config = tmp_path / "config.toml"
     config.write_text(f'[database]\nurl = "{db_url}"\n')
     out = await trio.to_thread.run_sync(
