@@ -129,7 +129,7 @@ class StripeProvider:
         except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
             raise ProviderUnavailable(_message(what, exc), code=_code(exc, "unavailable")) from None
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-            log.error("Stripe refused our credentials (%s): check stripe.api_key", what)
+            log.error("Stripe refused our credentials (%s): check payments.stripe_api_key", what)
             raise ProviderUnavailable(_message(what, exc), code="authentication") from None
         except stripe.StripeError as exc:  # InvalidRequestError, IdempotencyError
             code = _code(exc, "invalid_request")
