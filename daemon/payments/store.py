@@ -581,7 +581,7 @@ async def transition_refund(
 
 
 async def due_for_reconcile(db: Executor, *, after_seconds: float, limit: int) -> list[str]:
-    """Payments pending/processing/unknown untouched past the threshold (or whose backoff
+    """Payments in ``states.RECONCILABLE`` untouched past the threshold (or whose backoff
     is over), oldest first."""
     rows = await db.fetch(
         "SELECT id FROM payments WHERE status = ANY($1::text[])"
