@@ -302,3 +302,65 @@ async def test_failed_canceled_and_requires_action_events_follow_stripes_copy(
         "action": "requires_action",
     }
     assert got["declined"] is not None and got["declined"].failure_code == "card_declined"
+
+
+async def test_charge_refunded_finishes_the_payments_pending_refunds(
+    db: Database, provider: StripeProvider, front: StripeFront, handler_deps: Any
+) -> None:
+    with trio.fail_after(10):
+        created = await provider.create(create_request("pay_cr", 1000))
+        await pay_intent(front, created.ref.id)
+    payment_id = await insert_payment(
+        db, "payment_intent", created.ref.id, status="succeeded", amount=1000,
+        amount_captured=1000, amount_refunded=400,
+    )  # fmt: skip
+    refund_id = "rf_" + secrets.token_hex(12)
+    with trio.fail_after(10):
+        made = await provider.refund(
+            RefundRequest(refund_id, created.ref, 400, "EUR", refund_key(refund_id))
+        )
+    await db.execute(
+        "INSERT INTO refunds (id, payment_id, amount, currency, created_by, provider_ref)"
+        " VALUES ($1, $2, 400, 'EUR', 'test', $3)",
+        refund_id,
+        payment_id,
+        made.id,
+    )
+    charge = {"id": "ch_x", "object": "charge", "payment_intent": created.ref.id}
+    await stripe_events.store(db, stripe_event("charge.refunded", charge))
+    await process_queue(handler_deps)
+    refund = await store.get_refund(db, refund_id)
+    assert refund is not None and refund.status == "succeeded"
+
+
+async def test_a_checkout_session_that_expired_at_stripe_expires_the_payment(
+    db: Database, provider: StripeProvider, front: StripeFront, handler_deps: Any
+) -> None:
+    with trio.fail_after(10):
+        created = await provider.create(create_request("pay_ex", method="hosted_checkout"))
+    payment_id = await insert_payment(
+        db, "checkout_session", created.ref.id, method="hosted_checkout"
+    )
+    front.sessions[created.ref.id]["status"] = "expired"  # Stripe's own 24 h expiry
+    session = {"id": created.ref.id, "object": "checkout.session", "status": "expired"}
+    await stripe_events.store(db, stripe_event("checkout.session.expired", session))
+    await process_queue(handler_deps)
+    payment = await store.get(db, payment_id)
+    assert payment is not None and payment.status == "expired"
+
+
+async def test_an_event_about_someone_elses_object_is_recorded_as_ignored(
+    db: Database, handler_deps: Any
+) -> None:
+    other = {"id": "pi_not_ours", "object": "payment_intent", "metadata": {}}
+    await stripe_events.store(db, stripe_event("payment_intent.succeeded", other, "evt_x1"))
+    await stripe_events.store(db, stripe_event("customer.created", {"id": "cus_1"}, "evt_x2"))
+    await process_queue(handler_deps)
+    rows = {
+        r["event_id"]: (r["state"], r["outcome"])
+        for r in await db.fetch("SELECT event_id, state, outcome FROM stripe_events")
+    }
+    assert rows == {
+        "evt_x1": ("processed", "ignored: no payment for pi_not_ours"),
+        "evt_x2": ("processed", "ignored: customer.created"),
+    }
