@@ -24,6 +24,11 @@ from daemon.actors.olt_pool import OltPool, OltPoolSettings
 from daemon.network import devices, drift, reconnect, tasks
 from daemon.notifications import delivery, messages, providers
 from daemon.notifications.sms import SmsProvider
+from daemon.payments import idempotency, processor, stripe_events, stripe_process
+from daemon.payments import jobs as payment_jobs
+from daemon.payments import providers as payment_providers
+from daemon.payments.provider import PaymentProvider
+from daemon.payments.stripe_provider import StripeProvider
 from daemon.platform import queues, retention
 from daemon.platform.config import Config
 from daemon.platform.consumer import ConsumerSettings, Lease, Wakeups
@@ -52,6 +57,7 @@ class Resources:
     sms_fallback: SmsProvider | None = None
     # Rung by the outbox fan-out when deliveries were added; the webhook dispatcher waits on it.
     webhook_doorbell: Doorbell = field(default_factory=Doorbell)
+    payment_provider: PaymentProvider | None = None  # payments.provider; None for "none"
 
     @property
     def config(self) -> Config:
@@ -114,6 +120,18 @@ def _fanout_deps(r: Resources) -> fanout.FanoutDeps:
     return fanout.FanoutDeps(r.db, r.webhook_doorbell, SystemClock())
 
 
+def _payments_deps(r: Resources) -> processor.ProcessorDeps:
+    return processor.ProcessorDeps(
+        r.db, r.payment_provider, r.config.payments, r.deps.events, r.uisp
+    )
+
+
+def _stripe_deps(r: Resources) -> stripe_process.StripeEventDeps:
+    provider = r.payment_provider
+    stripe = provider if isinstance(provider, StripeProvider) else None
+    return stripe_process.StripeEventDeps(r.db, stripe, _payments_deps(r))
+
+
 QUEUES: tuple[QueueDecl[Any], ...] = (
     QueueDecl(
         webhooks.QUEUE,
@@ -151,6 +169,24 @@ QUEUES: tuple[QueueDecl[Any], ...] = (
         on_poison=fanout.on_poison,
         on_replay=fanout.on_replay,
         description="emitted events → one webhook delivery per matching endpoint",
+    ),
+    QueueDecl(
+        processor.QUEUE,
+        processor.handle,
+        _payments_deps,
+        concurrency=8,  # bounded by the provider's rate limits more than by us
+        on_poison=processor.on_poison,
+        on_replay=processor.on_replay,
+        description="payments and refunds → the payment provider, to their final state",
+    ),
+    QueueDecl(
+        stripe_events.QUEUE,
+        stripe_process.handle,
+        _stripe_deps,
+        concurrency=4,
+        on_poison=stripe_process.on_poison,
+        on_replay=stripe_process.on_replay,
+        description="stored Stripe events → the object re-fetched from Stripe → payment state",
     ),
 )
 QUEUE_NAMES: tuple[str, ...] = tuple(q.name for q in QUEUES)
@@ -214,23 +250,40 @@ def retention_targets() -> list[retention.Target]:
             "id < (SELECT coalesce(max(id), 0) FROM drift_runs WHERE state = 'finished')",
         ),
         retention.Target("webhook_attempts", "started_at"),
+        retention.Target("stripe_events", "received_at", "state <> 'queued'"),
     ]
     targets += [retention.Target(f"pgmq.a_{q}", "archived_at") for q in QUEUE_NAMES]
     return targets
 
 
 def jobs(deps: Deps, res: Resources | None = None) -> list[Job]:
-    """The scheduler's periodic jobs (the payments issue adds reconcile/expire here).
+    """The scheduler's periodic jobs.
 
-    ``res``: the daemon's resources; without them (the CLI) a job that needs the OLT pool
-    or the UISP client opens its own for the run.
+    ``res``: the daemon's resources; without them (the CLI) a job that needs the OLT pool,
+    the UISP client or the payment provider opens its own for the run.
     """
     cfg = deps.config.retention
     drift_cfg = deps.config.drift
+    pay = deps.config.payments
+    payment_provider = res.payment_provider if res is not None else None
 
     async def reconcile_network() -> str:
         report = await reconcile_drift(deps, res, fix=drift_cfg.fix, trigger="schedule")
         return report.summary()
+
+    async def reconcile() -> str:
+        async with payment_providers.processor_deps(
+            pay, deps.db, deps.events, payment_provider
+        ) as p:
+            return await payment_jobs.reconcile(p)
+
+    async def expire() -> str:
+        async with payment_providers.processor_deps(
+            pay, deps.db, deps.events, payment_provider
+        ) as p:
+            summary = await payment_jobs.expire(p)
+        pruned = await idempotency.prune(deps.db)
+        return summary + (f"; {pruned} expired idempotency key(s) deleted" if pruned else "")
 
     async def prune() -> str:
         pruned = await retention.prune(
@@ -246,7 +299,7 @@ def jobs(deps: Deps, res: Resources | None = None) -> list[Job]:
             f" ({detail})" if detail else ""
         )
 
-    return [
+    declared = [
         Job(
             "retention",
             cfg.interval_seconds,
@@ -262,6 +315,22 @@ def jobs(deps: Deps, res: Resources | None = None) -> list[Job]:
             first_run_delay_seconds=600.0,
         ),
     ]
+    if pay.provider != "none":  # without a provider there is nothing to ask
+        declared += [
+            Job(
+                "payments_reconcile",
+                pay.reconcile_interval_seconds,
+                reconcile,
+                "re-fetch payments pending/processing/unknown untouched past a threshold",
+            ),
+            Job(
+                "payments_expire",
+                pay.expire_interval_seconds,
+                expire,
+                "cancel and expire payments pending past payments.pending_ttl_seconds",
+            ),
+        ]
+    return declared
 
 
 async def reconcile_drift(
@@ -338,7 +407,12 @@ async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]
         for sms_client in (provider, fallback):
             if sms_client is not None:
                 stack.push_async_callback(_bounded_close, sms_client.aclose)
-        yield Resources(deps, box, pool, uisp, provider, fallback)
+        payment_provider = payment_providers.make(cfg.payments, deps.db)
+        if payment_provider is not None:
+            stack.push_async_callback(_bounded_close, payment_provider.aclose)
+        yield Resources(
+            deps, box, pool, uisp, provider, fallback, payment_provider=payment_provider
+        )
 
 
 async def _bounded_close(close: Callable[[], Awaitable[None]]) -> None:

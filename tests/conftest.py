@@ -8,6 +8,7 @@ import pytest
 import trio_asyncio
 
 from daemon.platform.db import Database
+from tests import localstripe as localstripe_server
 from tests.pg import PgServer, pg_server
 
 
@@ -35,3 +36,13 @@ def db_url(pg: PgServer) -> Iterator[str]:
 async def db(db_url: str, aio_loop: None) -> AsyncIterator[Database]:
     async with Database.open(db_url, min_size=1, max_size=4) as database:
         yield database
+
+
+@pytest.fixture(scope="session")
+def localstripe() -> Iterator[localstripe_server.LocalStripe]:
+    """One localstripe server (a fake Stripe API) for the whole session; skips without it."""
+    reason = localstripe_server.available()
+    if reason is not None:
+        pytest.skip(reason)
+    with localstripe_server.running_localstripe() as server:
+        yield server

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.platform.config import SecretsConfig
+from daemon.platform.config import PaymentsConfig, SecretsConfig
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
 from daemon.platform.secrets import keygen
@@ -81,7 +81,11 @@ async def test_schemathesis_finds_nothing(deps: Deps, db: Database, tmp_path: Pa
     deps.health.set_state("http_ingress", "running")
     # A keyring, as every configured daemon has: creating a webhook endpoint seals its secret.
     keygen(tmp_path / "secret.key")
-    deps.config = deps.config.replace(secrets=SecretsConfig(key_file=str(tmp_path / "secret.key")))
+    # A payments API with a provider (the mock): with "none" a valid create is a 503.
+    deps.config = deps.config.replace(
+        secrets=SecretsConfig(key_file=str(tmp_path / "secret.key")),
+        payments=PaymentsConfig(provider="mock"),
+    )
     config.write_text(CONFIG.format(examples=25, token=WEBHOOK_TOKEN, task_id=task_id))
     with trio.fail_after(240):
         async with serving(deps) as client:

@@ -15,6 +15,7 @@ from daemon.cli import (
     network,
     olt,
     operations,
+    payments,
     secrets,
     service,
     sim,
@@ -25,7 +26,19 @@ from daemon.cli import (
 from daemon.cli.common import Parser, UserError
 from daemon.platform.config import ConfigError
 
-GROUPS = (service, olt, secrets, operations, tasks, sim, apikeys, network, sms, webhooks)
+GROUPS = (
+    service,
+    olt,
+    secrets,
+    operations,
+    tasks,
+    sim,
+    apikeys,
+    network,
+    sms,
+    webhooks,
+    payments,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -168,7 +168,14 @@ class FakeUisp:
     # ---- UISP behaviour ------------------------------------------------------------------
 
     async def record_payment(
-        self, client_id: int, amount: float, currency: str = "EUR", *, method_id: str = "cash"
+        self,
+        client_id: int,
+        amount: float,
+        currency: str = "EUR",
+        *,
+        method_id: str = "cash",
+        note: str | None = None,
+        provider_payment_id: str | None = None,
     ) -> Entity:
         """A payment arrives in UISP; webhooks are delivered before this returns."""
         remaining, covers, paid = _money(amount), [], set()
@@ -188,8 +195,9 @@ class FakeUisp:
         pid = next(self._ids["payment"])
         payment: Entity = {
             "id": pid, "clientId": client_id, "amount": _money(amount), "currencyCode": currency,
-            "methodId": method_id, "createdDate": _now(), "note": None,
+            "methodId": method_id, "createdDate": _now(), "note": note,
             "paymentCovers": covers, "creditAmount": remaining,
+            "providerPaymentId": provider_payment_id,
         }  # fmt: skip
         self.payments[pid] = payment
         events = [self.build_webhook("payment.add", "payment", pid, "insert", payment)]
@@ -360,6 +368,25 @@ class FakeUisp:
             reason = body.get("suspensionReasonId") if suspend else None
             self._deliver_later(self._set_suspended(sid, suspend, reason))
             return jsonify(self.services[sid])
+
+        @app.post(f"{p}/payments")
+        async def create_payment() -> Any:
+            # UISP's POST /payments (a payment made elsewhere, e.g. by card in paymentd).
+            body = await request.get_json(force=True, silent=True) or {}
+            cid = body.get("clientId")
+            if cid not in self.clients:
+                return error(422, "Validation failed: clientId.")
+            payment = await self.record_payment(
+                cid, float(body.get("amount", 0)), str(body.get("currencyCode", "EUR")),
+                method_id=str(body.get("methodId", "cash")), note=body.get("note"),
+                provider_payment_id=body.get("providerPaymentId"),
+            )  # fmt: skip
+            return jsonify(payment), 201
+
+        @app.get(f"{p}/payments")
+        async def list_payments() -> Any:
+            cid = request.args.get("clientId", type=int)
+            return jsonify([x for x in self.payments.values() if cid in (None, x["clientId"])])
 
         @app.get(f"{p}/invoices")
         async def list_invoices() -> Any:

@@ -302,6 +302,41 @@ class WebhooksConfig(_Section, frozen=True):
     user_agent: NonEmpty = "paymentd-webhooks/1"
 
 
+class PaymentsConfig(_Section, frozen=True):
+    # "mock": the built-in mock provider (demo, tests); "stripe"; "none": the payments API
+    # answers 503 for anything that needs a provider.
+    provider: Literal["mock", "stripe", "none"] = "none"
+    # A payment still waiting for the customer this long after creation is cancelled at
+    # the provider and marked expired (Stripe Checkout Sessions live at most 24 h).
+    pending_ttl_seconds: Seconds = 24 * 3600.0
+    # Payments pending/processing/unknown untouched this long are re-fetched from the
+    # provider; further re-fetches back off (doubling) up to reconcile_backoff_max_seconds.
+    reconcile_after_seconds: Seconds = 300.0
+    reconcile_backoff_max_seconds: Seconds = 3600.0
+    reconcile_interval_seconds: Seconds = 60.0  # how often the reconcile job runs
+    expire_interval_seconds: Seconds = 300.0  # how often the expire job runs
+    batch_size: Count = 100  # payments per reconcile/expire run
+    # Idempotency-Key: kept this long; a request still "running" after lock_seconds is
+    # taken to have died and a repeat may take its key over.
+    idempotency_ttl_seconds: Seconds = 24 * 3600.0
+    idempotency_lock_seconds: Seconds = 60.0
+    provider_timeout_seconds: Seconds = 20.0  # one provider call, then "unknown"
+    # Where the mock's hosted page lives and hosted pages send the customer back to.
+    public_base_url: str = "http://127.0.0.1:8080"
+    success_url: str = ""  # empty: {public_base_url}/pay/done
+    cancel_url: str = ""  # empty: {public_base_url}/pay/canceled
+    # A succeeded payment with uisp_client_id is recorded in UISP (POST /payments), so
+    # UISP's own unsuspend and webhook reconnect the customer as for office payments.
+    uisp_record_payments: bool = False
+    uisp_payment_method_id: str = ""  # UISP payment method (uuid) for card payments
+    # Stripe (the stripe provider and POST /webhooks/stripe).
+    stripe_api_key: Secret = _secret()
+    stripe_base_url: str = "https://api.stripe.com"  # localstripe in tests
+    # whsec_… signing secrets; two during a rotation (any one verifies).
+    stripe_webhook_secrets: tuple[Secret, ...] = ()
+    stripe_webhook_tolerance_seconds: Seconds = 300.0
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -314,6 +349,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
+    payments: PaymentsConfig = msgspec.field(default_factory=PaymentsConfig)
     source: str = "<defaults>"
     # Things the operator should change but that still work (deprecated keys); the CLI
     # prints them and the daemon logs them at start-up.
@@ -336,9 +372,16 @@ SECTIONS: dict[str, type[_Section]] = {
     "retention": RetentionConfig,
     "drift": DriftConfig,
     "webhooks": WebhooksConfig,
+    "payments": PaymentsConfig,
 }
 
-_URLS = ("uisp.base_url", "sms.base_url", "twilio.base_url")
+_URLS = (
+    "uisp.base_url",
+    "sms.base_url",
+    "twilio.base_url",
+    "payments.public_base_url",
+    "payments.stripe_base_url",
+)
 # Settings that are files holding a key: PAYMENTD_SECRETS_KEY_FILE is the secrets.key_file
 # setting itself, not "secrets.key read from a file" (the same for the deprecated olt.*).
 _NO_FILE_OVERRIDE = {"secrets.key", "olt.key"}

@@ -103,6 +103,10 @@ def register_config(cfg: Any) -> None:
         register_secret(getattr(getattr(cfg, section, None), key, None))
     for old in getattr(getattr(cfg, "secrets", None), "old_keys", ()) or ():
         register_secret(old)
+    payments = getattr(cfg, "payments", None)
+    register_secret(getattr(payments, "stripe_api_key", None))
+    for whsec in getattr(payments, "stripe_webhook_secrets", ()) or ():
+        register_secret(whsec)
     url = _secret_text(getattr(getattr(cfg, "database", None), "url", None))
     if url:
         try:

@@ -180,6 +180,20 @@ class UispClient:
         payment: dict[str, Any] = await self._get_json(f"/payments/{int(payment_id)}")
         return payment
 
+    async def list_payments(self, client_id: int) -> list[dict[str, Any]]:
+        payments: list[dict[str, Any]] = await self._get_json(
+            "/payments", [("clientId", int(client_id))]
+        )
+        return payments
+
+    async def create_payment(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /payments``: record a payment made elsewhere (UISP then settles the
+        client's invoices, unsuspends and sends its webhooks, as for an office payment)."""
+        payment: dict[str, Any] = _json(
+            await self._request("POST", "/payments", json=body, ok_statuses=(200, 201))
+        )
+        return payment
+
     async def cancel_suspend(self, service_id: int) -> bool:
         """Cancel a service's suspension. True if done; False if there was nothing to cancel.
 

@@ -5,7 +5,9 @@ event (ends long-lived streams such as SSE when the daemon stops). Produces a ``
 app with three groups of routes:
 
 - ``daemon.uisp.intake``: ``POST /webhooks/uisp/<token>`` (UISP CRM events in);
+- ``daemon.payments.stripe_webhook``: ``POST /webhooks/stripe`` (signed Stripe events in);
 - ``daemon.platform.http.admin``: ``/api/v1/*`` behind a Bearer token (tasks, queues, events);
+- ``daemon.payments.routes``: ``/api/v1/payments``, ``/api/v1/refunds`` (payments:read/write);
 - ``daemon.platform.http.health``: ``/healthz``, ``/readyz``, ``/metrics`` (open);
 - ``/openapi.json``: the OpenAPI 3.1 document quart-schema builds from the shapes each
   route declares (``daemon.platform.http.schema``).
@@ -28,6 +30,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from daemon import __version__
+from daemon.payments import mock_provider, stripe_webhook
+from daemon.payments import routes as payment_routes
 from daemon.platform.db import DatabaseError
 from daemon.platform.deps import Deps
 from daemon.platform.http import admin, health, network, operations, schema
@@ -84,6 +88,7 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
 
     stop = shutdown if shutdown is not None else trio.Event()
     app.register_blueprint(intake.blueprint(deps))
+    app.register_blueprint(stripe_webhook.blueprint(deps))
     app.register_blueprint(admin.blueprint(deps, stop))
     app.register_blueprint(operations.blueprint(deps))
     app.register_blueprint(network.blueprint(deps))
@@ -92,6 +97,10 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     from daemon.webhooks import api as webhooks_api
 
     app.register_blueprint(webhooks_api.blueprint(deps))
+    app.register_blueprint(payment_routes.blueprint(deps))
+    if deps.config.payments.provider == "mock":
+        # The mock provider's hosted page (HTML, for the demo); never with a real provider.
+        app.register_blueprint(mock_provider.blueprint(deps.db))
     app.register_blueprint(health.blueprint(deps))
     _register_error_handlers(app)
     # Outermost: the request id, so even the shielded final send carries it.
