@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.payments import processor, states, store
+from daemon.payments import mock_provider, processor, states, store
 from daemon.payments.provider import ProviderPayment, ProviderRef
+from daemon.platform.config import PaymentsConfig
 from daemon.platform.db import Database
+from daemon.platform.events import EventBus
 
 NEW = store.NewPayment(
     amount=1000, currency="EUR", method="intent", kind="one_time", interval=None,
@@ -70,3 +72,20 @@ def test_final_states_have_no_way_out_and_every_target_is_a_known_state() -> Non
         states.check_payment("succeeded", "canceled")
     with pytest.raises(states.InvalidTransition):
         states.check_refund("failed", "succeeded")
+
+
+async def test_a_create_cut_short_after_our_commit_and_before_the_call_makes_one_object(
+    db: Database,
+) -> None:
+    """What a SIGKILL right after committing ``create_attempted_at`` leaves: the mark, no
+    provider object, the message still queued. The redelivery creates once."""
+    async with db.transaction() as tx:
+        payment = await store.insert(tx, NEW, created_by="test", provider="mock", ttl_seconds=60)
+        await store.update(tx, payment.id, create_attempted_at=payment.created_at)
+    provider = mock_provider.MockProvider(db, "http://127.0.0.1:1")
+    deps = processor.ProcessorDeps(db, provider, PaymentsConfig(provider="mock"), EventBus())
+    after = await processor.drive(deps, payment.id, actor="processor")
+    assert after is not None and after.status == "pending"
+    again = await processor.drive(deps, payment.id, actor="processor")  # a duplicate message
+    assert again is not None and again.status == "pending"
+    assert await mock_provider.count_objects(db, payment.id) == (1, 1)
