@@ -206,9 +206,7 @@ async def test_losing_the_instance_lock_stops_the_workers_then_they_resume(w: Wo
         health = flow.running.deps.health
         with flow.running.deps.events.subscribe() as events:
             killed = await w.db.fetchval(
-                "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l"
-                " WHERE l.locktype = 'advisory' AND l.granted"
-                " AND l.objid = ($1::bigint & 4294967295)::oid",
+                f"SELECT count(pg_terminate_backend(pid)) FROM ({instance_lock.HOLDERS_SQL}) h",
                 instance_lock.INSTANCE_LOCK,
             )
             assert killed == 1
@@ -261,9 +259,7 @@ async def test_a_worker_failing_its_restart_after_a_lost_lock_does_not_kill_the_
     async with daemon(w) as flow:
         calls["armed"] = True
         await w.db.fetchval(
-            "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l"
-            " WHERE l.locktype = 'advisory' AND l.granted"
-            " AND l.objid = ($1::bigint & 4294967295)::oid",
+            f"SELECT count(pg_terminate_backend(pid)) FROM ({instance_lock.HOLDERS_SQL}) h",
             instance_lock.INSTANCE_LOCK,
         )
 

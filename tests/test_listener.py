@@ -83,9 +83,7 @@ async def test_the_lock_holder_learns_at_once_when_its_connection_dies(db: Datab
     with trio.fail_after(20):
         async with instance_lock.hold(db.url, wait_seconds=1) as lost:
             await db.fetchval(
-                "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l"
-                " WHERE l.locktype = 'advisory' AND l.granted"
-                " AND l.objid = ($1::bigint & 4294967295)::oid",
+                f"SELECT count(pg_terminate_backend(pid)) FROM ({instance_lock.HOLDERS_SQL}) h",
                 instance_lock.INSTANCE_LOCK,
             )
             await lost.wait()

@@ -33,13 +33,21 @@ class InstanceLockError(Exception):
     """Another paymentd holds the instance lock on this database."""
 
 
+# The backends holding the instance lock of this database ($1: INSTANCE_LOCK). Advisory
+# locks are per database: a daemon on another database of the same server (staging beside
+# production) holds a lock with the same key that is not ours.
+HOLDERS_SQL = (
+    "SELECT l.pid FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+    " AND l.objid = ($1::bigint & 4294967295)::oid"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
 async def _holder(conn: Any) -> str | None:
     holder: str | None = await dbmod.bridge(
         conn.fetchval,
-        "SELECT coalesce(a.client_addr::text, 'local') || ' pid ' || a.pid FROM pg_locks l"
-        " JOIN pg_stat_activity a USING (pid)"
-        " WHERE l.locktype = 'advisory' AND l.granted"
-        " AND l.objid = ($1::bigint & 4294967295)::oid",
+        "SELECT coalesce(a.client_addr::text, 'local') || ' pid ' || a.pid"
+        f" FROM ({HOLDERS_SQL}) h JOIN pg_stat_activity a USING (pid)",
         INSTANCE_LOCK,
         timeout=5,
     )
