@@ -34,6 +34,7 @@ import trio_asyncio
 from daemon import wiring
 from daemon.actors import http_ingress, instance_lock
 from daemon.actors.olt_pool import OltPool
+from daemon.payments import sql_api
 from daemon.platform import logs
 from daemon.platform.config import Config
 from daemon.platform.consumer import Wakeups
@@ -107,6 +108,7 @@ async def run_daemon(
                 command_timeout=cfg.database.command_timeout_seconds,
             ) as db:
                 await verify_key(db, box)
+                await sql_api.publish_settings(db, cfg.payments)  # for SQL callers
                 metrics = Metrics()
                 health = Health(
                     cfg.daemon.unhealthy_restarts, cfg.daemon.restart_reset_after_seconds
