@@ -32,7 +32,7 @@ import trio
 import trio_asyncio
 
 from daemon import wiring
-from daemon.actors import http_ingress, instance_lock
+from daemon.actors import grpc_ingress, http_ingress, instance_lock
 from daemon.actors.olt_pool import OltPool
 from daemon.payments import sql_api
 from daemon.platform import logs
@@ -68,6 +68,7 @@ class Running:
     pool: OltPool
     shutdown: trio.Event
     resources: wiring.Resources
+    grpc_address: str | None = None  # host:port when [grpc] enabled
 
 
 async def run_daemon(
@@ -151,13 +152,18 @@ async def _serve(
                 base_url = await front.start(
                     sup, "http_ingress", partial(http_ingress.run, deps, shutdown=shutdown)
                 )
+                grpc_address = None
+                if cfg.grpc.enabled:
+                    grpc_address = await front.start(
+                        sup, "grpc_ingress", partial(grpc_ingress.run, deps, shutdown=shutdown)
+                    )
                 log.info("paymentd ready on %s", base_url)
                 notifier.ready(status=deps.health.status_line())
                 infra.start_soon(
                     partial(watchdog_loop, notifier, lambda: not deps.health.flapping())
                 )
                 infra.start_soon(_status_updates, notifier, deps.health)
-                task_status.started(Running(deps, base_url, res.pool, shutdown, res))
+                task_status.started(Running(deps, base_url, res.pool, shutdown, res, grpc_address))
                 await shutdown.wait()
                 log.info("shutting down (grace %.0f s)", cfg.daemon.shutdown_grace_seconds)
                 notifier.stopping()
