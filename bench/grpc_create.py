@@ -272,13 +272,12 @@ def main() -> None:
     print(f"\ncreate -> client secret (mock provider, {a.samples} sequential per face):")
     lat_rows = []
     for name, values in lat.items():
-        lat_rows.append([name, _common.ms(_common.percentile(values, 50)),
-                         _common.ms(_common.percentile(values, 95)), _common.ms(max(values))])  # fmt: skip
+        p50, p95 = _common.percentile(values, 50), _common.percentile(values, 95)
+        lat_rows.append([name, _common.ms(p50), _common.ms(p95), _common.ms(max(values))])
     print(_common.table(["face", "p50 ms", "p95 ms", "max ms"], lat_rows))
     http50 = _common.percentile(lat["HTTP Prefer: wait"], 50)
-    print(
-        f"SQL / HTTP p50: {_common.ratio(_common.percentile(lat['SQL create_payment_sync'], 50), http50)}"
-    )
+    sql50 = _common.percentile(lat["SQL create_payment_sync"], 50)
+    print(f"SQL / HTTP p50: {_common.ratio(sql50, http50)}")
     if not ok:
         raise SystemExit(1)
 
