@@ -34,6 +34,7 @@ from daemon.platform.config import (
     DatabaseConfig,
     HttpConfig,
     OltConfig,
+    PaymentsConfig,
     Secret,
     SecretsConfig,
     SecretUrl,
@@ -220,6 +221,38 @@ Live events follow (Ctrl-C to stop):
 OLT_DOWN_SECONDS = 20
 
 
+async def _card_payment(running: Running) -> None:
+    """Ana's overdue invoice as a card payment on the mock provider, ready to be paid."""
+    base = running.base_url
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=base, timeout=15) as http:
+        resp = await http.post(
+            "/api/v1/payments",
+            json={"amount": 3000, "currency": "EUR", "method": "hosted_checkout",
+                  "uisp_client_id": 1, "customer": "ana", "description": "Ana: overdue invoice"},
+            headers={**auth, "Prefer": "wait=10", "Idempotency-Key": "demo-ana-card"},
+        )  # fmt: skip
+    if resp.status_code != 201 or not resp.json().get("hosted_url"):
+        print(f"demo: the card payment could not be created: {resp.text[:200]}", flush=True)
+        return
+    payment = resp.json()
+    pid, page = payment["id"], payment["hosted_url"]
+    print(
+        f"""Or pay Ana's 30.00 EUR by card (mock provider): open {page} and press Pay,
+or pay from here:
+
+curl -sS -X POST {page}/pay
+
+paymentd records it in UISP (POST /payments); UISP lifts her suspension and sends its
+webhooks; her ONU on olt-huawei-1 comes back and she gets one SMS. Watch the payment:
+
+curl -sS -H 'Authorization: Bearer {ADMIN_TOKEN}' {base}/api/v1/payments/{pid}
+curl -sS -H 'Authorization: Bearer {ADMIN_TOKEN}' {base}/api/v1/payments/{pid}/events
+""",
+        flush=True,
+    )
+
+
 async def _play(
     scenario: str,
     fake_url: str,
@@ -358,6 +391,13 @@ async def _run(
             sender="DemoISP",
             default_country_code="34",
         ),
+        # Card payments on the mock provider, recorded in UISP when paid (closing the loop).
+        payments=PaymentsConfig(
+            provider="mock",
+            public_base_url=f"http://127.0.0.1:{port}",
+            uisp_record_payments=True,
+            uisp_payment_method_id="card",
+        ),
     )
     await trio.to_thread.run_sync(partial(migrate, db_url))
     fake = uisp_server.FakeUisp(app_key=cfg.uisp.app_key.reveal())
@@ -400,6 +440,7 @@ async def _run(
             )
             fake.webhook_url = f"{running.base_url}/webhooks/uisp/{WEBHOOK_TOKEN}"
             _print_intro(running, fake_url, sink_url, lost, cfg_path)
+            await _card_payment(running)
             nursery.start_soon(_print_events, running)
             nursery.start_soon(
                 _play,

@@ -190,3 +190,21 @@ async def test_the_printed_suspend_curl_works_as_pasted(tmp_path: Path, demos: l
         r = await http.patch(url, headers={"X-Auth-App-Key": key}, json={})
     assert r.status_code == 200, r.text
     await demo.wait_for("state=deactivated")
+
+
+async def test_the_printed_card_payment_curl_reconnects_ana_with_one_sms(
+    tmp_path: Path, demos: list[Demo]
+) -> None:
+    demo = await start_demo(demos, tmp_path / "demo", free_port())
+    await demo.wait_for("Watch the payment:")
+    await demo.wait_for("/events\n\n")
+    m = re.search(r"curl -sS -X POST (\S+/mock/pay/\S+/pay)\n", demo.out)
+    assert m, demo.out
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.post(m.group(1))
+        assert r.status_code == 200, r.text
+        with trio.fail_after(60):
+            while not (messages := (await http.get(f"{demo.sink_url()}/_sink/messages")).json()):  # noqa: ASYNC110 - another process
+                await trio.sleep(0.2)
+    assert len(messages) == 1 and "Ana" in str(messages[0]), messages
+    await demo.wait_for("onu=0/1/0:1")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from daemon.platform.config import PaymentsConfig
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
 from tests.http_fixtures import (
@@ -77,6 +78,8 @@ async def test_schemathesis_finds_nothing(deps: Deps, db: Database, tmp_path: Pa
     # documented, but schemathesis counts every 5xx as a server error.
     task_id = await add_task(db, "svc-1")
     deps.health.set_state("http_ingress", "running")
+    # A payments API with a provider (the mock): with "none" a valid create is a 503.
+    deps.config = deps.config.replace(payments=PaymentsConfig(provider="mock"))
     config.write_text(CONFIG.format(examples=25, token=WEBHOOK_TOKEN, task_id=task_id))
     with trio.fail_after(240):
         async with serving(deps) as client:

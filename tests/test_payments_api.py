@@ -185,7 +185,8 @@ async def test_two_refunds_at_once_that_exceed_the_amount_one_succeeds_one_is_re
         ({"currency": "XAU"}, "invalid-currency"),
         ({"currency": "EURO"}, "invalid-currency"),
         ({"kind": "recurring"}, "invalid-request"),
-        ({"kind": "recurring", "interval": "month"}, "invalid-request"),  # intent: not recurring
+        ({"kind": "recurring", "interval": "month", "method": "intent"}, "invalid-request"),
+        ({"currency": "eur"}, "invalid-currency"),  # the schema lists upper-case codes
         ({"status_callback_url": "ftp://x"}, "invalid-request"),
         ({"unknown_field": 1}, "invalid-request"),
     ],
@@ -219,7 +220,7 @@ async def test_invalid_transitions_are_409_and_change_nothing(pay: Pay) -> None:
 @pytest.mark.parametrize(
     ("code", "amount", "exponent", "display"),
     [("JPY", 500, 0, "500 JPY"), ("KRW", 15000, 0, "15000 KRW"), ("BHD", 1234, 3, "1.234 BHD"),
-     ("kwd", 5, 3, "0.005 KWD"), ("EUR", 1999, 2, "19.99 EUR")],
+     ("KWD", 5, 3, "0.005 KWD"), ("EUR", 1999, 2, "19.99 EUR")],
 )  # fmt: skip
 async def test_zero_and_three_decimal_currencies_keep_their_minor_units(
     pay: Pay, code: str, amount: int, exponent: int, display: str

@@ -34,6 +34,7 @@ from typing import Any
 
 import trio
 from quart import Blueprint, Response, request
+from quart_schema import hide
 
 from daemon.payments import currency
 from daemon.payments.provider import (
@@ -303,6 +304,7 @@ def blueprint(db: Database) -> Blueprint:
     bp = Blueprint("mock_provider", __name__, url_prefix="/mock/pay")
 
     @bp.get("/<object_id>")
+    @hide  # the mock's page is not part of the API
     async def page(object_id: str) -> Response:
         row = await db.fetchrow(
             "SELECT status, amount, currency FROM mock_provider_objects WHERE id = $1", object_id
@@ -318,6 +320,7 @@ def blueprint(db: Database) -> Blueprint:
         return Response(body, mimetype="text/html")
 
     @bp.post("/<object_id>/<choice>")
+    @hide
     async def act(object_id: str, choice: str) -> Response:
         if choice not in ("pay", "decline"):
             return Response("not found", status=404, mimetype="text/plain")

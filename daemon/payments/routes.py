@@ -11,12 +11,14 @@ here, so ``/openapi.json`` documents every route.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from quart import Blueprint, Response, request
 from quart_schema import validate_querystring
 
+from daemon.payments import currency as cur
 from daemon.payments import service as svc
 from daemon.payments.errors import KINDS, PaymentsError
 from daemon.payments.idempotency import Outcome
@@ -34,37 +36,91 @@ PaymentStatus = Literal[
 ]  # fmt: skip
 
 
+def _whole(value: Any) -> Any:
+    """JSON Schema's integer: 1200 and 1200.0, never 12.5, "1200" or true."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+# Constraints before the validator: after it pydantic no longer sees them as constraints
+# (they would reach the schema as "gt", not "exclusiveMinimum").
+Amount = Annotated[int, Field(gt=0, le=svc.MAX_AMOUNT), BeforeValidator(_whole)]
+
+
+ClientId = Annotated[int, Field(gt=0, le=BIGINT_MAX), BeforeValidator(_whole)]
+
+
+def _iso_only(value: Any) -> Any:
+    # pydantic would read "0.5" as a Unix timestamp; the schema says date-time.
+    if isinstance(value, str) and re.fullmatch(r"[0-9.eE+-]*", value):
+        raise ValueError("must be an RFC 3339 date-time, e.g. 2026-12-01T00:00:00Z")
+    return value
+
+
+Instant = Annotated[dt.datetime, BeforeValidator(_iso_only)]
+if TYPE_CHECKING:
+    Currency = str
+else:  # the schema lists every payable code, so a client sees the choice
+    Currency = Literal[tuple(sorted(cur.EXPONENTS))]
+MetadataKey = Annotated[str, Field(min_length=1, max_length=40)]
+MetadataValue = Annotated[str, Field(max_length=500)]
+# What the service checks across fields, said in the schema too (JSON Schema if/then).
+_RECURRING_RULES: dict[str, Any] = {
+    "if": {"properties": {"kind": {"const": "recurring"}}, "required": ["kind"]},
+    "then": {
+        "required": ["interval"],
+        "properties": {
+            "interval": {"enum": list(svc.INTERVALS)},
+            "method": {"enum": ["hosted_checkout", "payment_link"]},
+            "capture_method": {"const": "automatic"},
+        },
+    },
+    "else": {"properties": {"interval": {"type": "null"}}},
+}
+
+
 class CreatePayment(BaseModel):
     """A new payment. Amounts are integer minor units: JPY 500 is ¥500, USD 500 is $5.00,
-    BHD 500 is 0.500 BD."""
+    BHD 500 is 0.500 BD. A recurring payment needs an interval and a hosted method."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_RECURRING_RULES)
 
-    amount: StrictInt = Field(gt=0, le=svc.MAX_AMOUNT, description="minor units of currency")
-    currency: str = Field(min_length=3, max_length=3, description="ISO 4217 code, e.g. EUR")
+    amount: Amount = Field(description="minor units of currency")
+    currency: Currency = Field(description="ISO 4217 code (upper case), e.g. EUR")
     description: str | None = Field(None, max_length=1000)
     customer: str | None = Field(None, min_length=1, max_length=200, description="your reference")
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=svc.MAX_METADATA_KEYS)
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=svc.MAX_METADATA_KEYS
+    )
     capture_method: Literal["automatic", "manual"] = "automatic"
     kind: Literal["one_time", "recurring"] = "one_time"
     interval: Literal["day", "week", "month", "year"] | None = Field(
         None, description="for kind recurring"
     )
-    method: Literal["intent", "hosted_checkout", "payment_link"] = "intent"
-    status_callback_url: str | None = Field(None, max_length=2000)
-    uisp_client_id: StrictInt | None = Field(None, gt=0, le=BIGINT_MAX)
+    method: Literal["intent", "hosted_checkout", "payment_link"] | None = Field(
+        None, description="default: intent, or hosted_checkout for kind recurring"
+    )
+    status_callback_url: str | None = Field(
+        None, max_length=2000, pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s]*)?$"
+    )
+    uisp_client_id: ClientId | None = None
 
 
 class CapturePayment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount: StrictInt | None = Field(None, gt=0, description="partial capture; default all")
+    amount: Amount | None = Field(None, description="partial capture; default all")
 
 
 class CreateRefund(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount: StrictInt | None = Field(None, gt=0, description="default: all that is left")
+    amount: Amount | None = Field(None, description="default: all that is left")
     reason: str | None = Field(None, max_length=500)
 
 
@@ -144,9 +200,9 @@ class PaymentQuery(BaseModel):
 
     status: PaymentStatus | None = None
     customer: str | None = Field(None, max_length=200)
-    created_gte: dt.datetime | None = None
-    created_lt: dt.datetime | None = None
-    cursor: str | None = Field(None, max_length=20)
+    created_gte: Instant | None = None
+    created_lt: Instant | None = None
+    cursor: str | None = Field(None, pattern=r"^[0-9]{1,19}$")
     limit: int = Field(50, ge=1, le=MAX_LIMIT)
 
 
@@ -240,7 +296,10 @@ def blueprint(deps: Deps) -> Blueprint:
         provider. ``Idempotency-Key`` makes a retry safe; ``Prefer: wait=N`` (≤ 30) waits
         for the client secret / hosted URL or a final state."""
         body: CreatePayment = await _body(CreatePayment)
-        params = svc.CreateParams(**body.model_dump())
+        fields = body.model_dump()
+        if fields["method"] is None:
+            fields["method"] = "hosted_checkout" if body.kind == "recurring" else "intent"
+        params = svc.CreateParams(**fields)
         outcome = await service.create(_caller(), params, _key())
         return await answer(outcome, svc.has_answer)
 

@@ -132,8 +132,12 @@ def validate(params: CreateParams) -> store.NewPayment:
             )
     url = params.status_callback_url
     if url is not None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 2000:
+        try:
+            parts = urlsplit(url)
+            scheme, netloc = parts.scheme, parts.netloc
+        except ValueError:  # e.g. "http://[::1" (an unclosed IPv6 literal)
+            scheme, netloc = "", ""
+        if scheme not in ("http", "https") or not netloc or len(url) > 2000:
             raise _bad(
                 "invalid-request",
                 "status_callback_url must be an http(s) URL",

@@ -46,8 +46,11 @@ RefundStatus = Literal["pending", "succeeded", "failed"]
 PAYMENT_FINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "expired"})
 # Waiting for the customer: what expire may cancel once past its time to live.
 AWAITING_CUSTOMER: frozenset[str] = frozenset({"created", "pending", "requires_action"})
-# What reconcile re-fetches once untouched past its threshold.
-RECONCILABLE: frozenset[str] = frozenset({"pending", "requires_action", "processing", "unknown"})
+# What reconcile re-fetches once untouched past its threshold (an authorization waiting
+# for capture too: Stripe cancels it by itself after about 7 days).
+RECONCILABLE: frozenset[str] = frozenset(
+    {"pending", "requires_action", "processing", "requires_capture", "unknown"}
+)
 
 _OPEN_AT_PROVIDER = ("pending", "requires_action", "processing", "requires_capture")
 _ANY_PROVIDER_ANSWER = (*_OPEN_AT_PROVIDER, "succeeded", "failed", "canceled", "expired")

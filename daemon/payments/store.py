@@ -254,13 +254,20 @@ async def insert(
     tx: Conn, new: NewPayment, *, created_by: str, provider: str, ttl_seconds: float
 ) -> Payment:
     """Store a payment, queue it and announce it (``payment.created``), in ``tx``."""
-    row = await tx.fetchrow(
-        'INSERT INTO payments (id, amount, currency, method, kind, "interval",'
+    # One statement for the row, its first history entry and its queue message: the
+    # create path's cost is mostly round trips through the bridge.
+    row: Any = await tx.fetchrow(
+        'WITH p AS (INSERT INTO payments (id, amount, currency, method, kind, "interval",'
         " capture_method, description, customer, metadata, status_callback_url,"
         " uisp_client_id, created_by, provider, expires_at)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14,"
         " now() + make_interval(secs => $15))"
-        f" RETURNING {_PAYMENT_COLUMNS}",
+        f" RETURNING {_PAYMENT_COLUMNS}),"
+        " h AS (INSERT INTO payment_events (payment_id, kind, to_status, actor)"
+        " SELECT id, 'transition', 'created', $13 FROM p),"
+        " q AS (SELECT pgmq.send($16::text, jsonb_build_object('payment_id', id)) AS msg_id"
+        " FROM p)"
+        " SELECT p.*, q.msg_id FROM p, q",
         new_payment_id(),
         new.amount,
         new.currency,
@@ -276,11 +283,12 @@ async def insert(
         created_by,
         provider,
         ttl_seconds,
+        QUEUE,
     )
-    payment = _payment(row)
-    await add_event(tx, payment.id, "transition", None, "created", created_by)
+    data = dict(row)
+    del data["msg_id"]
+    payment = _payment(data)
     await outbox.emit(tx, "payment.created", payment.announced(), subject=f"payment:{payment.id}")
-    await queues.send(tx, QUEUE, {"payment_id": payment.id})
     return payment
 
 
@@ -573,7 +581,7 @@ async def transition_refund(
 
 
 async def due_for_reconcile(db: Executor, *, after_seconds: float, limit: int) -> list[str]:
-    """Payments pending/processing/unknown untouched past the threshold (or whose backoff
+    """Payments in ``states.RECONCILABLE`` untouched past the threshold (or whose backoff
     is over), oldest first."""
     rows = await db.fetch(
         "SELECT id FROM payments WHERE status = ANY($1::text[])"

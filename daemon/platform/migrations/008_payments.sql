@@ -75,7 +75,7 @@ CREATE INDEX payments_status_seq ON payments (status, seq);
 CREATE INDEX payments_customer_seq ON payments (customer, seq) WHERE customer IS NOT NULL;
 CREATE INDEX payments_created_at ON payments (created_at);
 CREATE INDEX payments_reconcile ON payments (reconcile_at)
-    WHERE status IN ('pending', 'requires_action', 'processing', 'unknown');
+    WHERE status IN ('pending', 'requires_action', 'processing', 'requires_capture', 'unknown');
 CREATE INDEX payments_expiry ON payments (expires_at)
     WHERE status IN ('created', 'pending', 'requires_action');
 

@@ -1,0 +1,72 @@
+"""The state machine as the processor applies provider answers: late, repeated or out of
+order answers never move a payment backwards, and each move is in the history and the
+outbox of its own transaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.payments import processor, states, store
+from daemon.payments.provider import ProviderPayment, ProviderRef
+from daemon.platform.db import Database
+
+NEW = store.NewPayment(
+    amount=1000, currency="EUR", method="intent", kind="one_time", interval=None,
+    capture_method="automatic", description=None, customer=None, metadata={},
+    status_callback_url=None, uisp_client_id=None,
+)  # fmt: skip
+
+
+def seen(status: str, captured: int = 0) -> ProviderPayment:
+    return ProviderPayment(
+        ref=ProviderRef("payment_intent", "pi_1"), status=status,  # type: ignore[arg-type]
+        provider_status=status, amount=1000, currency="EUR", amount_captured=captured,
+        client_secret="pi_1_secret_x",
+    )  # fmt: skip
+
+
+async def apply(db: Database, payment_id: str, obs: ProviderPayment) -> str:
+    async with db.transaction() as tx:
+        payment = await store.lock(tx, payment_id)
+        assert payment is not None
+        moved, _ = await processor.apply(tx, payment, obs, "test")
+    return moved.status
+
+
+async def test_answers_out_of_order_end_in_the_right_final_state(db: Database) -> None:
+    async with db.transaction() as tx:
+        payment = await store.insert(tx, NEW, created_by="test", provider="mock", ttl_seconds=60)
+    assert await apply(db, payment.id, seen("requires_payment_method")) == "pending"
+    assert await apply(db, payment.id, seen("succeeded", 1000)) == "succeeded"
+    # A late "processing" and a repeated "pending" arrive after the success.
+    assert await apply(db, payment.id, seen("processing")) == "succeeded"
+    assert await apply(db, payment.id, seen("requires_payment_method")) == "succeeded"
+    after = await store.get(db, payment.id)
+    assert after is not None and after.amount_captured == 1000
+    history = await store.events(db, payment.id)
+    assert [(e.from_status, e.to_status) for e in history if e.kind == "transition"] == [
+        (None, "created"), ("created", "pending"), ("pending", "succeeded"),
+    ]  # fmt: skip
+    assert [e.kind for e in history][-2:] == ["provider_disagrees", "provider_disagrees"]
+    types = await db.fetch("SELECT type FROM events ORDER BY seq")
+    assert [t["type"] for t in types] == ["payment.created", "payment.pending", "payment.succeeded"]
+
+
+async def test_the_history_is_append_only(db: Database) -> None:
+    async with db.transaction() as tx:
+        payment = await store.insert(tx, NEW, created_by="test", provider="mock", ttl_seconds=60)
+    with pytest.raises(Exception, match="append-only"):
+        await db.execute("UPDATE payment_events SET actor = 'x' WHERE payment_id = $1", payment.id)
+    with pytest.raises(Exception, match="append-only"):
+        await db.execute("DELETE FROM payment_events WHERE payment_id = $1", payment.id)
+
+
+def test_final_states_have_no_way_out_and_every_target_is_a_known_state() -> None:
+    for final in states.PAYMENT_FINAL:
+        assert states.PAYMENT_TRANSITIONS[final] == frozenset()
+    for targets in states.PAYMENT_TRANSITIONS.values():
+        assert targets <= set(states.PAYMENT_TRANSITIONS)
+    with pytest.raises(states.InvalidTransition):
+        states.check_payment("succeeded", "canceled")
+    with pytest.raises(states.InvalidTransition):
+        states.check_refund("failed", "succeeded")
