@@ -107,7 +107,7 @@ async def test_created_over_http_read_over_grpc_and_the_reverse(both: tuple[Pay,
         "Create",
         pb.CreatePaymentRequest(amount=500, currency="jpy", customer="cli-2", wait_seconds=10),
     )
-    assert made.currency == "JPY" and made.currency_exponent == 0
+    assert made.currency == "JPY" and made.currency_exponent == 0 and made.method == "intent"
     assert made.status == "pending" and made.client_secret  # waited for the processor
     read = await pay.get(made.id)
     assert read["client_secret"] == made.client_secret and read["amount"] == 500
@@ -177,6 +177,11 @@ async def test_invalid_input_and_transitions_map_to_status_codes(both: tuple[Pay
     err = await rpc.refused("GetRefund", pb.GetRefundRequest(id="rf_nope"))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert await pay.db.fetchval("SELECT count(*) FROM payments") == 0
+    monthly = await rpc(
+        "Create",
+        pb.CreatePaymentRequest(amount=10, currency="EUR", kind="recurring", interval="month"),
+    )
+    assert monthly.method == "hosted_checkout"  # the HTTP API's default for recurring
 
     made = await rpc("Create", pb.CreatePaymentRequest(amount=1000, currency="EUR"))
     err = await rpc.refused("Capture", pb.CapturePaymentRequest(id=made.id))

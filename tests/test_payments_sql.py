@@ -71,7 +71,7 @@ BAD: list[dict[str, Any]] = [
     {"kind": "weekly"},
     {"capture_method": "later"},
     {"kind": "recurring", "method": "hosted_checkout"},
-    {"kind": "recurring", "interval": "month"},
+    {"kind": "recurring", "method": "intent", "interval": "week"},
     {
         "kind": "recurring",
         "interval": "month",
@@ -84,6 +84,7 @@ BAD: list[dict[str, Any]] = [
     {"metadata": {"k": "x" * 501}},
     {"status_callback_url": "ftp://example.com/x"},
     {"status_callback_url": "http:///nohost"},
+    {"status_callback_url": "http://[::1/cb"},
     {"uisp_client_id": -1},
     {"description": "d" * 1001},
     {"customer": ""},
@@ -136,6 +137,10 @@ async def test_good_input_is_accepted_and_normalized_like_the_service(mockdb: Da
     assert row is not None
     assert {k: row[k] for k in vars(new)} == vars(new)
     assert row["created_by"] == "sql:postgres" and row["provider"] == "mock"
+    # Like the HTTP API, a recurring payment without a method is a hosted one.
+    hosted = await sql_create(mockdb, amount=900, currency="EUR", kind="recurring", interval="week")
+    method = await mockdb.fetchval("SELECT method FROM payments WHERE id = $1", hosted)
+    assert method == "hosted_checkout"
 
 
 async def test_create_payment_in_a_rolled_back_transaction_leaves_nothing(

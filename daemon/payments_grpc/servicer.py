@@ -143,7 +143,8 @@ class _Calls:
         params = svc.CreateParams(
             amount=req.amount,
             currency=req.currency,
-            method=req.method or "intent",
+            # The HTTP API's default: a recurring payment is hosted.
+            method=req.method or ("hosted_checkout" if req.kind == "recurring" else "intent"),
             kind=req.kind or "one_time",
             interval=_opt(req.interval),
             capture_method=req.capture_method or "automatic",

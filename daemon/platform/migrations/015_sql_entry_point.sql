@@ -72,7 +72,7 @@ CREATE FUNCTION paymentd.create_payment(
     capture_method      text DEFAULT 'automatic',
     kind                text DEFAULT 'one_time',
     "interval"          text DEFAULT NULL,
-    method              text DEFAULT 'intent',
+    method              text DEFAULT NULL,  -- intent, or hosted_checkout if recurring
     status_callback_url text DEFAULT NULL,
     uisp_client_id      bigint DEFAULT NULL,
     request_id          text DEFAULT NULL
@@ -93,7 +93,10 @@ DECLARE
     v_digest   bytea;
     v_held     record;
     v_row      payments%ROWTYPE;
+    v_netloc   text;
 BEGIN
+    -- The HTTP API's default (daemon/payments/routes.py): a recurring payment is hosted.
+    method := coalesce(method, CASE WHEN kind = 'recurring' THEN 'hosted_checkout' ELSE 'intent' END);
     -- Validation: service.validate's checks, in its order, with its messages.
     IF amount IS NULL THEN
         PERFORM paymentd._refuse('invalid-amount', 'amount must be an integer (minor units)', 'amount');
@@ -146,8 +149,11 @@ BEGIN
             PERFORM paymentd._refuse('invalid-request', 'metadata keys are 1-40 characters, values strings of at most 500', 'metadata');
         END IF;
     END LOOP;
-    -- urlsplit's rule: an http(s) scheme (any case) and a non-empty network location.
-    IF status_callback_url IS NOT NULL AND (status_callback_url !~* '^https?://[^/?#]'
+    -- urlsplit's rule: an http(s) scheme (any case) and a non-empty network location
+    -- (urlsplit refuses an unbalanced IPv6 bracket).
+    v_netloc := substring(status_callback_url from '^[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)');
+    IF status_callback_url IS NOT NULL AND (coalesce(v_netloc, '') = ''
+            OR (strpos(v_netloc, '[') > 0) <> (strpos(v_netloc, ']') > 0)
             OR length(status_callback_url) > 2000) THEN
         PERFORM paymentd._refuse('invalid-request', 'status_callback_url must be an http(s) URL', 'status_callback_url');
     END IF;
@@ -282,7 +288,7 @@ CREATE PROCEDURE paymentd.create_payment_sync(
     capture_method      text DEFAULT 'automatic',
     kind                text DEFAULT 'one_time',
     "interval"          text DEFAULT NULL,
-    method              text DEFAULT 'intent',
+    method              text DEFAULT NULL,  -- intent, or hosted_checkout if recurring
     status_callback_url text DEFAULT NULL,
     uisp_client_id      bigint DEFAULT NULL,
     request_id          text DEFAULT NULL,
