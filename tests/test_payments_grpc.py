@@ -151,7 +151,7 @@ async def test_api_keys_in_metadata_and_their_scopes(both: tuple[Pay, Grpc]) -> 
     writer = await auth.create_key(pay.db, "writer", [auth.PAYMENTS_WRITE, auth.PAYMENTS_READ])
     err = await rpc.refused("Create", create, metadata=(("x-api-key", reader.key),))
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "payments:write" in err.details()
+    assert "payments:write" in err.details() and problem_type(err) == "about:blank"
     made = await rpc("Create", create, metadata=(("authorization", f"Bearer {writer.key}"),))
     got = await rpc("Get", pb.GetPaymentRequest(id=made.id), metadata=(("x-api-key", reader.key),))
     assert got.id == made.id

@@ -75,7 +75,8 @@ def _refused_auth(problem: Problem) -> Refused:
         if problem.status == 403
         else grpc.StatusCode.UNAUTHENTICATED
     )
-    return Refused(code, str(problem), f"about:blank#{problem.status}")
+    # The HTTP API's auth problems are "about:blank" too: the status says it all.
+    return Refused(code, str(problem), "about:blank")
 
 
 def authorization(metadata: Sequence[tuple[str, Any]]) -> str | None:
