@@ -10,12 +10,15 @@ with it, so the service's transaction rolls back (an idempotency claim is releas
 Errors keep the problem document's words: the status message is its ``detail``, the
 trailing metadata ``problem-type`` its type; the code mapping is in the .proto's header
 (``CODES`` here). A request refused by the service is an ``Outcome`` with a 4xx status
-(stored, like any answer, for an idempotent replay), mapped by its problem type.
+(stored, like any answer, for an idempotent replay), mapped by its problem type. The
+database being unreachable is UNAVAILABLE (HTTP's 503); anything else is INTERNAL with
+no more than "internal error" (the exception is logged).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -29,9 +32,12 @@ from daemon.payments.service import Caller, PaymentService
 from daemon.payments_grpc.gen import payments_pb2 as pb
 from daemon.payments_grpc.gen import payments_pb2_grpc as pb_grpc
 from daemon.platform import auth
+from daemon.platform.db import DatabaseError
 from daemon.platform.deps import Deps
 from daemon.platform.http.admin import MAX_LIMIT
 from daemon.platform.http.problem import Problem
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M")  # a generated message class
 
@@ -236,6 +242,18 @@ class PaymentsServicer(pb_grpc.PaymentsServicer):
             refused = _refused_problem(exc.body())
         except Refused as exc:
             refused = exc
+        except DatabaseError as exc:
+            # As HTTP's 503: the client may retry (with the same request_id).
+            log.warning("gRPC %s: database unavailable: %s", method.__name__, exc)
+            refused = Refused(
+                grpc.StatusCode.UNAVAILABLE,
+                "the database is unavailable; retry shortly",
+                "about:blank",
+            )
+        except Exception:
+            # grpcio would put the exception's text in the status; say nothing internal.
+            log.exception("gRPC %s failed", method.__name__)
+            refused = Refused(grpc.StatusCode.INTERNAL, "internal error", "about:blank")
         await context.abort(
             refused.code,
             refused.message,
