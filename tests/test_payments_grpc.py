@@ -322,3 +322,47 @@ async def test_a_taken_grpc_port_is_a_clear_error_not_a_shared_port(aio_loop: No
             await grpc_ingress.run(deps, shutdown=trio.Event())
     finally:
         holder.close()
+
+
+async def test_shutdown_lets_an_in_flight_call_finish_and_refuses_new_ones(
+    db_url: str, tmp_path: Path, aio_loop: None
+) -> None:
+    """A Cancel blocked on a row lock (held here) is in flight when the daemon is told to
+    stop: new calls are refused at once, the lock is released, the call completes."""
+    async with daemon(db_url, tmp_path) as (pay, rpc):
+        made = await rpc("Create", pb.CreatePaymentRequest(amount=1000, currency="EUR"))
+        await pay.wait_status(made.id, "pending")
+        address = pay.running.grpc_address
+        assert address is not None
+        answers: list[Any] = []
+
+        async def waiting_on_our_lock() -> bool:
+            n = await pay.db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+            return bool(n)
+
+        async def refuses_new_calls() -> bool:
+            fresh = Grpc(address)
+            try:
+                await fresh("Get", pb.GetPaymentRequest(id=made.id), deadline=0.5)
+                return False
+            except grpc.RpcError as exc:
+                return bool(exc.code() == grpc.StatusCode.UNAVAILABLE)  # type: ignore[attr-defined]
+            finally:
+                fresh.channel.close()
+
+        async def in_flight() -> None:
+            req = pb.CancelPaymentRequest(id=made.id, request_id="at-shutdown")
+            answers.append(await rpc("Cancel", req))
+
+        async with trio.open_nursery() as nursery, pay.db.transaction() as tx:
+            await tx.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", made.id)
+            nursery.start_soon(in_flight)
+            await wait_for(waiting_on_our_lock, 10)
+            pay.running.shutdown.set()
+            await wait_for(refuses_new_calls, 10)
+            # The lock is released: the in-flight call completes within the grace period.
+        [answer] = answers
+        assert answer.id == made.id and answer.cancel_requested
