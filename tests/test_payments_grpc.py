@@ -363,6 +363,7 @@ async def test_shutdown_lets_an_in_flight_call_finish_and_refuses_new_ones(
             await wait_for(waiting_on_our_lock, 10)
             pay.running.shutdown.set()
             await wait_for(refuses_new_calls, 10)
-            # The lock is released: the in-flight call completes within the grace period.
+        # Leaving the transaction released the lock; the nursery waited for the in-flight
+        # call, which completed within the grace period.
         [answer] = answers
         assert answer.id == made.id and answer.cancel_requested

@@ -16,9 +16,10 @@ import trio
 
 from daemon.payments import currency, service, sql_api
 from daemon.payments.errors import PaymentsError
-from daemon.payments.service import CreateParams
+from daemon.payments.service import Caller, CreateParams, PaymentService
 from daemon.platform.config import PaymentsConfig
 from daemon.platform.db import Database
+from daemon.platform.events import EventBus
 from tests.payments_harness import ADMIN, Pay, paymentd
 
 SYNC = (
@@ -141,6 +142,62 @@ async def test_good_input_is_accepted_and_normalized_like_the_service(mockdb: Da
     hosted = await sql_create(mockdb, amount=900, currency="EUR", kind="recurring", interval="week")
     method = await mockdb.fetchval("SELECT method FROM payments WHERE id = $1", hosted)
     assert method == "hosted_checkout"
+
+
+async def test_sql_writes_what_the_service_writes(mockdb: Database) -> None:
+    """Row, history, outbox event and queue message: the same, field for field."""
+    params = {"amount": 1234, "currency": "BHD", "customer": "cli-5", "metadata": {"a": "b"},
+              "capture_method": "manual", "description": "Fibra"}  # fmt: skip
+    cfg = PaymentsConfig(provider="mock")
+    service_made = await PaymentService(mockdb, cfg, EventBus()).create(
+        Caller(scope="admin", actor="api:admin"), CreateParams(**params), "same-1"
+    )
+    sql_made = await sql_create(mockdb, **params, request_id="same-1")
+    ids = (service_made.resource_id, sql_made)
+
+    async def written(pid: str) -> dict[str, Any]:
+        row = await mockdb.fetchrow("SELECT * FROM payments WHERE id = $1", pid)
+        history = await mockdb.fetch(
+            "SELECT kind, from_status, to_status, detail, refund_id FROM payment_events"
+            " WHERE payment_id = $1",
+            pid,
+        )
+        outbox = await mockdb.fetch(
+            "SELECT type, subject, data FROM events WHERE subject = $1", f"payment:{pid}"
+        )
+        queued = await mockdb.fetch(
+            "SELECT message FROM pgmq.q_payments WHERE message->>'payment_id' = $1", pid
+        )
+        key = await mockdb.fetchrow(
+            "SELECT operation, status, response_status, resource_id FROM idempotency_keys"
+            " WHERE resource_id = $1",
+            pid,
+        )
+        assert row is not None and key is not None
+        skip = {"id", "seq", "created_by", "created_at", "updated_at", "expires_at"}
+        return {
+            "row": {k: v for k, v in dict(row).items() if k not in skip},
+            "ttl": row["expires_at"] - row["created_at"],
+            "history": [dict(h) for h in history],
+            "outbox": [
+                (
+                    o["type"],
+                    o["subject"].replace(pid, "<id>"),
+                    {k: v for k, v in dict(o["data"]).items() if k != "id"}
+                    | {"id": o["data"]["id"] == pid},
+                )
+                for o in outbox
+            ],
+            "queued": [
+                {k: "<id>" if v == pid else v for k, v in dict(q["message"]).items()}
+                for q in queued
+            ],
+            "key": (key["operation"], key["status"], key["response_status"]),
+        }
+
+    by_service, by_sql = await written(ids[0]), await written(ids[1])
+    assert by_sql == by_service
+    assert len(by_sql["queued"]) == 1 and len(by_sql["outbox"]) == 1 and len(by_sql["history"]) == 1
 
 
 async def test_create_payment_in_a_rolled_back_transaction_leaves_nothing(
