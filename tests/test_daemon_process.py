@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from daemon import wiring
 from daemon.network.olt.types import OnuRef
 from daemon.platform.config import to_toml
 from tests.flow_harness import WEBHOOK_TOKEN, World, make_config, register, world
@@ -152,7 +153,10 @@ async def test_systemd_notify_readiness_watchdog_and_graceful_sigterm(
     with daemon_process(config, notify.path, log) as proc:
         await notify.wait_for("READY=1")
         lines = [line for m in notify.seen for line in m.splitlines()]
-        assert "STATUS=7/7 actors running" in lines
+        # One consumer per declared queue, plus the listener, the scheduler, the OLT pool
+        # and the HTTP ingress.
+        actors = len(wiring.QUEUES) + 4
+        assert f"STATUS={actors}/{actors} actors running" in lines
         await notify.wait_for("WATCHDOG=1", seconds=5)
         proc.send_signal(signal.SIGTERM)
         await notify.wait_for("STOPPING=1")
