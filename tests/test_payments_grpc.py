@@ -138,6 +138,10 @@ async def test_request_id_is_the_idempotency_key(both: tuple[Pay, Grpc]) -> None
     )
     assert replay.id == r.json()["id"]
     assert await pay.db.fetchval("SELECT count(*) FROM payments") == 2
+    bad = await rpc.refused(
+        "Create", pb.CreatePaymentRequest(request_id="é" * 3, amount=700, currency="EUR")
+    )
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in bad.details()
 
 
 async def test_api_keys_in_metadata_and_their_scopes(both: tuple[Pay, Grpc]) -> None:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import grpc
 import trio_asyncio
 
+from daemon.payments import idempotency
 from daemon.payments import service as svc
 from daemon.payments.errors import KINDS, TYPE_PREFIX, PaymentsError
 from daemon.payments.idempotency import Outcome
@@ -113,6 +114,20 @@ def _opt(value: str) -> str | None:
     return value or None
 
 
+def _request_id(value: str) -> str | None:
+    """The Idempotency-Key, checked here so the refusal names this face's field."""
+    if not value:
+        return None
+    try:
+        return idempotency.check_key(value)
+    except PaymentsError:
+        raise PaymentsError(
+            "invalid-request",
+            f"request_id must be 1-{idempotency.MAX_KEY_LENGTH} printable ASCII characters",
+            field="request_id",
+        ) from None
+
+
 def _time(value: str, name: str) -> dt.datetime | None:
     if not value:
         return None
@@ -161,7 +176,7 @@ class _Calls:
             status_callback_url=_opt(req.status_callback_url),
             uisp_client_id=req.uisp_client_id or None,
         )
-        outcome = await self.service.create(caller, params, _opt(req.request_id))
+        outcome = await self.service.create(caller, params, _request_id(req.request_id))
         self._ok(outcome)
         body = outcome.body
         if req.wait_seconds > 0 and not outcome.replayed and outcome.resource_id:
@@ -197,14 +212,14 @@ class _Calls:
 
     async def cancel(self, req: pb.CancelPaymentRequest, credential: str | None) -> pb.Payment:
         caller = await self.caller(credential, auth.PAYMENTS_WRITE)
-        outcome = await self.service.cancel(caller, req.id, _opt(req.request_id))
+        outcome = await self.service.cancel(caller, req.id, _request_id(req.request_id))
         self._ok(outcome)
         return payment_message(outcome.body)
 
     async def capture(self, req: pb.CapturePaymentRequest, credential: str | None) -> pb.Payment:
         caller = await self.caller(credential, auth.PAYMENTS_WRITE)
         outcome = await self.service.capture(
-            caller, req.id, req.amount or None, _opt(req.request_id)
+            caller, req.id, req.amount or None, _request_id(req.request_id)
         )
         self._ok(outcome)
         return payment_message(outcome.body)
@@ -212,7 +227,7 @@ class _Calls:
     async def refund(self, req: pb.RefundPaymentRequest, credential: str | None) -> pb.Refund:
         caller = await self.caller(credential, auth.PAYMENTS_WRITE)
         outcome = await self.service.refund(
-            caller, req.id, req.amount or None, _opt(req.reason), _opt(req.request_id)
+            caller, req.id, req.amount or None, _opt(req.reason), _request_id(req.request_id)
         )
         self._ok(outcome)
         return refund_message(outcome.body)
