@@ -208,6 +208,9 @@ async def test_invalid_transitions_are_409_and_change_nothing(pay: Pay) -> None:
     before = await counts(pay)
     problem(await pay.post(f"/payments/{paid['id']}/cancel"), 409, "invalid-state")
     problem(await pay.post(f"/payments/{paid['id']}/capture"), 409, "invalid-state")
+    # No body at all (no Content-Type either) is an empty request, not a 415.
+    bare = await pay.http.post(f"/api/v1/payments/{paid['id']}/capture", headers=ADMIN)
+    problem(bare, 409, "invalid-state")
     problem(await pay.post(f"/payments/{pending['id']}/refunds", {"amount": 1}), 409,
             "invalid-state")  # fmt: skip
     problem(await pay.post("/payments/pay_nope/cancel"), 404, "payment-not-found")

@@ -228,10 +228,10 @@ def _render(status: int, body: dict[str, Any], headers: dict[str, str] | None = 
 
 
 async def _body(model: type[Any]) -> Any:
-    schema.require_json_type()
     raw = await request.get_data(cache=False, as_text=False)
     if not raw.strip() and model is not CreatePayment:
-        return model()  # an empty body is an empty object for the optional-only bodies
+        return model()  # no body (with or without a type) is {} for the optional-only bodies
+    schema.require_json_type()
     try:
         document = schema.parse_json(bytes(raw) if isinstance(raw, bytes) else raw.encode())
     except schema.BadBody as exc:
