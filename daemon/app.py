@@ -32,8 +32,9 @@ import trio
 import trio_asyncio
 
 from daemon import wiring
-from daemon.actors import http_ingress, instance_lock
+from daemon.actors import grpc_ingress, http_ingress, instance_lock
 from daemon.actors.olt_pool import OltPool
+from daemon.payments import sql_api
 from daemon.platform import logs
 from daemon.platform.config import Config
 from daemon.platform.consumer import Wakeups
@@ -67,6 +68,7 @@ class Running:
     pool: OltPool
     shutdown: trio.Event
     resources: wiring.Resources
+    grpc_address: str | None = None  # host:port when [grpc] enabled
 
 
 async def run_daemon(
@@ -107,6 +109,7 @@ async def run_daemon(
                 command_timeout=cfg.database.command_timeout_seconds,
             ) as db:
                 await verify_key(db, box)
+                await sql_api.publish_settings(db, cfg.payments)  # for SQL callers
                 metrics = Metrics()
                 health = Health(
                     cfg.daemon.unhealthy_restarts, cfg.daemon.restart_reset_after_seconds
@@ -149,13 +152,18 @@ async def _serve(
                 base_url = await front.start(
                     sup, "http_ingress", partial(http_ingress.run, deps, shutdown=shutdown)
                 )
+                grpc_address = None
+                if cfg.grpc.enabled:
+                    grpc_address = await front.start(
+                        sup, "grpc_ingress", partial(grpc_ingress.run, deps, shutdown=shutdown)
+                    )
                 log.info("paymentd ready on %s", base_url)
                 notifier.ready(status=deps.health.status_line())
                 infra.start_soon(
                     partial(watchdog_loop, notifier, lambda: not deps.health.flapping())
                 )
                 infra.start_soon(_status_updates, notifier, deps.health)
-                task_status.started(Running(deps, base_url, res.pool, shutdown, res))
+                task_status.started(Running(deps, base_url, res.pool, shutdown, res, grpc_address))
                 await shutdown.wait()
                 log.info("shutting down (grace %.0f s)", cfg.daemon.shutdown_grace_seconds)
                 notifier.stopping()

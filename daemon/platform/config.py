@@ -337,6 +337,15 @@ class PaymentsConfig(_Section, frozen=True):
     stripe_webhook_tolerance_seconds: Seconds = 300.0
 
 
+class GrpcConfig(_Section, frozen=True):
+    # The payments API over gRPC (daemon/actors/grpc_ingress.py), on its own port; the
+    # same API keys and scopes as HTTP. Cleartext HTTP/2: keep it inside the VPN or put a
+    # TLS proxy in front, as for [http].
+    enabled: bool = False
+    host: NonEmpty = "127.0.0.1"
+    port: Port = 50051  # 0 = any free port (tests)
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -350,6 +359,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     drift: DriftConfig = msgspec.field(default_factory=DriftConfig)
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     payments: PaymentsConfig = msgspec.field(default_factory=PaymentsConfig)
+    grpc: GrpcConfig = msgspec.field(default_factory=GrpcConfig)
     source: str = "<defaults>"
     # Things the operator should change but that still work (deprecated keys); the CLI
     # prints them and the daemon logs them at start-up.
@@ -373,6 +383,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "drift": DriftConfig,
     "webhooks": WebhooksConfig,
     "payments": PaymentsConfig,
+    "grpc": GrpcConfig,
 }
 
 _URLS = (

@@ -110,7 +110,7 @@ class GetRefundRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Payment(_message.Message):
-    __slots__ = ("id", "status", "amount", "currency", "description", "customer", "metadata", "capture_method", "kind", "interval", "method", "amount_captured", "amount_refunded", "client_secret", "hosted_url", "status_callback_url", "uisp_client_id", "failure_reason", "created_at", "updated_at")
+    __slots__ = ("id", "status", "amount", "currency", "description", "customer", "metadata", "capture_method", "kind", "interval", "method", "amount_captured", "amount_refunded", "client_secret", "hosted_url", "status_callback_url", "uisp_client_id", "failure_reason", "created_at", "updated_at", "currency_exponent", "amount_display", "amount_refundable", "provider", "provider_ref", "failure_code", "failure_message", "cancel_requested", "capture_requested", "expires_at", "finished_at", "uisp_payment_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,18 @@ class Payment(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_EXPONENT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_DISPLAY_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_REFUNDABLE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_REF_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_CODE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    UISP_PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: str
     amount: int
@@ -158,10 +170,22 @@ class Payment(_message.Message):
     failure_reason: str
     created_at: str
     updated_at: str
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., description: _Optional[str] = ..., customer: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., capture_method: _Optional[str] = ..., kind: _Optional[str] = ..., interval: _Optional[str] = ..., method: _Optional[str] = ..., amount_captured: _Optional[int] = ..., amount_refunded: _Optional[int] = ..., client_secret: _Optional[str] = ..., hosted_url: _Optional[str] = ..., status_callback_url: _Optional[str] = ..., uisp_client_id: _Optional[int] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ...) -> None: ...
+    currency_exponent: int
+    amount_display: str
+    amount_refundable: int
+    provider: str
+    provider_ref: str
+    failure_code: str
+    failure_message: str
+    cancel_requested: bool
+    capture_requested: bool
+    expires_at: str
+    finished_at: str
+    uisp_payment_id: int
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., description: _Optional[str] = ..., customer: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., capture_method: _Optional[str] = ..., kind: _Optional[str] = ..., interval: _Optional[str] = ..., method: _Optional[str] = ..., amount_captured: _Optional[int] = ..., amount_refunded: _Optional[int] = ..., client_secret: _Optional[str] = ..., hosted_url: _Optional[str] = ..., status_callback_url: _Optional[str] = ..., uisp_client_id: _Optional[int] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., currency_exponent: _Optional[int] = ..., amount_display: _Optional[str] = ..., amount_refundable: _Optional[int] = ..., provider: _Optional[str] = ..., provider_ref: _Optional[str] = ..., failure_code: _Optional[str] = ..., failure_message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., capture_requested: _Optional[bool] = ..., expires_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., uisp_payment_id: _Optional[int] = ...) -> None: ...
 
 class Refund(_message.Message):
-    __slots__ = ("id", "payment_id", "status", "amount", "currency", "reason", "failure_reason", "created_at", "updated_at")
+    __slots__ = ("id", "payment_id", "status", "amount", "currency", "reason", "failure_reason", "created_at", "updated_at", "amount_display", "provider_ref", "finished_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +195,9 @@ class Refund(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_DISPLAY_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_REF_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     payment_id: str
     status: str
@@ -180,4 +207,7 @@ class Refund(_message.Message):
     failure_reason: str
     created_at: str
     updated_at: str
-    def __init__(self, id: _Optional[str] = ..., payment_id: _Optional[str] = ..., status: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., reason: _Optional[str] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ...) -> None: ...
+    amount_display: str
+    provider_ref: str
+    finished_at: str
+    def __init__(self, id: _Optional[str] = ..., payment_id: _Optional[str] = ..., status: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., reason: _Optional[str] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., amount_display: _Optional[str] = ..., provider_ref: _Optional[str] = ..., finished_at: _Optional[str] = ...) -> None: ...
