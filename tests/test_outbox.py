@@ -38,3 +38,17 @@ async def test_an_undeclared_event_type_is_refused(db: Database) -> None:
         with pytest.raises(outbox.UnknownEventType):
             await outbox.emit(tx, "payment.exploded", {})
     assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_every_inserted_event_is_queued_once_for_the_fan_out(db: Database) -> None:
+    """By the trigger, so a writer in SQL (the SQL entry point) is fanned out like emit."""
+    async with db.transaction() as tx:
+        emitted = await outbox.emit(tx, "sms.sent", {"task_id": 1})
+    await db.execute(
+        "INSERT INTO events (id, type, data) VALUES ($1, 'sms.failed', '{}')",
+        "evt_" + "0" * 32,
+    )
+    queued = await db.fetch(
+        f"SELECT message->>'event_id' AS id FROM pgmq.q_{outbox.QUEUE} ORDER BY msg_id"
+    )
+    assert [r["id"] for r in queued] == [emitted.id, "evt_" + "0" * 32]

@@ -7,10 +7,11 @@ webhook dispatcher (``daemon.webhooks``) fans events out to endpoints and the Op
 document lists them. Capabilities call ``emit``; nothing here knows about payments or
 networks.
 
-``emit`` also puts ``{"event_id"}`` on the ``QUEUE`` PGMQ queue in the same transaction:
-that is what makes the fan-out durable (a crash before it ran leaves the message) and
-prompt (the listener wakes its consumer on the insert), without anyone polling the
-events table.
+Each inserted event is also put, as ``{"event_id"}``, on the ``QUEUE`` PGMQ queue in the
+same transaction — by a trigger on ``events`` (migration 016), so the SQL entry point's
+events get it too: that is what makes the fan-out durable (a crash before it ran leaves
+the message) and prompt (the listener wakes its consumer on the insert), without anyone
+polling the events table.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from daemon.platform import queues
 from daemon.platform.db import Conn
 
 # The fan-out queue: {"event_id": ...} per emitted event, or {"nudge": why} when webhook
 # deliveries became due without a new event (an operator's retry). Declared in
-# daemon.wiring.QUEUES, handled by daemon.webhooks.fanout.
+# daemon.wiring.QUEUES, handled by daemon.webhooks.fanout; the name is also in migration
+# 016's trigger.
 QUEUE = "event_fanout"
 
 # type -> what it means. Adding an event type is one line here.
@@ -96,8 +97,7 @@ async def emit(
         subject,
         dict(data),
     )
-    assert row is not None
-    await queues.send(tx, QUEUE, {"event_id": row["id"]})
+    assert row is not None  # the trigger has queued it for the fan-out
     return _event(row)
 
 
