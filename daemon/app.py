@@ -142,20 +142,25 @@ async def _serve(
     cfg, deps = res.config, res.deps
     sup = _supervisor(res)
     stop = trio.Event()  # workers: read nothing more, finish what you hold
+    # The ingress stops taking requests only once the workers have drained: UISP sends
+    # each webhook once and gives up after ~10 s, so a restart must not leave new
+    # connections unanswered for the whole drain (up to the grace period) plus the next
+    # start. Intake only stores and queues, so serving while the workers finish is safe.
+    front_stop = trio.Event()
     async with trio.open_nursery() as infra:
         if handle_signals:
             infra.start_soon(_signals, shutdown)
         await infra.start(sup, "olt_pool", res.pool.run)
-        async with trio.open_nursery() as work:
-            await work.start(partial(_worker_group, res, stop))
-            async with trio.open_nursery() as front:
+        async with trio.open_nursery() as front:
+            async with trio.open_nursery() as work:
+                await work.start(partial(_worker_group, res, stop))
                 base_url = await front.start(
-                    sup, "http_ingress", partial(http_ingress.run, deps, shutdown=shutdown)
+                    sup, "http_ingress", partial(http_ingress.run, deps, shutdown=front_stop)
                 )
                 grpc_address = None
                 if cfg.grpc.enabled:
                     grpc_address = await front.start(
-                        sup, "grpc_ingress", partial(grpc_ingress.run, deps, shutdown=shutdown)
+                        sup, "grpc_ingress", partial(grpc_ingress.run, deps, shutdown=front_stop)
                     )
                 log.info("paymentd ready on %s", base_url)
                 notifier.ready(status=deps.health.status_line())
@@ -169,10 +174,14 @@ async def _serve(
                 notifier.stopping()
                 deps.health.stopping = True
                 stop.set()
-            # HTTP has drained. The worker group returns once its consumers finished what
-            # they hold (they get the grace period; the OLT pool stays up meanwhile); a
-            # backstop in case it does not.
-            work.cancel_scope.deadline = trio.current_time() + cfg.daemon.shutdown_grace_seconds + 5
+                # The worker group returns once its consumers finished what they hold (they
+                # get the grace period; the OLT pool stays up meanwhile); a backstop in case
+                # it does not.
+                work.cancel_scope.deadline = (
+                    trio.current_time() + cfg.daemon.shutdown_grace_seconds + 5
+                )
+            # The workers are done: now HTTP and gRPC drain their in-flight requests.
+            front_stop.set()
         infra.cancel_scope.cancel()
 
 

@@ -242,6 +242,30 @@ async def test_shutdown_lets_a_reconnection_on_the_olt_finish(w: World) -> None:
     assert hw.is_active(ANA_ONU)
 
 
+async def test_webhooks_are_still_taken_while_the_workers_drain_at_shutdown(w: World) -> None:
+    """SIGTERM mid-task: the ingress keeps answering (and storing) UISP webhooks until the
+    workers have finished, instead of leaving them unanswered for the whole drain."""
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        await w.fake.record_payment(1, 30.0)
+        hw.hold()  # the OLT answers nothing until released: the worker is busy on it
+        await flow.wait_task_state("running")
+        flow.running.shutdown.set()
+        hook = await w.fake.send_webhook("service.suspend", "service", 1, "edit", None)
+        assert w.fake.deliveries[-1].get("status") == 200, w.fake.deliveries[-1]
+        running = await w.db.fetchval(
+            "SELECT count(*) FROM reconnect_tasks WHERE state = 'running'"
+        )
+        assert running == 1  # answered while the worker was still draining
+        hw.release()
+    stored = await w.db.fetchval(
+        "SELECT count(*) FROM uisp_webhooks WHERE uuid = $1::uuid", hook["uuid"]
+    )
+    assert stored == 1
+    [task] = await w.db.fetch("SELECT state FROM reconnect_tasks WHERE action = 'activate'")
+    assert task["state"] == "succeeded"
+
+
 async def test_a_worker_failing_its_restart_after_a_lost_lock_does_not_kill_the_daemon(
     w: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
