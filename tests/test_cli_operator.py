@@ -101,6 +101,10 @@ async def test_a_service_uisp_does_not_know_or_without_an_onu_queues_nothing(
         unknown.one_error_line("UISP has no service 999; nothing queued")
         no_onu = await paymentd("onu", "deactivate", str(bare["id"]), "--config", config)
         no_onu.one_error_line(f"service {bare['id']} has no ONU location", "nothing queued")
+        # Mapped in UISP to an OLT paymentd has no device for: the task could only fail.
+        elsewhere = w.fake.add_service(1, "Other OLT", olt="olt-nowhere", onu="0/1/1:1")
+        no_olt = await paymentd("onu", "activate", str(elsewhere["id"]), "--config", config)
+        no_olt.one_error_line("OLT 'olt-nowhere'", "paymentd olt add", "nothing queued")
         bad = await paymentd("onu", "activate", "abc", "--config", config)
         assert bad.code == 2 and "not a UISP service id" in bad.err
         assert await flow.db.fetchval("SELECT count(*) FROM reconnect_tasks") == 0
