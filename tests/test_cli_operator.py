@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,21 @@ async def test_uisp_test_names_what_to_fix(
         "uisp", "test", "--config", uisp_config(tmp_path, base_url=url, app_key="write-key")
     )
     assert ran.code == 1 and "try again later" in ran.err and "Traceback" not in ran.err
+
+
+def test_who_asked_without_a_user_name_is_the_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A container user with no passwd entry and no LOGNAME/USER: getpass.getuser() raises
+    # (KeyError before Python 3.13, OSError since), which would be a traceback in
+    # 'onu activate' and 'tasks retry'.
+    import pwd
+
+    from daemon.cli.operator import who_asked
+
+    for name in ("SUDO_USER", "LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    assert who_asked().startswith(f"uid {os.getuid()}@")
