@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,10 @@ async def test_a_service_uisp_does_not_know_or_without_an_onu_queues_nothing(
         unknown.one_error_line("UISP has no service 999; nothing queued")
         no_onu = await paymentd("onu", "deactivate", str(bare["id"]), "--config", config)
         no_onu.one_error_line(f"service {bare['id']} has no ONU location", "nothing queued")
+        # Mapped in UISP to an OLT paymentd has no device for: the task could only fail.
+        elsewhere = w.fake.add_service(1, "Other OLT", olt="olt-nowhere", onu="0/1/1:1")
+        no_olt = await paymentd("onu", "activate", str(elsewhere["id"]), "--config", config)
+        no_olt.one_error_line("OLT 'olt-nowhere'", "paymentd olt add", "nothing queued")
         bad = await paymentd("onu", "activate", "abc", "--config", config)
         assert bad.code == 2 and "not a UISP service id" in bad.err
         assert await flow.db.fetchval("SELECT count(*) FROM reconnect_tasks") == 0
@@ -178,3 +183,21 @@ async def test_uisp_test_names_what_to_fix(
         "uisp", "test", "--config", uisp_config(tmp_path, base_url=url, app_key="write-key")
     )
     assert ran.code == 1 and "try again later" in ran.err and "Traceback" not in ran.err
+
+
+def test_who_asked_without_a_user_name_is_the_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A container user with no passwd entry and no LOGNAME/USER: getpass.getuser() raises
+    # (KeyError before Python 3.13, OSError since), which would be a traceback in
+    # 'onu activate' and 'tasks retry'.
+    import pwd
+
+    from daemon.cli.operator import who_asked
+
+    for name in ("SUDO_USER", "LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    assert who_asked().startswith(f"uid {os.getuid()}@")

@@ -196,3 +196,23 @@ async def test_follow_falls_back_to_the_database_when_the_daemon_is_not_reachabl
     # With --source sse it is an error instead, saying what else to try.
     ran = await paymentd("tasks", "follow", "--source", "sse", "--config", cfg)
     ran.one_error_line("cannot reach the daemon", "try --source db")
+
+
+async def test_following_a_retried_task_waits_for_the_outcome_of_its_new_run(
+    db: Database, db_url: str, tmp_path: Path
+) -> None:
+    # tasks retry, then tasks follow --task: the old failure in its history is not the end.
+    cfg = config(tmp_path, db_url)
+    task_id = await make_task(db, 1, service=10)
+    await fail(db, task_id, "gave up", "")
+    await tasks.retry(db, task_id, by="test")
+    follow = await Streaming.start("tasks", "follow", "--task", str(task_id), "--config", cfg)
+    try:
+        await follow.wait_out("retry_requested")
+        await fail(db, task_id, "gave up again", "")
+        assert await follow.finish() == 0, follow.err
+    finally:
+        follow.kill()
+    lines = follow.out.decode().splitlines()
+    assert [line.split()[3] for line in lines] == ["queued", "failed", "retry_requested", "failed"]
+    assert "error=gave up again" in lines[-1]

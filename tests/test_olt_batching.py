@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import trio
@@ -74,6 +76,13 @@ async def burst(
     return outcomes
 
 
+def held_pool(sim: Sim, **settings: Any) -> AbstractAsyncContextManager[OltPool]:
+    """``running_pool`` with a command timeout beyond the tests' own bounds: ``burst``
+    holds the device's answers until the burst is queued, which on a loaded machine can
+    take longer than the default 5 s, and the blocker must not time out meanwhile."""
+    return running_pool(sim, **{"command_timeout": 60.0, **settings})
+
+
 def after_probe(device: SimDevice, probe: str) -> list[str]:
     """The commands the device saw after the last ``probe`` (the blocker)."""
     log = device.command_log
@@ -92,7 +101,7 @@ async def test_a_burst_over_one_board_is_one_sequence_with_each_its_own_result(
         (hw_onu(3), "deactivate"),
     ]
     with trio.fail_after(20):
-        async with running_pool(sim) as pool:
+        async with held_pool(sim) as pool:
             await pool.test_device("hw")  # log in first: the burst runs on a warm session
             outcomes = await burst(pool, hw, items)
             ops = after_probe(hw, "display version")  # before the pool logs out
@@ -129,7 +138,7 @@ async def test_one_unknown_onu_fails_alone_and_the_others_in_its_sequence_succee
         (hw_onu(1), "deactivate"),
     ]
     with trio.fail_after(20):
-        async with running_pool(sim) as pool:
+        async with held_pool(sim) as pool:
             outcomes = await burst(pool, hw, items)
             ops = after_probe(hw, "display version")
             ok = sample(pool, "paymentd_olt_command_seconds_count", vendor="huawei", outcome="ok")
@@ -157,7 +166,7 @@ async def test_the_same_onu_twice_runs_in_two_sequences_in_arrival_order(sim: Si
         (hw_onu(4), "activate"),
     ]
     with trio.fail_after(20):
-        async with running_pool(sim) as pool:
+        async with held_pool(sim) as pool:
             outcomes = await burst(pool, hw, items)
             ops = after_probe(hw, "display version")
     on, off, other = outcomes
@@ -186,7 +195,7 @@ async def test_one_sequence_per_board_and_one_read_back_per_port(sim: Sim) -> No
         (OnuRef(0, 1, 5, 2), "activate"),
     ]
     with trio.fail_after(20):
-        async with running_pool(sim) as pool:
+        async with held_pool(sim) as pool:
             outcomes = await burst(pool, hw, items)
             ops = after_probe(hw, "display version")
     assert all(isinstance(o, OltResult) and o.state == "active" for o in outcomes)
@@ -209,7 +218,7 @@ async def test_a_paged_port_table_with_smart_prompts_is_read_whole(sim: Sim) -> 
         for i in (2, 17, 30)  # rows on three pages
     ]
     with trio.fail_after(20):
-        async with running_pool(sim) as pool:
+        async with held_pool(sim) as pool:
             outcomes = await burst(pool, quirky, items)
             ops = after_probe(quirky, "display version")
     assert all(isinstance(o, OltResult) and o.state == "active" for o in outcomes)
@@ -227,7 +236,7 @@ async def test_zte_batches_with_an_unknown_onu(sim: Sim, name: str) -> None:
         (OnuRef(f, s, p, 3), "deactivate"),
     ]
     with trio.fail_after(20):
-        async with running_pool(sim) as pool:
+        async with held_pool(sim) as pool:
             outcomes = await burst(pool, zte, items)
             ops = after_probe(zte, "show version")
     on, unknown, off = outcomes
@@ -254,7 +263,7 @@ async def test_a_session_lost_mid_sequence_runs_the_whole_sequence_again(sim: Si
     hw = sim["hw"]
     items: list[tuple[OnuRef, Action]] = [(hw_onu(2), "activate"), (hw_onu(4), "activate")]
     with trio.fail_after(20):
-        async with running_pool(sim) as pool:
+        async with held_pool(sim) as pool:
             hw.drop_on("display ont info 3 all")  # both changes applied, never confirmed
             outcomes = await burst(pool, hw, items)
     assert all(isinstance(o, OltResult) and o.state == "active" for o in outcomes)
@@ -268,7 +277,7 @@ async def test_a_sequence_that_fails_as_a_whole_answers_each_caller_with_its_own
     hw = sim["hw"]
     items: list[tuple[OnuRef, Action]] = [(hw_onu(2), "activate"), (hw_onu(4), "activate")]
     with trio.fail_after(20):
-        async with running_pool(sim) as pool:
+        async with held_pool(sim) as pool:
             hw.drop_on("ont activate 3 4", times=2)  # on the retry's fresh session too
             outcomes = await burst(pool, hw, items)
             # The device is fine again: the next request gets through.
@@ -286,7 +295,7 @@ async def test_a_caller_that_gave_up_is_left_out_of_the_sequence(sim: Sim) -> No
         (hw_onu(1), "deactivate"),
     ]
     with trio.fail_after(20):
-        async with running_pool(sim) as pool:
+        async with held_pool(sim) as pool:
             outcomes = await burst(pool, hw, items, give_up=[1])
             ops = after_probe(hw, "display version")
     assert outcomes[1] is None
@@ -305,7 +314,7 @@ async def test_a_read_back_that_disagrees_fails_each_onu_on_its_own(sim: Sim) ->
     hw.readonly = True  # accepts the commands, changes nothing
     items: list[tuple[OnuRef, Action]] = [(hw_onu(2), "activate"), (hw_onu(3), "activate")]
     with trio.fail_after(20):
-        async with running_pool(sim) as pool:
+        async with held_pool(sim) as pool:
             outcomes = await burst(pool, hw, items)
     changed, already = outcomes
     assert isinstance(changed, OltCommandError)
@@ -317,11 +326,11 @@ async def test_max_batch_bounds_a_sequence_and_one_means_one_per_request(sim: Si
     hw = sim["hw"]
     items: list[tuple[OnuRef, Action]] = [(hw_onu(i), "activate") for i in (1, 2, 3, 4)]
     with trio.fail_after(30):
-        async with running_pool(sim, max_batch=3) as pool:
+        async with held_pool(sim, max_batch=3) as pool:
             outcomes = await burst(pool, hw, items)
             assert after_probe(hw, "display version").count("config") == 2
         assert all(isinstance(o, OltResult) for o in outcomes)
-        async with running_pool(sim, max_batch=1) as pool:
+        async with held_pool(sim, max_batch=1) as pool:
             outcomes = await burst(pool, hw, [(onu, "deactivate") for onu, _ in items])
             ops = after_probe(hw, "display version")
         assert all(isinstance(o, OltResult) for o in outcomes)
@@ -333,7 +342,7 @@ async def test_a_device_queue_holds_two_full_batches(sim: Sim) -> None:
     hw = sim["hw"]
     items: list[tuple[OnuRef, Action]] = [(hw_onu(i), "activate") for i in (1, 2, 3, 4)]
     with trio.fail_after(20):
-        async with running_pool(sim, queue_size=1, max_batch=2) as pool:
+        async with held_pool(sim, queue_size=1, max_batch=2) as pool:
             outcomes = await burst(pool, hw, items)  # OltBusy past 1 would fail this
             ops = after_probe(hw, "display version")
     assert all(isinstance(o, OltResult) for o in outcomes)
@@ -343,7 +352,7 @@ async def test_a_device_queue_holds_two_full_batches(sim: Sim) -> None:
 async def test_past_its_queue_a_device_answers_busy_at_once(sim: Sim) -> None:
     hw = sim["hw"]
     with trio.fail_after(20):
-        async with running_pool(sim, queue_size=2, max_batch=1) as pool:
+        async with held_pool(sim, queue_size=2, max_batch=1) as pool:
             hw.hold()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pool.test_device, "hw")
@@ -361,7 +370,7 @@ async def test_past_its_queue_a_device_answers_busy_at_once(sim: Sim) -> None:
 async def test_requests_taken_for_later_sequences_still_count_as_waiting(sim: Sim) -> None:
     hw = sim["hw"]
     with trio.fail_after(30):
-        async with running_pool(sim, queue_size=2, max_batch=1) as pool:
+        async with held_pool(sim, queue_size=2, max_batch=1) as pool:
             hw.hold()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pool.test_device, "hw")

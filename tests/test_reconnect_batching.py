@@ -16,6 +16,12 @@ from daemon.network.olt.types import OnuRef
 from tests.flow_harness import Flow, World, daemon, world
 from tests.olt_fixtures import eventually
 
+# ``burst`` holds the OLT's answers for as long as queueing the tasks behind the blocker
+# takes (bounded by its own fail_after), which on a loaded machine can exceed the
+# harness's 5 s command timeout: the blocker would then time out and be retried, and the
+# attempts and retries asserted below would not be the ones under test.
+HELD = {"command_timeout_seconds": 60.0}
+
 
 @pytest.fixture
 async def w(db_url: str, tmp_path: Path, aio_loop: None) -> AsyncIterator[World]:
@@ -70,7 +76,7 @@ async def sms_tasks(flow: Flow) -> set[int]:
 
 async def test_one_unknown_onu_fails_alone_and_only_successes_send_sms(w: World) -> None:
     hw = w.devices["olt-hw"]
-    async with daemon(w) as flow:
+    async with daemon(w, olt=HELD) as flow:
         _, on, unknown, off, quiet = ids = await burst(
             flow,
             [
@@ -103,7 +109,7 @@ async def test_one_unknown_onu_fails_alone_and_only_successes_send_sms(w: World)
 
 async def test_a_sequence_lost_twice_is_retried_per_task_and_then_succeeds(w: World) -> None:
     hw = w.devices["olt-hw"]
-    async with daemon(w) as flow:
+    async with daemon(w, olt=HELD) as flow:
         # The first try and the pool's own retry on a fresh session both lose the
         # connection: every member gets a transient error and schedules its own retry.
         hw.drop_on("ont activate 3 2", times=2)
@@ -129,7 +135,7 @@ async def test_a_sequence_lost_twice_is_retried_per_task_and_then_succeeds(w: Wo
 
 async def test_two_tasks_of_one_service_in_one_burst_run_in_order(w: World) -> None:
     hw = w.devices["olt-hw"]
-    async with daemon(w) as flow:
+    async with daemon(w, olt=HELD) as flow:
         _, paid, other, suspended = ids = await burst(
             flow,
             [

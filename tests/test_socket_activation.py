@@ -11,6 +11,7 @@ import subprocess
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -18,6 +19,7 @@ import trio
 from daemon.actors import http_ingress
 from daemon.platform import listenfds
 from daemon.platform.config import HttpConfig
+from daemon.platform.connlimit import ConnectionCap
 from daemon.platform.db import Database
 from daemon.platform.listenfds import InheritedSocketError
 from tests.http_fixtures import ADMIN_TOKEN, WEBHOOK_PATH, make_deps, serving, uisp_event
@@ -111,18 +113,26 @@ async def test_the_connection_cap_applies_on_the_inherited_socket(
 
 
 async def test_a_connection_accepted_just_before_the_shutdown_is_still_answered(
-    db: Database,
+    db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """hypercorn closes connections it thinks idle the moment it shuts down; one that was
     accepted but whose request had not arrived yet would be dropped without an answer."""
     deps = make_deps(db)
     shutdown = trio.Event()
+    accepted = trio.Event()  # a condition, not a guess at how long accepting takes
+    admit = ConnectionCap.admit
+
+    async def admitted(cap: ConnectionCap, stream: trio.SocketStream) -> Any:
+        accepted.set()
+        return await admit(cap, stream)
+
+    monkeypatch.setattr(ConnectionCap, "admit", admitted)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             base_url = await nursery.start(partial(http_ingress.run, deps, shutdown=shutdown))
             port = int(base_url.rsplit(":", 1)[1])
             stream = await trio.open_tcp_stream("127.0.0.1", port)
-            await trio.sleep(0.3)  # the server accepts it (a few ms; generous on busy cores)
+            await accepted.wait()  # the server accepted it
             shutdown.set()
             await trio.sleep(0.1)  # the request arrives after the shutdown began
             body = json.dumps(uisp_event()).encode()

@@ -22,7 +22,12 @@ from daemon.platform.config import Config
 
 def who_asked() -> str:
     """Who asked, for the task's history: the login behind sudo, and the host."""
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    user = os.environ.get("SUDO_USER")
+    if not user:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no LOGNAME/USER and no passwd entry (a container)
+            user = f"uid {os.getuid()}"
     return f"{user}@{socket.gethostname()}"
 
 

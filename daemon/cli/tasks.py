@@ -240,9 +240,13 @@ async def follow_db(db: Any, args: argparse.Namespace) -> None:
             printed += 1
             if args.count and printed >= args.count:
                 return
-        # The whole batch first: a success's sms_queued is written right after it.
+        # The whole batch first: a success's sms_queued is written right after it. A
+        # final step is the end only if the task is still finished: the history of a
+        # task retried by an operator holds its earlier failure.
         if args.task is not None and any(e.kind in tasks.FINAL_STATES for e in batch):
-            return
+            now = await tasks.get(db, args.task)
+            if now is None or now.task.state in tasks.FINAL_STATES:
+                return
         await trio.sleep(POLL_SECONDS)
 
 

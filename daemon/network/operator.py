@@ -25,7 +25,7 @@ from daemon.network import tasks
 from daemon.platform.config import UispConfig
 from daemon.platform.db import Database
 from daemon.uisp import client as uisp
-from daemon.uisp.decide import PlannedTask, plan_for_service
+from daemon.uisp.decide import DecisionError, PlannedTask, plan_for_service
 
 ACTIONS = ("activate", "deactivate")
 
@@ -53,10 +53,18 @@ async def request(
     requested_by: str,
 ) -> Requested:
     """Plan and queue the task; raises ``uisp.UispError`` / ``DecisionError`` before
-    anything is written when UISP or the ONU location say no."""
+    anything is written when UISP, the ONU location or the OLT's device row say no."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
     planned, service = await plan_for_service(db, client, cfg, service_id, action)
+    # A webhook's task for an unknown OLT is recorded as failed (UISP sent it anyway); an
+    # operator can be told before anything is written.
+    if await db.fetchval("SELECT 1 FROM olt_devices WHERE name = $1", planned.olt_name) is None:
+        raise DecisionError(
+            f"service {planned.service_id} is on OLT {planned.olt_name!r}, which paymentd has"
+            " no device for: add it with 'paymentd olt add' (or correct the service's ONU"
+            " location in UISP)"
+        )
     async with db.transaction() as tx:
         task_id = await tasks.create(
             tx,
