@@ -107,12 +107,15 @@ async def test_one_unknown_onu_fails_alone_and_only_successes_send_sms(w: World)
     assert off not in with_sms and quiet not in with_sms
 
 
-async def test_a_sequence_lost_twice_is_retried_per_task_and_then_succeeds(w: World) -> None:
+async def test_a_sequence_lost_twice_runs_one_by_one_and_only_the_failing_task_retries(
+    w: World,
+) -> None:
     hw = w.devices["olt-hw"]
     async with daemon(w, olt=HELD) as flow:
         # The first try and the pool's own retry on a fresh session both lose the
-        # connection: every member gets a transient error and schedules its own retry.
-        hw.drop_on("ont activate 3 2", times=2)
+        # connection; the changes then run one at a time: 0/1/3:1 succeeds, 0/1/3:2 loses
+        # its session twice more, gets a transient error and schedules its own retry.
+        hw.drop_on("ont activate 3 2", times=4)
         ids = await burst(
             flow,
             [
@@ -128,8 +131,8 @@ async def test_a_sequence_lost_twice_is_retried_per_task_and_then_succeeds(w: Wo
             "SELECT task_id FROM task_events WHERE kind = 'retry_scheduled' ORDER BY task_id"
         )
     assert all(r["state"] == "succeeded" for r in by_id.values())
-    assert [by_id[t]["attempts"] for t in ids] == [1, 2, 2]
-    assert [r["task_id"] for r in retried] == ids[1:]
+    assert [by_id[t]["attempts"] for t in ids] == [1, 1, 2]
+    assert [r["task_id"] for r in retried] == ids[2:]
     assert len(w.sink.messages) == 3  # one per reconnection, none twice
 
 

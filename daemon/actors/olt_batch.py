@@ -128,6 +128,22 @@ async def _serve_batch(actor: _DeviceActor, requests: list[_Request]) -> None:
 
     deadline = actor.pool.settings.batch_deadline(len(changes))
     results, outcome = await actor._guarded(lambda: actor._on_device(operation, deadline))
+    if isinstance(results, OltError) and outcome == "transient":
+        # The whole sequence broke (its retry on a fresh session included): perhaps one
+        # ONU's command hangs or drops the session. Run each change alone, so that ONU
+        # fails by itself instead of costing its board-mates their attempts (their
+        # retries would batch together again and fail the same way). In an outage this
+        # is cheap: the breaker, now open, answers each one at once.
+        log.warning(
+            "%s: a sequence of %d changes failed (%s); running them one by one",
+            actor.name,
+            len(changes),
+            results,
+        )
+        actor.pool._metrics.olt_batch_size.observe(len(changes))
+        for request in requests:
+            await actor._serve(request)
+        return
     seconds = trio.current_time() - started
     actor.pool._metrics.olt_batch_size.observe(len(changes))
     for i, request in enumerate(requests):
