@@ -153,9 +153,9 @@ async def test_systemd_notify_readiness_watchdog_and_graceful_sigterm(
     with daemon_process(config, notify.path, log) as proc:
         await notify.wait_for("READY=1")
         lines = [line for m in notify.seen for line in m.splitlines()]
-        # One consumer per declared queue, plus the listener, the scheduler, the OLT pool
-        # and the HTTP ingress.
-        actors = len(wiring.QUEUES) + 4
+        # One consumer per declared queue, plus the listener, the scheduler, the webhook
+        # dispatcher, the OLT pool and the HTTP ingress.
+        actors = len(wiring.QUEUES) + 5
         assert f"STATUS={actors}/{actors} actors running" in lines
         await notify.wait_for("WATCHDOG=1", seconds=5)
         proc.send_signal(signal.SIGTERM)
