@@ -170,11 +170,88 @@ async def test_an_onu_disabled_by_hand_on_the_olt_is_drift_and_fixed_without_a_s
         [item] = fixed.items
         assert item.task_id is not None
         rows = await flow.wait_task_state("succeeded", count=2)
-        assert rows[-1]["action"] == "activate"
+        assert rows[-1]["action"] == "activate" and rows[-1]["notify"] is False
         assert hw.is_active(ANA_ONU)
         await flow.settle()
-    # One reconnection, one SMS: the re-activation follows an activation.
+        assert await sms_skipped(flow, item.task_id) == "the task corrects the network (notify off)"
+    # One reconnection, one SMS: the fix corrects the network and texts nobody.
     assert len(w.sink.messages) == 1
+
+
+async def sms_skipped(flow: Flow, task_id: int) -> str | None:
+    """Why the task sent no SMS (its ``sms_skipped`` event), None if it may have sent one."""
+    reason: str | None = await flow.db.fetchval(
+        "SELECT detail->>'reason' FROM task_events WHERE task_id = $1 AND kind = 'sms_skipped'",
+        task_id,
+    )
+    return reason
+
+
+async def test_fixing_an_onu_off_on_the_olt_of_a_customer_paymentd_never_touched_sends_no_sms(
+    w: World,
+) -> None:
+    """The first fix run on an existing network: UISP says active, the ONU was switched off
+    by hand, paymentd never changed it. The fix switches it on; the customer paid nothing
+    now and must not read "your payment was received"."""
+    hw = w.devices["olt-hw"]
+    w.fake.services[1]["status"] = 1  # Ana active in UISP (no webhook: before paymentd)
+    async with daemon(w) as flow:
+        fixed = await reconcile(flow, fix=True)
+        [item] = fixed.items
+        assert (item.kind, item.uisp_state, item.olt_state) == (
+            "olt_vs_uisp",
+            "active",
+            "deactivated",
+        )
+        assert item.task_id is not None
+        [task] = await flow.wait_task_state("succeeded")
+        assert (task["id"], task["action"], task["notify"]) == (item.task_id, "activate", False)
+        assert hw.is_active(ANA_ONU)
+        await flow.settle()
+        assert await sms_skipped(flow, item.task_id) == "the task corrects the network (notify off)"
+        [requested] = await flow.db.fetch(
+            "SELECT detail FROM task_events WHERE task_id = $1 AND kind = 'requested'", item.task_id
+        )
+        assert requested["detail"] == {
+            "source": "drift",
+            "run": fixed.run_id,
+            "drift_kind": "olt_vs_uisp",
+        }
+    assert w.sink.messages == []
+
+
+async def test_fixing_a_lost_reconnection_webhook_sends_the_reconnection_sms_once(
+    w: World,
+) -> None:
+    """paymentd applied Ana's suspension; UISP then reactivated her (she paid) and that
+    webhook was lost. The fix is the reconnection the webhook would have made: one SMS."""
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        for body in w.fake._set_suspended(1, True):  # the suspension reaches paymentd
+            await w.fake._deliver(body)
+        [suspended] = await flow.wait_task_state("succeeded")
+        assert suspended["action"] == "deactivate"
+        w.fake._set_suspended(1, False)  # the reactivation's webhooks never arrive
+
+        fixed = await reconcile(flow, fix=True)
+        [item] = fixed.items
+        assert (item.kind, item.uisp_state, item.applied_state) == (
+            "uisp_vs_paymentd",
+            "active",
+            "deactivated",
+        )
+        rows = await flow.wait_task_state("succeeded", count=2)
+        assert (rows[-1]["id"], rows[-1]["action"], rows[-1]["notify"]) == (
+            item.task_id,
+            "activate",
+            True,
+        )
+        assert hw.is_active(ANA_ONU)
+        await w.sink.wait_messages(1)
+        await flow.settle()
+        assert await sms_skipped(flow, item.task_id) is None
+    [message] = w.sink.messages
+    assert message["msisdn"].endswith("600111222")
 
 
 async def test_mappings_to_a_missing_onu_or_olt_are_their_own_kinds_not_a_crash(

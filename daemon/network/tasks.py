@@ -37,6 +37,8 @@ class Task:
     service_name: str | None
     olt_name: str
     onu: str
+    # False: an activation that only corrects the network (a drift fix) sends no SMS.
+    notify: bool
     state: str
     attempts: int
     last_error: str | None
@@ -118,12 +120,15 @@ async def create(
     client_name: str | None = None,
     phone: str | None = None,
     service_name: str | None = None,
+    notify: bool = True,
 ) -> int | None:
-    """Create a task and queue it; None when a task with this dedupe key already exists."""
+    """Create a task and queue it; None when a task with this dedupe key already exists.
+
+    ``notify=False``: its activation sends no reconnection SMS (``network.reconnect``)."""
     task_id: int | None = await tx.fetchval(
         "INSERT INTO reconnect_tasks (dedupe_key, webhook_uuid, action, client_id, client_name,"
-        " phone, service_id, olt_name, onu, service_name)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " phone, service_id, olt_name, onu, service_name, notify)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
         dedupe_key,
         None if webhook_uuid is None else uuid.UUID(str(webhook_uuid)),
@@ -135,10 +140,12 @@ async def create(
         olt_name,
         onu,
         service_name,
+        notify,
     )
     if task_id is None:
         return None
-    await add_event(tx, task_id, "queued", action=action, olt=olt_name, onu=onu)
+    quiet = {} if notify else {"notify": False}
+    await add_event(tx, task_id, "queued", action=action, olt=olt_name, onu=onu, **quiet)
     await queues.send(tx, QUEUE, {"task_id": task_id})
     return task_id
 

@@ -88,6 +88,7 @@ async def queue_planned(
             client_name=t.client_name,
             phone=t.phone,
             service_name=t.service_name,
+            notify=t.notify,
         )
         if task_id is not None:
             created.append(task_id)
