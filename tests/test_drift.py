@@ -334,6 +334,23 @@ async def test_device_reads_are_capped_per_olt_and_rotate_to_the_least_recently_
     assert len(seen[0] | seen[1]) == 3
 
 
+async def test_an_onu_whose_service_ended_loses_its_check_time_at_the_next_run(
+    w: World,
+) -> None:
+    hw = w.devices["olt-hw"]
+    bruno = w.fake.add_client("Bruno", "Díaz", "+34 600 333 444")
+    hw.add_onu(0, 1, 3, 8, active=True)
+    bruno_service = w.fake.add_service(bruno["id"], olt="olt-hw", onu="0/1/3:8")["id"]
+    async with daemon(w) as flow:
+        assert (await reconcile(flow)).counts.device_reads == 2
+        assert set(await drift_store.check_times(w.db, "olt-hw")) == {"0/1/3:7", "0/1/3:8"}
+        w.fake.services[bruno_service]["status"] = 2  # ended: no longer on the network
+        # No reads this run: Ana's ONU is still mapped and keeps its check time unread.
+        report = await reconcile(flow, device_reads_per_run=0)
+        assert report.counts.device_reads == 0
+    assert set(await drift_store.check_times(w.db, "olt-hw")) == {"0/1/3:7"}
+
+
 async def test_the_scheduled_job_runs_in_the_daemon_and_reports_an_onu_switched_on_by_hand(
     w: World,
 ) -> None:

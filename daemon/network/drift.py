@@ -202,7 +202,8 @@ async def _reconcile(p: DriftDeps, run_id: int, fix: bool) -> Report:
             items.append(item)
     if fix:
         items = [await _fix(p, run_id, horizon, item, counts) for item in items]
-    await drift_store.finish_run(p.db, run_id, counts, items)
+    mapped = ((s.olt_name, s.onu) for s in services)  # check times of the rest are pruned
+    await drift_store.finish_run(p.db, run_id, counts, items, mapped)
     return Report(run_id, fix, counts, items, 0.0)
 
 
