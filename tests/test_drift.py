@@ -313,6 +313,27 @@ async def test_mappings_to_a_missing_onu_or_olt_are_their_own_kinds_not_a_crash(
     assert latest is not None and latest[0].mode == "fix" and latest[0].trigger == "cli"
 
 
+async def test_reconcile_exit_code_says_whether_drift_was_found_for_monitoring_scripts(
+    w: World, tmp_path: Path
+) -> None:
+    async with daemon(w) as flow:  # registers the OLTs
+        pass
+    config = tmp_path / "drift.toml"
+    config.write_text(configmod.to_toml(flow.cfg))
+    clean = await cli("network", "reconcile", "--exit-code", "-c", str(config))
+    assert clean.returncode == 0, clean.stderr
+    assert "0 drift(s)" in clean.stdout
+    w.devices["olt-hw"].set_active(ANA_ONU, True)  # Ana is suspended in UISP
+    found = await cli("network", "reconcile", "--exit-code", "-c", str(config))
+    assert found.returncode == 1, found.stderr
+    assert "1 drift(s)" in found.stdout and "olt_vs_uisp" in found.stdout
+    plain = await cli("network", "reconcile", "-c", str(config))  # without it: 0, as before
+    assert plain.returncode == 0, plain.stderr
+    assert "1 drift(s)" in plain.stdout
+    helped = await cli("network", "reconcile", "--help")
+    assert "--exit-code" in helped.stdout
+
+
 async def test_device_reads_are_capped_per_olt_and_rotate_to_the_least_recently_checked(
     w: World,
 ) -> None:
