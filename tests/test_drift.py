@@ -17,10 +17,11 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.network import drift, drift_store
+from daemon.network import drift, drift_store, tasks
 from daemon.network.drift import Report
 from daemon.network.olt.types import OnuRef
 from daemon.platform import config as configmod
+from daemon.platform.db import Database
 from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
 from daemon.uisp.client import SERVICE_SUSPENDED
@@ -482,6 +483,58 @@ async def test_a_webhook_applied_while_the_run_reads_the_olts_is_not_reported_as
         await flow.settle()
     assert report.items == []
     assert report.counts.device_reads == 2
+
+
+async def test_a_webhook_task_committing_while_the_fix_checks_wins_over_the_fix(
+    w: World,
+) -> None:
+    """The fix's "is there a newer task?" and its insert are one step under the service's
+    lock, which every task creation takes. A webhook's task created (not yet committed)
+    just before the check makes the fix wait, then see it, and queue nothing: queued after
+    it, the fix's task would have superseded the webhook's, the fresher intent."""
+    async with daemon(w) as flow:
+        await ana_paid_and_reconnected(w, flow)
+        suspend_without_webhook(w, 1)  # drift: uisp_vs_paymentd, the fix would deactivate
+        found: list[Report] = []
+
+        async def waiting_for_the_service_lock() -> bool:
+            waiting: int = await w.db.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND classid = 1 AND objid = 1 AND objsubid = 2"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            return waiting > 0
+
+        async with (
+            Database.open(w.db_url, min_size=1, max_size=1) as webhook_db,
+            trio.open_nursery() as nursery,  # the run goes on after the commit
+            webhook_db.transaction() as tx,
+        ):
+            # The suspension webhook's task, created while the run compares.
+            held = await tasks.create(
+                tx,
+                dedupe_key="deactivate:service:1:webhook:late",
+                webhook_uuid=None,
+                action="deactivate",
+                service_id=1,
+                olt_name="olt-hw",
+                onu="0/1/3:7",
+            )
+
+            async def run() -> None:
+                found.append(await reconcile(flow, fix=True))
+
+            nursery.start_soon(run)
+            await flow.wait_for(waiting_for_the_service_lock, "the fix at the lock")
+        [report] = found
+        [item] = report.items
+        assert item.kind == "uisp_vs_paymentd" and item.task_id is None
+        assert item.detail.endswith(f"not fixed: task {held} is newer")
+        assert report.counts.tasks_queued == 0
+        rows = await flow.wait_task_state("succeeded", count=2)
+        assert [r["dedupe_key"] for r in rows][1:] == ["deactivate:service:1:webhook:late"]
+        assert not w.devices["olt-hw"].is_active(ANA_ONU)
+        await flow.settle()
 
 
 async def test_network_drift_says_when_runs_failed_rather_than_that_none_ran(

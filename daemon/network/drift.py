@@ -334,9 +334,6 @@ async def _fix(
         now = _STATES.get(service.get("status"))  # type: ignore[arg-type]
         if now != item.uisp_state:
             return replace(item, detail=f"{item.detail}; not fixed: UISP now says {now}")
-        newest = await tasks.newest_id(p.db, sid)
-        if newest > horizon:
-            return replace(item, detail=f"{item.detail}; not fixed: task {newest} is newer")
         planned = await plan_task(
             p.db, p.uisp, p.uisp_config, service, _ACTIONS[item.uisp_state or ""]
         )
@@ -345,6 +342,12 @@ async def _fix(
         return replace(item, detail=f"{item.detail}; not fixed: {exc}")
     planned = replace(planned, notify=item.kind in NOTIFYING)
     async with p.db.transaction() as tx:
+        # Check and create under the service's lock (tasks.create takes it too): a webhook's
+        # task committed before is seen here; one created after ours is newer and wins.
+        await tasks.lock_service(tx, sid)
+        newest = await tasks.newest_id(tx, sid)
+        if newest > horizon:
+            return replace(item, detail=f"{item.detail}; not fixed: task {newest} is newer")
         created = await process.queue_planned(
             tx, [planned], lambda t: f"{t.action}:service:{t.service_id}:drift:{run_id}"
         )

@@ -124,7 +124,11 @@ async def create(
 ) -> int | None:
     """Create a task and queue it; None when a task with this dedupe key already exists.
 
-    ``notify=False``: its activation sends no reconnection SMS (``network.reconnect``)."""
+    ``notify=False``: its activation sends no reconnection SMS (``network.reconnect``).
+    Holds the service's lock until ``tx`` ends: a producer that checks "is there a newer
+    task?" under that lock (drift's fix) sees this one or comes before it, never between.
+    Callers creating tasks of several services lock them in service id order."""
+    await lock_service(tx, service_id)
     task_id: int | None = await tx.fetchval(
         "INSERT INTO reconnect_tasks (dedupe_key, webhook_uuid, action, client_id, client_name,"
         " phone, service_id, olt_name, onu, service_name, notify)"
@@ -188,8 +192,9 @@ _SERVICE_LOCK_CLASS = 1
 
 
 async def lock_service(tx: Conn, service_id: int) -> None:
-    """Serialise outcome transactions of one service's tasks (the one-SMS rule reads the
-    service's previous success: two overlapping successes must not both see none)."""
+    """Serialise one service's task creations and outcome transactions (the one-SMS rule
+    reads the service's previous success: two overlapping successes must not both see
+    none; drift's fix checks for a newer task and creates its own as one step)."""
     await tx.execute(
         "SELECT pg_advisory_xact_lock($1, ($2::bigint % 2147483647)::int)",
         _SERVICE_LOCK_CLASS,
