@@ -17,10 +17,11 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.network import drift, drift_store
+from daemon.network import drift, drift_store, tasks
 from daemon.network.drift import Report
 from daemon.network.olt.types import OnuRef
 from daemon.platform import config as configmod
+from daemon.platform.db import Database
 from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
 from daemon.uisp.client import SERVICE_SUSPENDED
@@ -170,11 +171,88 @@ async def test_an_onu_disabled_by_hand_on_the_olt_is_drift_and_fixed_without_a_s
         [item] = fixed.items
         assert item.task_id is not None
         rows = await flow.wait_task_state("succeeded", count=2)
-        assert rows[-1]["action"] == "activate"
+        assert rows[-1]["action"] == "activate" and rows[-1]["notify"] is False
         assert hw.is_active(ANA_ONU)
         await flow.settle()
-    # One reconnection, one SMS: the re-activation follows an activation.
+        assert await sms_skipped(flow, item.task_id) == "the task corrects the network (notify off)"
+    # One reconnection, one SMS: the fix corrects the network and texts nobody.
     assert len(w.sink.messages) == 1
+
+
+async def sms_skipped(flow: Flow, task_id: int) -> str | None:
+    """Why the task sent no SMS (its ``sms_skipped`` event), None if it may have sent one."""
+    reason: str | None = await flow.db.fetchval(
+        "SELECT detail->>'reason' FROM task_events WHERE task_id = $1 AND kind = 'sms_skipped'",
+        task_id,
+    )
+    return reason
+
+
+async def test_fixing_an_onu_off_on_the_olt_of_a_customer_paymentd_never_touched_sends_no_sms(
+    w: World,
+) -> None:
+    """The first fix run on an existing network: UISP says active, the ONU was switched off
+    by hand, paymentd never changed it. The fix switches it on; the customer paid nothing
+    now and must not read "your payment was received"."""
+    hw = w.devices["olt-hw"]
+    w.fake.services[1]["status"] = 1  # Ana active in UISP (no webhook: before paymentd)
+    async with daemon(w) as flow:
+        fixed = await reconcile(flow, fix=True)
+        [item] = fixed.items
+        assert (item.kind, item.uisp_state, item.olt_state) == (
+            "olt_vs_uisp",
+            "active",
+            "deactivated",
+        )
+        assert item.task_id is not None
+        [task] = await flow.wait_task_state("succeeded")
+        assert (task["id"], task["action"], task["notify"]) == (item.task_id, "activate", False)
+        assert hw.is_active(ANA_ONU)
+        await flow.settle()
+        assert await sms_skipped(flow, item.task_id) == "the task corrects the network (notify off)"
+        [requested] = await flow.db.fetch(
+            "SELECT detail FROM task_events WHERE task_id = $1 AND kind = 'requested'", item.task_id
+        )
+        assert requested["detail"] == {
+            "source": "drift",
+            "run": fixed.run_id,
+            "drift_kind": "olt_vs_uisp",
+        }
+    assert w.sink.messages == []
+
+
+async def test_fixing_a_lost_reconnection_webhook_sends_the_reconnection_sms_once(
+    w: World,
+) -> None:
+    """paymentd applied Ana's suspension; UISP then reactivated her (she paid) and that
+    webhook was lost. The fix is the reconnection the webhook would have made: one SMS."""
+    hw = w.devices["olt-hw"]
+    async with daemon(w) as flow:
+        for body in w.fake._set_suspended(1, True):  # the suspension reaches paymentd
+            await w.fake._deliver(body)
+        [suspended] = await flow.wait_task_state("succeeded")
+        assert suspended["action"] == "deactivate"
+        w.fake._set_suspended(1, False)  # the reactivation's webhooks never arrive
+
+        fixed = await reconcile(flow, fix=True)
+        [item] = fixed.items
+        assert (item.kind, item.uisp_state, item.applied_state) == (
+            "uisp_vs_paymentd",
+            "active",
+            "deactivated",
+        )
+        rows = await flow.wait_task_state("succeeded", count=2)
+        assert (rows[-1]["id"], rows[-1]["action"], rows[-1]["notify"]) == (
+            item.task_id,
+            "activate",
+            True,
+        )
+        assert hw.is_active(ANA_ONU)
+        await w.sink.wait_messages(1)
+        await flow.settle()
+        assert await sms_skipped(flow, item.task_id) is None
+    [message] = w.sink.messages
+    assert message["msisdn"].endswith("600111222")
 
 
 async def test_mappings_to_a_missing_onu_or_olt_are_their_own_kinds_not_a_crash(
@@ -236,6 +314,27 @@ async def test_mappings_to_a_missing_onu_or_olt_are_their_own_kinds_not_a_crash(
     assert latest is not None and latest[0].mode == "fix" and latest[0].trigger == "cli"
 
 
+async def test_reconcile_exit_code_says_whether_drift_was_found_for_monitoring_scripts(
+    w: World, tmp_path: Path
+) -> None:
+    async with daemon(w) as flow:  # registers the OLTs
+        pass
+    config = tmp_path / "drift.toml"
+    config.write_text(configmod.to_toml(flow.cfg))
+    clean = await cli("network", "reconcile", "--exit-code", "-c", str(config))
+    assert clean.returncode == 0, clean.stderr
+    assert "0 drift(s)" in clean.stdout
+    w.devices["olt-hw"].set_active(ANA_ONU, True)  # Ana is suspended in UISP
+    found = await cli("network", "reconcile", "--exit-code", "-c", str(config))
+    assert found.returncode == 1, found.stderr
+    assert "1 drift(s)" in found.stdout and "olt_vs_uisp" in found.stdout
+    plain = await cli("network", "reconcile", "-c", str(config))  # without it: 0, as before
+    assert plain.returncode == 0, plain.stderr
+    assert "1 drift(s)" in plain.stdout
+    helped = await cli("network", "reconcile", "--help")
+    assert "--exit-code" in helped.stdout
+
+
 async def test_device_reads_are_capped_per_olt_and_rotate_to_the_least_recently_checked(
     w: World,
 ) -> None:
@@ -255,6 +354,23 @@ async def test_device_reads_are_capped_per_olt_and_rotate_to_the_least_recently_
     assert all(len(s) == 2 for s in seen)
     # Three ONUs, two reads a run: the second run reads the one the first skipped.
     assert len(seen[0] | seen[1]) == 3
+
+
+async def test_an_onu_whose_service_ended_loses_its_check_time_at_the_next_run(
+    w: World,
+) -> None:
+    hw = w.devices["olt-hw"]
+    bruno = w.fake.add_client("Bruno", "Díaz", "+34 600 333 444")
+    hw.add_onu(0, 1, 3, 8, active=True)
+    bruno_service = w.fake.add_service(bruno["id"], olt="olt-hw", onu="0/1/3:8")["id"]
+    async with daemon(w) as flow:
+        assert (await reconcile(flow)).counts.device_reads == 2
+        assert set(await drift_store.check_times(w.db, "olt-hw")) == {"0/1/3:7", "0/1/3:8"}
+        w.fake.services[bruno_service]["status"] = 2  # ended: no longer on the network
+        # No reads this run: Ana's ONU is still mapped and keeps its check time unread.
+        report = await reconcile(flow, device_reads_per_run=0)
+        assert report.counts.device_reads == 0
+    assert set(await drift_store.check_times(w.db, "olt-hw")) == {"0/1/3:7"}
 
 
 async def test_the_scheduled_job_runs_in_the_daemon_and_reports_an_onu_switched_on_by_hand(
@@ -367,6 +483,58 @@ async def test_a_webhook_applied_while_the_run_reads_the_olts_is_not_reported_as
         await flow.settle()
     assert report.items == []
     assert report.counts.device_reads == 2
+
+
+async def test_a_webhook_task_committing_while_the_fix_checks_wins_over_the_fix(
+    w: World,
+) -> None:
+    """The fix's "is there a newer task?" and its insert are one step under the service's
+    lock, which every task creation takes. A webhook's task created (not yet committed)
+    just before the check makes the fix wait, then see it, and queue nothing: queued after
+    it, the fix's task would have superseded the webhook's, the fresher intent."""
+    async with daemon(w) as flow:
+        await ana_paid_and_reconnected(w, flow)
+        suspend_without_webhook(w, 1)  # drift: uisp_vs_paymentd, the fix would deactivate
+        found: list[Report] = []
+
+        async def waiting_for_the_service_lock() -> bool:
+            waiting: int = await w.db.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND classid = 1 AND objid = 1 AND objsubid = 2"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            return waiting > 0
+
+        async with (
+            Database.open(w.db_url, min_size=1, max_size=1) as webhook_db,
+            trio.open_nursery() as nursery,  # the run goes on after the commit
+            webhook_db.transaction() as tx,
+        ):
+            # The suspension webhook's task, created while the run compares.
+            held = await tasks.create(
+                tx,
+                dedupe_key="deactivate:service:1:webhook:late",
+                webhook_uuid=None,
+                action="deactivate",
+                service_id=1,
+                olt_name="olt-hw",
+                onu="0/1/3:7",
+            )
+
+            async def run() -> None:
+                found.append(await reconcile(flow, fix=True))
+
+            nursery.start_soon(run)
+            await flow.wait_for(waiting_for_the_service_lock, "the fix at the lock")
+        [report] = found
+        [item] = report.items
+        assert item.kind == "uisp_vs_paymentd" and item.task_id is None
+        assert item.detail.endswith(f"not fixed: task {held} is newer")
+        assert report.counts.tasks_queued == 0
+        rows = await flow.wait_task_state("succeeded", count=2)
+        assert [r["dedupe_key"] for r in rows][1:] == ["deactivate:service:1:webhook:late"]
+        assert not w.devices["olt-hw"].is_active(ANA_ONU)
+        await flow.settle()
 
 
 async def test_network_drift_says_when_runs_failed_rather_than_that_none_ran(

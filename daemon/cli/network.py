@@ -1,5 +1,6 @@
-"""``paymentd network reconcile [--fix]`` and ``paymentd network drift``: drift between UISP,
-what paymentd applied and the OLTs — find it now, fix it, or show the latest run's list."""
+"""``paymentd network reconcile [--fix] [--exit-code]`` and ``paymentd network drift``:
+drift between UISP, what paymentd applied and the OLTs — find it now, fix it, or show the
+latest run's list."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def cmd_network(args: argparse.Namespace) -> int:
 
         report = with_db(cfg, reconcile)
         _print(report.items, args.json, report.summary())
-        return 0
+        # For monitoring scripts: 1 = drift found (fixed or not), 2 stays a usage error.
+        return 1 if args.exit_code and report.items else 0
     if args.network_cmd == "drift":
         from daemon.network import drift_store
 
@@ -116,10 +118,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             help="compare UISP, the task log and the OLTs now; list the drift",
             description="Compare every active or suspended UISP service that has an ONU "
             "mapping with what paymentd last applied and (within [drift] limits) with the "
-            "ONU's state on its OLT. With --fix, queue the tasks a webhook would have.",
+            "ONU's state on its OLT. With --fix, queue the tasks a webhook would have. "
+            "Exit status: 0 done (drift or not, unless --exit-code), 1 drift found "
+            "(with --exit-code), 2 a configuration or usage error (UISP unreachable, a run "
+            "in progress).",
         )
     )
     rc.add_argument("--fix", action="store_true", help="queue the tasks that fix the drift")
+    rc.add_argument(
+        "--exit-code",
+        action="store_true",
+        help="exit 1 when the run found drift (even if --fix queued its tasks), for "
+        "monitoring scripts",
+    )
     rc.add_argument("--json", action="store_true")
     dr = with_config(n_sub.add_parser("drift", help="the latest run's drift list"))
     dr.add_argument("--kind", choices=KINDS)

@@ -20,9 +20,11 @@ set again from the database at start-up).
 With ``fix``, every fixable drift queues the task a webhook would have queued, through
 the very code path the UISP handler uses (``decide.plan_task`` + ``process.queue_planned``),
 so ordering per service (a newer task supersedes an older one) and the one-SMS rule of
-the reconnect handler apply unchanged. Before queuing, the service is read from UISP
-again and skipped if its status changed or a newer task appeared meanwhile (a webhook
-that arrived during the run wins).
+the reconnect handler apply unchanged. Only the fix of a lost webhook
+(``uisp_vs_paymentd``) may text the customer; the other fixes are queued with
+``notify=False`` and correct the network silently (``NOTIFYING``). Before queuing, the
+service is read from UISP again and skipped if its status changed or a newer task
+appeared meanwhile (a webhook that arrived during the run wins).
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ log = logging.getLogger(__name__)
 _STATES = {uisp.SERVICE_ACTIVE: "active", uisp.SERVICE_SUSPENDED: "deactivated"}
 _ACTIONS = {"active": "activate", "deactivated": "deactivate"}
 FIXABLE = ("uisp_vs_paymentd", "olt_vs_paymentd", "olt_vs_uisp")
+# The one kind whose fix is the task a lost webhook would have queued, SMS included (a
+# payment's reconnection that never reached the ONU); every other fix only corrects the
+# network, and its activation sends no "we received your payment" SMS.
+NOTIFYING = ("uisp_vs_paymentd",)
 # Reads that say the device cannot answer this run at all: stop reading it.
 _DEVICE_DOWN = (OltCircuitOpen, OltUnknownDevice, OltAuthError, OltHostKeyError)
 
@@ -196,7 +202,8 @@ async def _reconcile(p: DriftDeps, run_id: int, fix: bool) -> Report:
             items.append(item)
     if fix:
         items = [await _fix(p, run_id, horizon, item, counts) for item in items]
-    await drift_store.finish_run(p.db, run_id, counts, items)
+    mapped = ((s.olt_name, s.onu) for s in services)  # check times of the rest are pruned
+    await drift_store.finish_run(p.db, run_id, counts, items, mapped)
     return Report(run_id, fix, counts, items, 0.0)
 
 
@@ -327,19 +334,27 @@ async def _fix(
         now = _STATES.get(service.get("status"))  # type: ignore[arg-type]
         if now != item.uisp_state:
             return replace(item, detail=f"{item.detail}; not fixed: UISP now says {now}")
-        newest = await tasks.newest_id(p.db, sid)
-        if newest > horizon:
-            return replace(item, detail=f"{item.detail}; not fixed: task {newest} is newer")
         planned = await plan_task(
             p.db, p.uisp, p.uisp_config, service, _ACTIONS[item.uisp_state or ""]
         )
     except (uisp.UispError, DecisionError) as exc:
         log.warning("drift: service %s not fixed: %s", sid, exc)
         return replace(item, detail=f"{item.detail}; not fixed: {exc}")
+    planned = replace(planned, notify=item.kind in NOTIFYING)
     async with p.db.transaction() as tx:
+        # Check and create under the service's lock (tasks.create takes it too): a webhook's
+        # task committed before is seen here; one created after ours is newer and wins.
+        await tasks.lock_service(tx, sid)
+        newest = await tasks.newest_id(tx, sid)
+        if newest > horizon:
+            return replace(item, detail=f"{item.detail}; not fixed: task {newest} is newer")
         created = await process.queue_planned(
             tx, [planned], lambda t: f"{t.action}:service:{t.service_id}:drift:{run_id}"
         )
+        for task_id in created:
+            await tasks.add_event(
+                tx, task_id, "requested", source="drift", run=run_id, drift_kind=item.kind
+            )
     if not created:
         return item
     counts.tasks_queued += 1

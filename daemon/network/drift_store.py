@@ -3,7 +3,9 @@
 Owns every statement on ``drift_runs``, ``drift_items`` and ``drift_onu_checks``; what
 drift asks of the task log is in ``network/tasks.py``, which owns that table. A run's
 rows are written with its outcome in one transaction, and the rows of older runs are
-dropped then: the admin API and the metrics always read one whole run.
+dropped then: the admin API and the metrics always read one whole run; so are the check
+times of ONUs that run no longer found mapped (only a finished run prunes them: a failed
+one may have listed UISP only in part).
 """
 
 from __future__ import annotations
@@ -88,8 +90,18 @@ async def start_run(db: Database, mode: str, trigger: str) -> int:
     return run_id
 
 
-async def finish_run(db: Database, run_id: int, counts: Counts, items: Sequence[DriftItem]) -> None:
-    """Record the run's outcome and its rows; drop the rows of every older run."""
+async def finish_run(
+    db: Database,
+    run_id: int,
+    counts: Counts,
+    items: Sequence[DriftItem],
+    mapped: Iterable[tuple[str, str]] = (),
+) -> None:
+    """Record the run's outcome and its rows; drop the rows of every older run, and the
+    check times of ONUs no service maps any more: ``mapped`` is every ``(olt_name, onu)``
+    this run listed from UISP (whether read or not), so an ONU whose service ended or
+    moved does not stay in ``drift_onu_checks`` for ever."""
+    keep = sorted(set(mapped))
     async with db.transaction() as tx:
         if items:
             columns = list(zip(*(astuple(i) for i in items), strict=True))
@@ -113,6 +125,13 @@ async def finish_run(db: Database, run_id: int, counts: Counts, items: Sequence[
             counts.tasks_queued,
         )
         await tx.execute("DELETE FROM drift_items WHERE run_id < $1", run_id)
+        await tx.execute(
+            "DELETE FROM drift_onu_checks c WHERE NOT EXISTS (SELECT FROM"
+            " unnest($1::text[], $2::text[]) AS m(olt_name, onu)"
+            " WHERE m.olt_name = c.olt_name AND m.onu = c.onu)",
+            [k[0] for k in keep],
+            [k[1] for k in keep],
+        )
 
 
 async def fail_run(db: Executor, run_id: int, error: str) -> None:

@@ -172,7 +172,13 @@ async def _succeed(deps: ReconnectDeps, msg: Message, task: Task, result: OltRes
         await tasks.finish(tx, task_id, "succeeded", output=result.output[-OUTPUT_EXCERPT:])
         await tasks.add_event(tx, task_id, "succeeded", state=result.state, seconds=result.seconds)
         previous = await tasks.previous_success(tx, task)
-        if task.action == "activate" and previous is not None and previous[1] == "activate":
+        if task.action == "activate" and not task.notify:
+            # A correction of the network (a drift fix of an ONU switched off by hand), not
+            # a reconnection after a payment: "we received your payment" would be false.
+            await tasks.add_event(
+                tx, task_id, "sms_skipped", reason="the task corrects the network (notify off)"
+            )
+        elif task.action == "activate" and previous is not None and previous[1] == "activate":
             # Already reconnected (e.g. by payment.add in reactivate_onu mode, then UISP's
             # own suspend_cancel): one reconnection, one SMS.
             await tasks.add_event(

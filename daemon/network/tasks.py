@@ -37,6 +37,8 @@ class Task:
     service_name: str | None
     olt_name: str
     onu: str
+    # False: an activation that only corrects the network (a drift fix) sends no SMS.
+    notify: bool
     state: str
     attempts: int
     last_error: str | None
@@ -118,12 +120,19 @@ async def create(
     client_name: str | None = None,
     phone: str | None = None,
     service_name: str | None = None,
+    notify: bool = True,
 ) -> int | None:
-    """Create a task and queue it; None when a task with this dedupe key already exists."""
+    """Create a task and queue it; None when a task with this dedupe key already exists.
+
+    ``notify=False``: its activation sends no reconnection SMS (``network.reconnect``).
+    Holds the service's lock until ``tx`` ends: a producer that checks "is there a newer
+    task?" under that lock (drift's fix) sees this one or comes before it, never between.
+    Callers creating tasks of several services lock them in service id order."""
+    await lock_service(tx, service_id)
     task_id: int | None = await tx.fetchval(
         "INSERT INTO reconnect_tasks (dedupe_key, webhook_uuid, action, client_id, client_name,"
-        " phone, service_id, olt_name, onu, service_name)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " phone, service_id, olt_name, onu, service_name, notify)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
         dedupe_key,
         None if webhook_uuid is None else uuid.UUID(str(webhook_uuid)),
@@ -135,10 +144,12 @@ async def create(
         olt_name,
         onu,
         service_name,
+        notify,
     )
     if task_id is None:
         return None
-    await add_event(tx, task_id, "queued", action=action, olt=olt_name, onu=onu)
+    quiet = {} if notify else {"notify": False}
+    await add_event(tx, task_id, "queued", action=action, olt=olt_name, onu=onu, **quiet)
     await queues.send(tx, QUEUE, {"task_id": task_id})
     return task_id
 
@@ -181,8 +192,9 @@ _SERVICE_LOCK_CLASS = 1
 
 
 async def lock_service(tx: Conn, service_id: int) -> None:
-    """Serialise outcome transactions of one service's tasks (the one-SMS rule reads the
-    service's previous success: two overlapping successes must not both see none)."""
+    """Serialise one service's task creations and outcome transactions (the one-SMS rule
+    reads the service's previous success: two overlapping successes must not both see
+    none; drift's fix checks for a newer task and creates its own as one step)."""
     await tx.execute(
         "SELECT pg_advisory_xact_lock($1, ($2::bigint % 2147483647)::int)",
         _SERVICE_LOCK_CLASS,

@@ -30,6 +30,9 @@ class PlannedTask:
     phone: str | None
     olt_name: str
     onu: str
+    # False: the task corrects the network only, and its activation sends no SMS (drift
+    # fixes other than a lost webhook's); what a webhook plans always notifies.
+    notify: bool = True
 
 
 @dataclass

@@ -75,7 +75,9 @@ async def queue_planned(
     """Create and queue the planned tasks (the webhook path and drift's --fix share it);
     the ids of those not already there (a dedupe key seen before creates nothing)."""
     created: list[int] = []
-    for t in planned:
+    # tasks.create takes each service's lock: always in one order, so two producers
+    # planning the same services (a payment's several) never wait on each other in a ring.
+    for t in sorted(planned, key=lambda t: t.service_id):
         task_id = await tasks.create(
             tx,
             dedupe_key=key(t),
@@ -88,6 +90,7 @@ async def queue_planned(
             client_name=t.client_name,
             phone=t.phone,
             service_name=t.service_name,
+            notify=t.notify,
         )
         if task_id is not None:
             created.append(task_id)

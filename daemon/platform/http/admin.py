@@ -78,6 +78,10 @@ class Task(Shape):
     service_name: str | None
     olt_name: str
     onu: str
+    notify: bool = Field(
+        description="false: an activation that only corrects the network (a drift fix) "
+        "sends no reconnection SMS"
+    )
     state: TaskState
     attempts: int
     last_error: str | None
