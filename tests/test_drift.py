@@ -525,7 +525,8 @@ async def test_a_webhook_task_committing_while_the_fix_checks_wins_over_the_fix(
                 found.append(await reconcile(flow, fix=True))
 
             nursery.start_soon(run)
-            await flow.wait_for(waiting_for_the_service_lock, "the fix at the lock")
+            # Generous: the run reads UISP and the OLT first, slow on a loaded machine.
+            await flow.wait_for(waiting_for_the_service_lock, "the fix at the lock", seconds=60)
         [report] = found
         [item] = report.items
         assert item.kind == "uisp_vs_paymentd" and item.task_id is None
