@@ -297,7 +297,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument(
         "--event-type",
         action="append",
-        help="payment.succeeded, payment.* or *; repeat for several (default: *)",
+        help="payment.succeeded, payment.* or *; repeat for several (default: *;"
+        " endpoint.disabled only when named)",
     )
     add.add_argument("--disabled", action="store_true", help="register it disabled")
     add.add_argument("--rate-limit", type=_limit, help="requests per second at most")

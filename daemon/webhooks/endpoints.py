@@ -8,9 +8,12 @@ Rotation adds a new secret and gives the old ones an ``expires_at``: until then 
 request carries a signature from each (receivers can switch at their own pace).
 
 An endpoint's ``event_types`` are filters: an exact type, ``prefix.*`` or ``*``.
+``*`` is every partner event: it does not cover ``OPERATOR_TYPES`` (news about other
+endpoints), which go only to endpoints naming them (exactly or by ``prefix.*``).
 Disabling an endpoint (410 Gone, failing too long, or the operator) fails its pending
 deliveries and, unless the operator did it, emits ``endpoint.disabled`` in the same
-transaction.
+transaction: its data is the endpoint's id, the reason and times, never its URL (a
+partner's URL may hold a token, and the event goes to other endpoints).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import logging
 import re
 import secrets as pysecrets
 from collections.abc import Iterable, Sequence
@@ -34,7 +38,14 @@ SECRET_BYTES = 32
 MIN_SECRET_BYTES = 24
 DEFAULT_OVERLAP_SECONDS = 24 * 3600.0
 
+log = logging.getLogger(__name__)
+
 DisabledReason = str  # "gone" | "failing" | "operator"
+
+# About one endpoint, for whoever operates them all: '*' (a partner's "everything") does
+# not take these; an endpoint gets them only by naming them ('endpoint.disabled',
+# 'endpoint.*'). Kept equal in ``matches`` and ``MATCH_SQL``.
+OPERATOR_TYPES: Final = ("endpoint.disabled",)
 
 _COLUMNS = (
     "id, url, description, event_types, enabled, disabled_reason, disabled_at,"
@@ -156,14 +167,17 @@ def check_event_types(filters: Iterable[str]) -> tuple[str, ...]:
 def matches(filters: Sequence[str], event_type: str) -> bool:
     """The same rule as ``MATCH_SQL``."""
     return any(
-        f == "*" or f == event_type or (f.endswith(".*") and event_type.startswith(f[:-1]))
+        (f == "*" and event_type not in OPERATOR_TYPES)
+        or f == event_type
+        or (f.endswith(".*") and event_type.startswith(f[:-1]))
         for f in filters
     )
 
 
 # An endpoint's filters match type $1 (kept equal to ``matches``).
 MATCH_SQL = (
-    "EXISTS (SELECT 1 FROM unnest(event_types) f WHERE f = '*' OR f = $1"
+    "EXISTS (SELECT 1 FROM unnest(event_types) f WHERE"
+    f" (f = '*' AND $1 <> ALL('{{{','.join(OPERATOR_TYPES)}}}'::text[])) OR f = $1"
     " OR (right(f, 2) = '.*' AND starts_with($1, left(f, -1))))"
 )
 
@@ -355,8 +369,12 @@ async def _disable(
     detail: str = "",
 ) -> Endpoint:
     changes = changes | {"enabled": False, "disabled_reason": reason}
-    endpoint = await _apply(tx, current.id, changes)
-    await tx.execute("UPDATE webhook_endpoints SET disabled_at = now() WHERE id = $1", current.id)
+    await _apply(tx, current.id, changes)
+    row = await tx.fetchrow(
+        f"UPDATE webhook_endpoints SET disabled_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
+        current.id,
+    )
+    endpoint = _endpoint(row)
     await tx.execute(
         "UPDATE webhook_deliveries SET state = 'failed', next_attempt_at = NULL,"
         " leased_until = NULL, finished_at = now(), updated_at = now(),"
@@ -365,13 +383,25 @@ async def _disable(
         current.id,
     )
     if announce:
+        assert endpoint.disabled_at is not None
+        # No URL, no description: they are the partner's, and this goes to others.
         await outbox.emit(
             tx,
             "endpoint.disabled",
-            {"endpoint_id": current.id, "url": current.url, "reason": reason, "detail": detail},
-            subject=f"endpoint:{current.id}",
+            {
+                "endpoint_id": endpoint.id,
+                "reason": reason,
+                "disabled_at": _iso(endpoint.disabled_at),
+                "failing_since": _iso(endpoint.failing_since),
+            },
+            subject=f"endpoint:{endpoint.id}",
         )
+        log.warning("webhook endpoint %s disabled (%s): %s", endpoint.id, reason, detail)
     return endpoint
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
 
 
 async def delete(db: Executor, endpoint_id: str) -> bool:

@@ -87,7 +87,9 @@ class EndpointCreate(_Body):
     url: Url = Field(description="http(s), no credentials in it")
     description: Description = ""
     event_types: EventTypes = Field(
-        ["*"], description="exact types, 'prefix.*' wildcards or '*' (see the webhooks section)"
+        ["*"],
+        description="exact types, 'prefix.*' wildcards or '*' (see the webhooks section);"
+        " '*' is every partner event: endpoint.disabled only comes to filters naming it",
     )
     enabled: StrictBool = True
     rate_limit_per_second: Integer | None = Field(None, description="requests per second")
