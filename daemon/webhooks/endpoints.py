@@ -22,6 +22,7 @@ import base64
 import binascii
 import datetime as dt
 import logging
+import math
 import re
 import secrets as pysecrets
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,7 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 MIN_SECRET_BYTES = 24
 DEFAULT_OVERLAP_SECONDS = 24 * 3600.0
+MAX_OVERLAP_SECONDS = 30 * 86400.0
 
 log = logging.getLogger(__name__)
 
@@ -420,8 +422,7 @@ async def rotate_secret(
 ) -> str:
     """Add a new secret; the endpoint's other active secrets keep signing for
     ``overlap_seconds`` (0: stop now). Returns the new secret."""
-    if overlap_seconds < 0:
-        raise EndpointError("overlap_seconds: must be 0 or more")
+    check_overlap(overlap_seconds)
     await _lock(tx, endpoint_id)
     secret = check_secret(secret) if secret is not None else generate_secret()
     await tx.execute(
@@ -433,6 +434,13 @@ async def rotate_secret(
     )
     await _add_secret(tx, box, endpoint_id, secret)
     return secret
+
+
+def check_overlap(overlap_seconds: float) -> float:
+    # NaN, inf or centuries would only fail later, in PostgreSQL's interval arithmetic.
+    if not (math.isfinite(overlap_seconds) and 0 <= overlap_seconds <= MAX_OVERLAP_SECONDS):
+        raise EndpointError(f"overlap_seconds: give 0 to {MAX_OVERLAP_SECONDS:.0f} seconds")
+    return overlap_seconds
 
 
 async def secrets_of(db: Executor, endpoint_id: str | None) -> list[SigningSecret]:
@@ -491,6 +499,7 @@ async def rotate_callback_secret(
     tx: Conn, box: Keyring, *, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS
 ) -> str:
     """The daemon-wide callback secret's rotation (same overlap rule as an endpoint's)."""
+    check_overlap(overlap_seconds)
     await tx.execute("SELECT pg_advisory_xact_lock(hashtext('webhook_callback_secret'))")
     await tx.execute(
         "UPDATE webhook_secrets SET expires_at = now() + make_interval(secs => $1::float8)"

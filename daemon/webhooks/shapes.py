@@ -21,7 +21,7 @@ from pydantic.json_schema import SkipJsonSchema
 from daemon.platform import outbox
 from daemon.platform.db import BIGINT_MAX
 from daemon.platform.http.admin import DEFAULT_LIMIT, MAX_LIMIT, Shape
-from daemon.webhooks import deliveries
+from daemon.webhooks import deliveries, endpoints
 from daemon.webhooks.deliveries import Attempt, Delivery
 from daemon.webhooks.endpoints import Endpoint, SigningSecret
 
@@ -74,7 +74,7 @@ Description = Annotated[str, Field(max_length=1000)]
 Filter: Any = Literal[filters()]
 EventTypes = Annotated[list[Filter], Field(min_length=1, max_length=64)]
 Secret = Annotated[str, Field(max_length=200, pattern=SECRET_PATTERN)]
-Overlap = Annotated[float, Field(ge=0, le=30 * 86400), BeforeValidator(_number)]
+Overlap = Annotated[float, Field(ge=0, le=endpoints.MAX_OVERLAP_SECONDS), BeforeValidator(_number)]
 Time = Annotated[dt.datetime, BeforeValidator(_rfc3339)]
 
 
