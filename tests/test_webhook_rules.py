@@ -70,6 +70,9 @@ def test_429_and_timeouts_wait_at_least_a_minute_and_retry_after_is_honoured_wit
         "fe80::1",
         "::ffff:10.0.0.1",  # IPv4-mapped
         "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "fec0::1",  # site-local (deprecated, still routed inside some networks)
     ],
 )
 def test_non_global_addresses_are_refused_unless_allowed(address: str) -> None:
@@ -80,6 +83,7 @@ def test_non_global_addresses_are_refused_unless_allowed(address: str) -> None:
 def test_public_addresses_pass_and_an_allowlist_opens_only_its_networks() -> None:
     assert TargetPolicy().refusal("93.184.216.34") is None
     assert TargetPolicy().refusal("2606:4700::1111") is None
+    assert TargetPolicy().refusal("2002:5db8:d822::1") is None  # 6to4 of 93.184.216.34
     only_10 = TargetPolicy.from_config(False, ["10.20.0.0/16"])
     assert only_10.refusal("10.20.3.4") is None
     assert only_10.refusal("10.21.0.1") is not None
