@@ -155,13 +155,15 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         resolve: Resolver = system_resolve,
         limits: httpx.Limits = DEFAULT_LIMITS,
         keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(trust_env=False, limits=limits)
         # httpx builds its pool without a way to pass a network backend; the pool is the
         # one attribute handle_async_request uses (httpx 0.28). tests/test_webhook_ssrf.py
         # fails if this stops taking effect.
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl.create_default_context(cafile=certifi.where()),
+            # None: the public CAs; tests pass a context trusting their own CA.
+            ssl_context=ssl_context or ssl.create_default_context(cafile=certifi.where()),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=keepalive_expiry,
