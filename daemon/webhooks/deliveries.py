@@ -412,7 +412,9 @@ async def succeed_and_take_next(
         "  WHERE id = $1 AND leased_until = $2 AND state = 'pending' RETURNING id"
         "), att AS ("
         f"  INSERT INTO webhook_attempts ({_ATTEMPT_COLUMNS.removeprefix('id, ')})"
-        "  VALUES ($1, $5, $3, $6, $7, $8, $4, $16, $9, $10) RETURNING id"
+        "  SELECT $1, $5, $3, $6, $7, $8, $4, $16, $9, $10"
+        # Deleted with its endpoint meanwhile: nothing to log it against.
+        "  WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = $1) RETURNING id"
         "), ep AS ("
         "  UPDATE webhook_endpoints SET failing_since = NULL"
         "  WHERE id = $11 AND failing_since IS NOT NULL AND EXISTS (SELECT 1 FROM fin)"
@@ -523,9 +525,11 @@ async def finish(
     The attempt is logged either way (it happened); False when the lease was lost (the
     delivery was retried by someone else or changed by an operator meanwhile).
     """
+    # Deleted with its endpoint meanwhile: nothing to log it against (and no lease).
     await tx.execute(
         f"INSERT INTO webhook_attempts ({_ATTEMPT_COLUMNS.removeprefix('id, ')})"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10"
+        " WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = $1)",
         c.id,
         c.attempt,
         record.started_at,
