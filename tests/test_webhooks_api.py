@@ -149,6 +149,23 @@ async def test_bad_endpoints_are_refused_naming_the_field(
     assert await db.fetchval("SELECT count(*) FROM webhook_endpoints") == 0
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/deliveries?endpoint_id=ep_1%00x", "endpoint_id"),
+        ("/deliveries?event_id=evt_%00", "event_id"),
+        ("/deliveries?event_type=sms.%00", "event_type"),
+        ("/endpoints?after=ep_%00", "after"),
+    ],
+)
+async def test_a_nul_in_a_filter_is_a_400_not_a_database_error(
+    client: httpx.AsyncClient, path: str, field: str
+) -> None:
+    # PostgreSQL text cannot hold NUL: passed through, the query failed with a 500.
+    problem = assert_problem(await client.get(f"{BASE}{path}", headers=ADMIN), 400)
+    assert problem["field"] == field
+
+
 async def test_bodies_must_be_json(client: httpx.AsyncClient) -> None:
     plain = await client.post(f"{BASE}/endpoints", content=b'{"url": "https://p.example/"}')
     assert_problem(plain, 401)  # the scope is checked before anything is read

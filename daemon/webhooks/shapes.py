@@ -125,21 +125,28 @@ class Recover(_Body):
     since: Time = Field(description="re-send the failed deliveries created since then")
 
 
+# An id or type to filter on: what ours look like (no NUL or control characters, which
+# PostgreSQL text cannot hold: passed through, they failed the query with a 500).
+_KEY = r"^[A-Za-z0-9_.*-]*$"
+
+
 class EndpointQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool | None = None
-    after: str | None = Field(None, max_length=40, description="next_after of the previous page")
+    after: str | None = Field(
+        None, max_length=40, pattern=_KEY, description="next_after of the previous page"
+    )
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
 
 
 class DeliveryQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint_id: str | None = Field(None, max_length=40)
+    endpoint_id: str | None = Field(None, max_length=40, pattern=_KEY)
     state: deliveries.State | None = None
-    event_type: str | None = Field(None, max_length=100)
-    event_id: str | None = Field(None, max_length=40)
+    event_type: str | None = Field(None, max_length=100, pattern=_KEY)
+    event_id: str | None = Field(None, max_length=40, pattern=_KEY)
     since: Time | None = Field(None, description="created at or after")
     until: Time | None = Field(None, description="created before")
     before_id: int | None = Field(
