@@ -134,6 +134,8 @@ async def test_a_given_secret_is_used_and_a_bad_one_refused(client: httpx.AsyncC
         ({"url": "https://p.example/", "max_concurrency": "3"}, "max_concurrency"),
         ({"url": "https://p.example/", "rate_limit_per_second": 2.5}, "rate_limit_per_second"),
         ({"url": "https://p.example:65536/"}, "url"),
+        ({"url": "https://[2001:db8::1/"}, "url"),
+        ({"url": "https://[partner.example]/"}, "url"),
         ({"url": "https://p.example/#top"}, "url"),
         ({"url": "https://p.example/", "colour": "blue"}, "colour"),
         ({"description": "no url"}, "url"),
@@ -164,6 +166,15 @@ async def test_a_nul_in_a_filter_is_a_400_not_a_database_error(
     # PostgreSQL text cannot hold NUL: passed through, the query failed with a 500.
     problem = assert_problem(await client.get(f"{BASE}{path}", headers=ADMIN), 400)
     assert problem["field"] == field
+
+
+async def test_an_ipv6_literal_url_is_an_endpoint_like_any_other(
+    client: httpx.AsyncClient,
+) -> None:
+    # The CLI took it; the API's URL pattern refused every '[' (the SSRF guard, not the
+    # pattern, decides which addresses may be reached).
+    created = await add_endpoint(client, url="https://[2001:db8::1]:8443/in?x=1")
+    assert created["endpoint"]["url"] == "https://[2001:db8::1]:8443/in?x=1"
 
 
 async def test_bodies_must_be_json(client: httpx.AsyncClient) -> None:

@@ -27,8 +27,10 @@ from daemon.webhooks.endpoints import Endpoint, SigningSecret
 
 _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 # http(s)://host[:port][/path][?query]: no credentials (no '@' before the path), no
-# whitespace or control characters, no fragment (it is never sent).
-URL_PATTERN = rf"^https?://[^\x00-\x20\x7f/?#@:\[\]\\]+(?::{_PORT})?(?:[/?][^\x00-\x20\x7f#]*)?$"
+# whitespace or control characters, no fragment (it is never sent). The host is a name,
+# an IPv4 address or a bracketed IPv6 one.
+_HOST = r"(?:[^\x00-\x20\x7f/?#@:\[\]\\]+|\[[0-9A-Fa-f:.]+\])"
+URL_PATTERN = rf"^https?://{_HOST}(?::{_PORT})?(?:[/?][^\x00-\x20\x7f#]*)?$"
 # whsec_ + canonical base64 of at least 24 bytes (32 characters), padding included.
 SECRET_PATTERN = r"^whsec_(?:[A-Za-z0-9+/]{4}){8,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
