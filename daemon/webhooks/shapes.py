@@ -29,7 +29,16 @@ _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-
 # http(s)://host[:port][/path][?query]: no credentials (no '@' before the path), no
 # whitespace or control characters, no fragment (it is never sent). The host is a name,
 # an IPv4 address or a bracketed IPv6 one.
-_HOST = r"(?:[^\x00-\x20\x7f/?#@:\[\]\\]+|\[[0-9A-Fa-f:.]+\])"
+_H = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join(
+    (
+        f"(?:{_H}:){{7}}{_H}",
+        f"(?:{_H}:){{1,7}}:",
+        *(f"(?:{_H}:){{1,{7 - n}}}(?::{_H}){{1,{n}}}" for n in range(1, 7)),
+        f":(?:(?::{_H}){{1,7}}|:)",
+    )
+)
+_HOST = rf"(?:[^\x00-\x20\x7f/?#@:\[\]\\]+|\[(?:{_IPV6})\])"
 URL_PATTERN = rf"^https?://{_HOST}(?::{_PORT})?(?:[/?][^\x00-\x20\x7f#]*)?$"
 # whsec_ + canonical base64 of at least 24 bytes (32 characters), padding included.
 SECRET_PATTERN = r"^whsec_(?:[A-Za-z0-9+/]{4}){8,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
