@@ -47,6 +47,9 @@ async def test_bad_endpoint_input_is_refused_with_what_to_fix(db: Database) -> N
             ({"url": "https://x.example/", "event_types": ["payment.exploded"]}, "unknown"),
             ({"url": "https://x.example/", "event_types": ["nothing.*"]}, "matches no"),
             ({"url": "https://x.example/", "event_types": []}, "at least one"),
+            # The test ping is sent on request only; a filter for it would never match.
+            ({"url": "https://x.example/", "event_types": ["webhook.test"]}, "on request"),
+            ({"url": "https://x.example/", "event_types": ["webhook.*"]}, "matches no"),
             ({"url": "https://x.example/", "secret": "whsec_c2hvcnQ="}, "24"),
             ({"url": "https://x.example/", "max_concurrency": 0}, "positive"),
         ):

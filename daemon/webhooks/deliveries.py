@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from daemon.platform import outbox, queues
 from daemon.platform.db import Conn, Executor
+from daemon.webhooks import endpoints
 from daemon.webhooks.endpoints import MATCH_SQL, check_url
 
 State = Literal["pending", "succeeded", "failed"]
@@ -229,7 +230,7 @@ async def add_callback(
 
 
 # Sent only where asked (``send_test``), never fanned out by filters.
-DIRECTED_TYPES = ("webhook.test",)
+DIRECTED_TYPES = endpoints.DIRECTED_TYPES
 
 
 async def send_test(tx: Conn, endpoint_id: str) -> tuple[outbox.Event, int]:

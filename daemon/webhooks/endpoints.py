@@ -48,6 +48,8 @@ DisabledReason = str  # "gone" | "failing" | "operator"
 # not take these; an endpoint gets them only by naming them ('endpoint.disabled',
 # 'endpoint.*'). Kept equal in ``matches`` and ``MATCH_SQL``.
 OPERATOR_TYPES: Final = ("endpoint.disabled",)
+# Sent only where asked (``deliveries.send_test``), never by filters: no filter names them.
+DIRECTED_TYPES: Final = ("webhook.test",)
 
 _COLUMNS = (
     "id, url, description, event_types, enabled, disabled_reason, disabled_at,"
@@ -155,15 +157,23 @@ def check_event_types(filters: Iterable[str]) -> tuple[str, ...]:
     for f in out:
         if f == "*":
             continue
+        if f in DIRECTED_TYPES:
+            raise EndpointError(
+                f"event_types: {f!r} is sent on request only (the endpoint's test), not by filters"
+            )
         if _WILDCARD.match(f):
-            if not any(matches((f,), t) for t in outbox.EVENT_TYPES):
+            if not any(matches((f,), t) for t in _filterable()):
                 raise EndpointError(f"event_types: {f!r} matches no event type")
         elif not _TYPE.match(f) or f not in outbox.EVENT_TYPES:
             raise EndpointError(
-                f"event_types: unknown event type {f!r} (known: {', '.join(outbox.EVENT_TYPES)};"
+                f"event_types: unknown event type {f!r} (known: {', '.join(_filterable())};"
                 " or 'prefix.*', or '*')"
             )
     return out
+
+
+def _filterable() -> list[str]:
+    return [t for t in outbox.EVENT_TYPES if t not in DIRECTED_TYPES]
 
 
 def matches(filters: Sequence[str], event_type: str) -> bool:
