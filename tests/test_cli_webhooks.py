@@ -156,8 +156,11 @@ def test_mistakes_are_one_line_saying_what_to_fix(config: str, capsys: Capture) 
                    "no webhook endpoint")  # fmt: skip
     endpoint_id, _ = add(config, capsys)
     one_line_error(wh(config, capsys, "endpoints", "update", endpoint_id), "nothing to change")
-    one_line_error(wh(config, capsys, "endpoints", "rotate-secret", endpoint_id, "--overlap", "-5"),
-                   "--overlap")  # fmt: skip
+    for overlap in ("-5", "nan", "inf", "1e300", "2592001"):
+        one_line_error(
+            wh(config, capsys, "endpoints", "rotate-secret", endpoint_id, "--overlap", overlap),
+            "--overlap",
+        )
     one_line_error(wh(config, capsys, "recover", endpoint_id, "--since", "last week"), "--since")
     one_line_error(wh(config, capsys, "recover", endpoint_id, "--since", "2026-01-01T00:00"),
                    "time zone")  # fmt: skip

@@ -288,3 +288,33 @@ async def test_a_test_ping_goes_to_the_one_endpoint_asked(
         await endpoints.update(tx, target.id, enabled=False)
         with pytest.raises(deliveries.EndpointDisabled):
             await deliveries.send_test(tx, target.id)
+
+
+@pytest.mark.parametrize("status", [204, 500])
+async def test_an_endpoint_removed_mid_exchange_ends_it_quietly(
+    db: Database, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    # The operator deleted it (its deliveries with it) while a request was out: the
+    # outcome has nothing left to write to, which is not a crash.
+    release = trio.Event()
+
+    async def held(r: Received) -> Answer:
+        await release.wait()
+        return Answer(status)
+
+    rx = await _receiver(nursery, held)
+    other = await _receiver(nursery, lambda r: _ok())
+    async with dispatcher(db) as d:
+        with trio.fail_after(30):
+            ep, _ = await d.endpoint(rx.url(), event_types=["sms.sent"])
+            await d.endpoint(other.url(), event_types=["sms.failed"])
+            await d.emit("sms.sent", {})
+            await rx.wait_for(1)
+            assert await endpoints.delete(db, ep.id)
+            release.set()
+            await d.emit("sms.failed", {})  # the dispatcher carries on
+            await other.wait_for(1)
+            await wait_until("recorded", partial(_attempts, db, 1))
+    crashes = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert crashes == []
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 1

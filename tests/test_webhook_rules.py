@@ -4,11 +4,14 @@ refuses, the signature format — and the guard's transport over a real socket."
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 from collections.abc import AsyncIterator
+from functools import partial
 
 import httpx
 import pytest
 import trio
+import trustme
 from standardwebhooks import Webhook
 
 from daemon.fakes.webhook_receiver import WebhookReceiver
@@ -70,6 +73,9 @@ def test_429_and_timeouts_wait_at_least_a_minute_and_retry_after_is_honoured_wit
         "fe80::1",
         "::ffff:10.0.0.1",  # IPv4-mapped
         "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "fec0::1",  # site-local (deprecated, still routed inside some networks)
     ],
 )
 def test_non_global_addresses_are_refused_unless_allowed(address: str) -> None:
@@ -80,6 +86,7 @@ def test_non_global_addresses_are_refused_unless_allowed(address: str) -> None:
 def test_public_addresses_pass_and_an_allowlist_opens_only_its_networks() -> None:
     assert TargetPolicy().refusal("93.184.216.34") is None
     assert TargetPolicy().refusal("2606:4700::1111") is None
+    assert TargetPolicy().refusal("2002:5db8:d822::1") is None  # 6to4 of 93.184.216.34
     only_10 = TargetPolicy.from_config(False, ["10.20.0.0/16"])
     assert only_10.refusal("10.20.3.4") is None
     assert only_10.refusal("10.21.0.1") is not None
@@ -143,3 +150,48 @@ async def test_the_guard_connects_to_the_address_it_checked_with_the_host_name_k
                 await client.post(f"http://[::ffff:10.0.0.1]:{rx.port}/hook", content=b"{}")
     assert lookups == ["partner.test", "mixed.test"]
     assert len(rx.received) == 1
+
+
+async def test_tls_to_the_checked_address_still_verifies_the_url_host_and_sends_it_as_sni(
+    nursery: trio.Nursery,
+) -> None:
+    # The guard connects to an IP; TLS must still be about the name in the URL.
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("partner.test").configure_cert(server_ctx)
+    sni: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: sni.append(name)  # type: ignore[assignment,misc,return-value]
+
+    async def serve(stream: trio.SocketStream) -> None:
+        tls = trio.SSLStream(stream, server_ctx, server_side=True)
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await tls.receive_some(4096)
+                if not chunk:
+                    return
+                data += chunk
+            await tls.send_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            await tls.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client refused our certificate
+
+    [listener] = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+    port = listener.socket.getsockname()[1]
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]  # both names point at the server holding partner.test's cert
+
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    transport = GuardedTransport(
+        TargetPolicy.from_config(False, ["127.0.0.0/8"]), resolve=resolve, ssl_context=client_ctx
+    )
+    async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
+        with trio.fail_after(10):
+            r = await client.post(f"https://partner.test:{port}/hook", content=b"{}")
+            assert r.status_code == 204
+            assert sni == ["partner.test"]
+            with pytest.raises(httpx.ConnectError, match="certificate"):
+                await client.post(f"https://other.test:{port}/hook", content=b"{}")
+    assert sni == ["partner.test", "other.test"]

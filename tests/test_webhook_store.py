@@ -47,6 +47,9 @@ async def test_bad_endpoint_input_is_refused_with_what_to_fix(db: Database) -> N
             ({"url": "https://x.example/", "event_types": ["payment.exploded"]}, "unknown"),
             ({"url": "https://x.example/", "event_types": ["nothing.*"]}, "matches no"),
             ({"url": "https://x.example/", "event_types": []}, "at least one"),
+            # The test ping is sent on request only; a filter for it would never match.
+            ({"url": "https://x.example/", "event_types": ["webhook.test"]}, "on request"),
+            ({"url": "https://x.example/", "event_types": ["webhook.*"]}, "matches no"),
             ({"url": "https://x.example/", "secret": "whsec_c2hvcnQ="}, "24"),
             ({"url": "https://x.example/", "max_concurrency": 0}, "positive"),
         ):
@@ -123,6 +126,45 @@ async def test_disabling_fails_pending_deliveries_and_announces_it(db: Database)
             await deliveries.retry_now(tx, 999999)
     assert await endpoints.delete(db, ep.id)
     assert await deliveries.get(db, d.id) is None
+
+
+async def test_endpoint_disabled_tells_no_partner_another_partners_url(db: Database) -> None:
+    # A partner's URL may hold a token; the notice carries the id, reason and time only,
+    # and reaches only endpoints that ask for it by name, not every '*' subscriber.
+    gone, _ = await _endpoint(db, event_types=["sms.*"])
+    async with db.transaction() as tx:
+        await tx.execute(
+            "UPDATE webhook_endpoints SET url = 'https://a.example/hook?token=s3cr3t'"
+            " WHERE id = $1",
+            gone.id,
+        )
+    everything, _ = await _endpoint(db)
+    payments, _ = await _endpoint(db, event_types=["payment.*", "sms.*"])
+    by_name, _ = await _endpoint(db, event_types=["endpoint.disabled"])
+    by_prefix, _ = await _endpoint(db, event_types=["endpoint.*"])
+    async with db.transaction() as tx:
+        assert await endpoints.disable(tx, gone.id, "gone", "answered 410 Gone")
+    event_id, data = await db.fetchrow(
+        "SELECT id, data FROM events WHERE type = 'endpoint.disabled'"
+    )
+    assert set(data) == {"endpoint_id", "reason", "disabled_at", "failing_since"}
+    assert data["endpoint_id"] == gone.id and data["reason"] == "gone"
+    assert data["failing_since"] is None
+    assert (
+        dt.datetime.fromisoformat(data["disabled_at"])
+        == (await endpoints.get(db, gone.id)).disabled_at
+    )  # type: ignore[union-attr]
+    assert "s3cr3t" not in str(data) and "a.example" not in str(data)
+    now = dt.datetime.now(dt.UTC)
+    async with db.transaction() as tx:
+        assert await deliveries.fan_out(tx, event_id, "endpoint.disabled", now) == 2
+    got = {d.endpoint_id for d in await deliveries.list_deliveries(db, event_id=event_id)}
+    assert got == {by_name.id, by_prefix.id}
+    assert [e.id for e in await endpoints.matching(db, "endpoint.disabled")] == sorted(
+        [by_name.id, by_prefix.id]
+    )
+    assert not everything.wants("endpoint.disabled") and by_prefix.wants("endpoint.disabled")
+    assert everything.wants("sms.sent") and not payments.wants("endpoint.disabled")
 
 
 async def test_a_callback_delivery_targets_a_url_once_per_event(db: Database) -> None:

@@ -134,6 +134,8 @@ async def test_a_given_secret_is_used_and_a_bad_one_refused(client: httpx.AsyncC
         ({"url": "https://p.example/", "max_concurrency": "3"}, "max_concurrency"),
         ({"url": "https://p.example/", "rate_limit_per_second": 2.5}, "rate_limit_per_second"),
         ({"url": "https://p.example:65536/"}, "url"),
+        ({"url": "https://[2001:db8::1/"}, "url"),
+        ({"url": "https://[partner.example]/"}, "url"),
         ({"url": "https://p.example/#top"}, "url"),
         ({"url": "https://p.example/", "colour": "blue"}, "colour"),
         ({"description": "no url"}, "url"),
@@ -147,6 +149,32 @@ async def test_bad_endpoints_are_refused_naming_the_field(
     assert problem["field"].split(".")[0] == field, problem
     assert "hunter2" not in response.text
     assert await db.fetchval("SELECT count(*) FROM webhook_endpoints") == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/deliveries?endpoint_id=ep_1%00x", "endpoint_id"),
+        ("/deliveries?event_id=evt_%00", "event_id"),
+        ("/deliveries?event_type=sms.%00", "event_type"),
+        ("/endpoints?after=ep_%00", "after"),
+    ],
+)
+async def test_a_nul_in_a_filter_is_a_400_not_a_database_error(
+    client: httpx.AsyncClient, path: str, field: str
+) -> None:
+    # PostgreSQL text cannot hold NUL: passed through, the query failed with a 500.
+    problem = assert_problem(await client.get(f"{BASE}{path}", headers=ADMIN), 400)
+    assert problem["field"] == field
+
+
+async def test_an_ipv6_literal_url_is_an_endpoint_like_any_other(
+    client: httpx.AsyncClient,
+) -> None:
+    # The CLI took it; the API's URL pattern refused every '[' (the SSRF guard, not the
+    # pattern, decides which addresses may be reached).
+    created = await add_endpoint(client, url="https://[2001:db8::1]:8443/in?x=1")
+    assert created["endpoint"]["url"] == "https://[2001:db8::1]:8443/in?x=1"
 
 
 async def test_bodies_must_be_json(client: httpx.AsyncClient) -> None:

@@ -165,8 +165,12 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     if action == "rotate-secret":
         box = load_keyring(cfg.secrets)
         overlap = cfg.webhooks.secret_overlap_seconds if args.overlap is None else args.overlap
-        if overlap < 0:
-            raise UserError("--overlap: give 0 or more seconds")
+        try:
+            endpoints.check_overlap(overlap)
+        except endpoints.EndpointError:
+            raise UserError(
+                f"--overlap: give 0 to {endpoints.MAX_OVERLAP_SECONDS:.0f} seconds"
+            ) from None
         secret = _read_secret(args.secret_file)
         new, _detail = with_db(
             cfg,
@@ -297,7 +301,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument(
         "--event-type",
         action="append",
-        help="payment.succeeded, payment.* or *; repeat for several (default: *)",
+        help="payment.succeeded, payment.* or *; repeat for several (default: *;"
+        " endpoint.disabled only when named)",
     )
     add.add_argument("--disabled", action="store_true", help="register it disabled")
     add.add_argument("--rate-limit", type=_limit, help="requests per second at most")

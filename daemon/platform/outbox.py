@@ -48,7 +48,8 @@ EVENT_TYPES: dict[str, str] = {
     "disconnection.failed": "A customer's ONU could not be deactivated; retries are exhausted.",
     "sms.sent": "An SMS to a customer was accepted by the provider.",
     "sms.failed": "An SMS to a customer could not be sent.",
-    "endpoint.disabled": "A webhook endpoint was disabled (410 Gone, or failing too long).",
+    "endpoint.disabled": "A webhook endpoint was disabled (410 Gone, or failing too long);"
+    " only for endpoints subscribed to it by name.",
     "webhook.test": "A test event, sent on request to one endpoint.",
 }
 

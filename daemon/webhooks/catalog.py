@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from daemon.network.announce import TaskOutcome
 from daemon.notifications.announce import SmsOutcome
 from daemon.platform import outbox
+from daemon.webhooks.deliveries import DIRECTED_TYPES
+from daemon.webhooks.endpoints import OPERATOR_TYPES
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -54,16 +56,20 @@ class RefundResource(BaseModel):
 
 
 class EndpointDisabled(BaseModel):
-    """An endpoint stopped receiving events until it is enabled again."""
+    """An endpoint stopped receiving events until it is enabled again. Sent only to
+    endpoints that subscribe to ``endpoint.disabled`` (or ``endpoint.*``) by name, not
+    through ``*``; it names the endpoint by id only (never its URL)."""
 
     model_config = ConfigDict(extra="allow")
 
     endpoint_id: str
-    url: str
     reason: Literal["gone", "failing"] = Field(
         description="gone: it answered 410; failing: it only failed for too long"
     )
-    detail: str
+    disabled_at: dt.datetime = Field(description="when it was disabled (UTC)")
+    failing_since: dt.datetime | None = Field(
+        description="start of its run of failed attempts, if one was running"
+    )
 
 
 class WebhookTest(BaseModel):
@@ -157,6 +163,17 @@ SIGNATURE_HEADERS: list[dict[str, Any]] = [
 ]
 
 
+def _audience(event_type: str) -> str:
+    if event_type in OPERATOR_TYPES:
+        return (
+            f"Sent only to enabled endpoints that name {event_type!r} (or its 'prefix.*')"
+            " in their filter; '*' does not cover it."
+        )
+    if event_type in DIRECTED_TYPES:
+        return "Sent only to the endpoint it was requested for."
+    return f"Sent to every enabled endpoint whose filter matches {event_type!r}."
+
+
 def openapi() -> tuple[dict[str, Any], dict[str, Any]]:
     """(the ``webhooks`` object, component schemas it refers to), one entry per type."""
     webhooks: dict[str, Any] = {}
@@ -172,8 +189,8 @@ def openapi() -> tuple[dict[str, Any], dict[str, Any]]:
             "post": {
                 "operationId": f"webhook_{event_type.replace('.', '_')}",
                 "summary": summary,
-                "description": "Sent to every enabled endpoint whose filter matches"
-                f" {event_type!r}. Answer 2xx within 15 s; anything else is retried.",
+                "description": _audience(event_type)
+                + " Answer 2xx within 15 s; anything else is retried.",
                 "tags": ["webhooks"],
                 "parameters": SIGNATURE_HEADERS,
                 "requestBody": {

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from daemon.platform import outbox, queues
 from daemon.platform.db import Conn, Executor
+from daemon.webhooks import endpoints
 from daemon.webhooks.endpoints import MATCH_SQL, check_url
 
 State = Literal["pending", "succeeded", "failed"]
@@ -229,7 +230,7 @@ async def add_callback(
 
 
 # Sent only where asked (``send_test``), never fanned out by filters.
-DIRECTED_TYPES = ("webhook.test",)
+DIRECTED_TYPES = endpoints.DIRECTED_TYPES
 
 
 async def send_test(tx: Conn, endpoint_id: str) -> tuple[outbox.Event, int]:
@@ -412,7 +413,9 @@ async def succeed_and_take_next(
         "  WHERE id = $1 AND leased_until = $2 AND state = 'pending' RETURNING id"
         "), att AS ("
         f"  INSERT INTO webhook_attempts ({_ATTEMPT_COLUMNS.removeprefix('id, ')})"
-        "  VALUES ($1, $5, $3, $6, $7, $8, $4, $16, $9, $10) RETURNING id"
+        "  SELECT $1, $5, $3, $6, $7, $8, $4, $16, $9, $10"
+        # Deleted with its endpoint meanwhile: nothing to log it against.
+        "  WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = $1) RETURNING id"
         "), ep AS ("
         "  UPDATE webhook_endpoints SET failing_since = NULL"
         "  WHERE id = $11 AND failing_since IS NOT NULL AND EXISTS (SELECT 1 FROM fin)"
@@ -523,9 +526,11 @@ async def finish(
     The attempt is logged either way (it happened); False when the lease was lost (the
     delivery was retried by someone else or changed by an operator meanwhile).
     """
+    # Deleted with its endpoint meanwhile: nothing to log it against (and no lease).
     await tx.execute(
         f"INSERT INTO webhook_attempts ({_ATTEMPT_COLUMNS.removeprefix('id, ')})"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10"
+        " WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = $1)",
         c.id,
         c.attempt,
         record.started_at,

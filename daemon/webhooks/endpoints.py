@@ -8,9 +8,12 @@ Rotation adds a new secret and gives the old ones an ``expires_at``: until then 
 request carries a signature from each (receivers can switch at their own pace).
 
 An endpoint's ``event_types`` are filters: an exact type, ``prefix.*`` or ``*``.
+``*`` is every partner event: it does not cover ``OPERATOR_TYPES`` (news about other
+endpoints), which go only to endpoints naming them (exactly or by ``prefix.*``).
 Disabling an endpoint (410 Gone, failing too long, or the operator) fails its pending
 deliveries and, unless the operator did it, emits ``endpoint.disabled`` in the same
-transaction.
+transaction: its data is the endpoint's id, the reason and times, never its URL (a
+partner's URL may hold a token, and the event goes to other endpoints).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import logging
+import math
 import re
 import secrets as pysecrets
 from collections.abc import Iterable, Sequence
@@ -33,8 +38,18 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 MIN_SECRET_BYTES = 24
 DEFAULT_OVERLAP_SECONDS = 24 * 3600.0
+MAX_OVERLAP_SECONDS = 30 * 86400.0
+
+log = logging.getLogger(__name__)
 
 DisabledReason = str  # "gone" | "failing" | "operator"
+
+# About one endpoint, for whoever operates them all: '*' (a partner's "everything") does
+# not take these; an endpoint gets them only by naming them ('endpoint.disabled',
+# 'endpoint.*'). Kept equal in ``matches`` and ``MATCH_SQL``.
+OPERATOR_TYPES: Final = ("endpoint.disabled",)
+# Sent only where asked (``deliveries.send_test``), never by filters: no filter names them.
+DIRECTED_TYPES: Final = ("webhook.test",)
 
 _COLUMNS = (
     "id, url, description, event_types, enabled, disabled_reason, disabled_at,"
@@ -142,28 +157,39 @@ def check_event_types(filters: Iterable[str]) -> tuple[str, ...]:
     for f in out:
         if f == "*":
             continue
+        if f in DIRECTED_TYPES:
+            raise EndpointError(
+                f"event_types: {f!r} is sent on request only (the endpoint's test), not by filters"
+            )
         if _WILDCARD.match(f):
-            if not any(matches((f,), t) for t in outbox.EVENT_TYPES):
+            if not any(matches((f,), t) for t in _filterable()):
                 raise EndpointError(f"event_types: {f!r} matches no event type")
         elif not _TYPE.match(f) or f not in outbox.EVENT_TYPES:
             raise EndpointError(
-                f"event_types: unknown event type {f!r} (known: {', '.join(outbox.EVENT_TYPES)};"
+                f"event_types: unknown event type {f!r} (known: {', '.join(_filterable())};"
                 " or 'prefix.*', or '*')"
             )
     return out
 
 
+def _filterable() -> list[str]:
+    return [t for t in outbox.EVENT_TYPES if t not in DIRECTED_TYPES]
+
+
 def matches(filters: Sequence[str], event_type: str) -> bool:
     """The same rule as ``MATCH_SQL``."""
     return any(
-        f == "*" or f == event_type or (f.endswith(".*") and event_type.startswith(f[:-1]))
+        (f == "*" and event_type not in OPERATOR_TYPES)
+        or f == event_type
+        or (f.endswith(".*") and event_type.startswith(f[:-1]))
         for f in filters
     )
 
 
 # An endpoint's filters match type $1 (kept equal to ``matches``).
 MATCH_SQL = (
-    "EXISTS (SELECT 1 FROM unnest(event_types) f WHERE f = '*' OR f = $1"
+    "EXISTS (SELECT 1 FROM unnest(event_types) f WHERE"
+    f" (f = '*' AND $1 <> ALL('{{{','.join(OPERATOR_TYPES)}}}'::text[])) OR f = $1"
     " OR (right(f, 2) = '.*' AND starts_with($1, left(f, -1))))"
 )
 
@@ -355,8 +381,12 @@ async def _disable(
     detail: str = "",
 ) -> Endpoint:
     changes = changes | {"enabled": False, "disabled_reason": reason}
-    endpoint = await _apply(tx, current.id, changes)
-    await tx.execute("UPDATE webhook_endpoints SET disabled_at = now() WHERE id = $1", current.id)
+    await _apply(tx, current.id, changes)
+    row = await tx.fetchrow(
+        f"UPDATE webhook_endpoints SET disabled_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
+        current.id,
+    )
+    endpoint = _endpoint(row)
     await tx.execute(
         "UPDATE webhook_deliveries SET state = 'failed', next_attempt_at = NULL,"
         " leased_until = NULL, finished_at = now(), updated_at = now(),"
@@ -365,13 +395,25 @@ async def _disable(
         current.id,
     )
     if announce:
+        assert endpoint.disabled_at is not None
+        # No URL, no description: they are the partner's, and this goes to others.
         await outbox.emit(
             tx,
             "endpoint.disabled",
-            {"endpoint_id": current.id, "url": current.url, "reason": reason, "detail": detail},
-            subject=f"endpoint:{current.id}",
+            {
+                "endpoint_id": endpoint.id,
+                "reason": reason,
+                "disabled_at": _iso(endpoint.disabled_at),
+                "failing_since": _iso(endpoint.failing_since),
+            },
+            subject=f"endpoint:{endpoint.id}",
         )
+        log.warning("webhook endpoint %s disabled (%s): %s", endpoint.id, reason, detail)
     return endpoint
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
 
 
 async def delete(db: Executor, endpoint_id: str) -> bool:
@@ -390,8 +432,7 @@ async def rotate_secret(
 ) -> str:
     """Add a new secret; the endpoint's other active secrets keep signing for
     ``overlap_seconds`` (0: stop now). Returns the new secret."""
-    if overlap_seconds < 0:
-        raise EndpointError("overlap_seconds: must be 0 or more")
+    check_overlap(overlap_seconds)
     await _lock(tx, endpoint_id)
     secret = check_secret(secret) if secret is not None else generate_secret()
     await tx.execute(
@@ -403,6 +444,13 @@ async def rotate_secret(
     )
     await _add_secret(tx, box, endpoint_id, secret)
     return secret
+
+
+def check_overlap(overlap_seconds: float) -> float:
+    # NaN, inf or centuries would only fail later, in PostgreSQL's interval arithmetic.
+    if not (math.isfinite(overlap_seconds) and 0 <= overlap_seconds <= MAX_OVERLAP_SECONDS):
+        raise EndpointError(f"overlap_seconds: give 0 to {MAX_OVERLAP_SECONDS:.0f} seconds")
+    return overlap_seconds
 
 
 async def secrets_of(db: Executor, endpoint_id: str | None) -> list[SigningSecret]:
@@ -461,6 +509,7 @@ async def rotate_callback_secret(
     tx: Conn, box: Keyring, *, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS
 ) -> str:
     """The daemon-wide callback secret's rotation (same overlap rule as an endpoint's)."""
+    check_overlap(overlap_seconds)
     await tx.execute("SELECT pg_advisory_xact_lock(hashtext('webhook_callback_secret'))")
     await tx.execute(
         "UPDATE webhook_secrets SET expires_at = now() + make_interval(secs => $1::float8)"

@@ -21,14 +21,25 @@ from pydantic.json_schema import SkipJsonSchema
 from daemon.platform import outbox
 from daemon.platform.db import BIGINT_MAX
 from daemon.platform.http.admin import DEFAULT_LIMIT, MAX_LIMIT, Shape
-from daemon.webhooks import deliveries
+from daemon.webhooks import deliveries, endpoints
 from daemon.webhooks.deliveries import Attempt, Delivery
 from daemon.webhooks.endpoints import Endpoint, SigningSecret
 
 _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 # http(s)://host[:port][/path][?query]: no credentials (no '@' before the path), no
-# whitespace or control characters, no fragment (it is never sent).
-URL_PATTERN = rf"^https?://[^\x00-\x20\x7f/?#@:\[\]\\]+(?::{_PORT})?(?:[/?][^\x00-\x20\x7f#]*)?$"
+# whitespace or control characters, no fragment (it is never sent). The host is a name,
+# an IPv4 address or a bracketed IPv6 one.
+_H = "[0-9A-Fa-f]{1,4}"
+_IPV6 = "|".join(
+    (
+        f"(?:{_H}:){{7}}{_H}",
+        f"(?:{_H}:){{1,7}}:",
+        *(f"(?:{_H}:){{1,{7 - n}}}(?::{_H}){{1,{n}}}" for n in range(1, 7)),
+        f":(?:(?::{_H}){{1,7}}|:)",
+    )
+)
+_HOST = rf"(?:[^\x00-\x20\x7f/?#@:\[\]\\]+|\[(?:{_IPV6})\])"
+URL_PATTERN = rf"^https?://{_HOST}(?::{_PORT})?(?:[/?][^\x00-\x20\x7f#]*)?$"
 # whsec_ + canonical base64 of at least 24 bytes (32 characters), padding included.
 SECRET_PATTERN = r"^whsec_(?:[A-Za-z0-9+/]{4}){8,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
@@ -74,7 +85,7 @@ Description = Annotated[str, Field(max_length=1000)]
 Filter: Any = Literal[filters()]
 EventTypes = Annotated[list[Filter], Field(min_length=1, max_length=64)]
 Secret = Annotated[str, Field(max_length=200, pattern=SECRET_PATTERN)]
-Overlap = Annotated[float, Field(ge=0, le=30 * 86400), BeforeValidator(_number)]
+Overlap = Annotated[float, Field(ge=0, le=endpoints.MAX_OVERLAP_SECONDS), BeforeValidator(_number)]
 Time = Annotated[dt.datetime, BeforeValidator(_rfc3339)]
 
 
@@ -87,7 +98,9 @@ class EndpointCreate(_Body):
     url: Url = Field(description="http(s), no credentials in it")
     description: Description = ""
     event_types: EventTypes = Field(
-        ["*"], description="exact types, 'prefix.*' wildcards or '*' (see the webhooks section)"
+        ["*"],
+        description="exact types, 'prefix.*' wildcards or '*' (see the webhooks section);"
+        " '*' is every partner event: endpoint.disabled only comes to filters naming it",
     )
     enabled: StrictBool = True
     rate_limit_per_second: Integer | None = Field(None, description="requests per second")
@@ -123,21 +136,28 @@ class Recover(_Body):
     since: Time = Field(description="re-send the failed deliveries created since then")
 
 
+# An id or type to filter on: what ours look like (no NUL or control characters, which
+# PostgreSQL text cannot hold: passed through, they failed the query with a 500).
+_KEY = r"^[A-Za-z0-9_.*-]*$"
+
+
 class EndpointQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool | None = None
-    after: str | None = Field(None, max_length=40, description="next_after of the previous page")
+    after: str | None = Field(
+        None, max_length=40, pattern=_KEY, description="next_after of the previous page"
+    )
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
 
 
 class DeliveryQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint_id: str | None = Field(None, max_length=40)
+    endpoint_id: str | None = Field(None, max_length=40, pattern=_KEY)
     state: deliveries.State | None = None
-    event_type: str | None = Field(None, max_length=100)
-    event_id: str | None = Field(None, max_length=40)
+    event_type: str | None = Field(None, max_length=100, pattern=_KEY)
+    event_id: str | None = Field(None, max_length=40, pattern=_KEY)
     since: Time | None = Field(None, description="created at or after")
     until: Time | None = Field(None, description="created before")
     before_id: int | None = Field(

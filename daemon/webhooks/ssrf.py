@@ -9,9 +9,10 @@ the certificate against it), because only the TCP connect is given an IP.
 
 Refused: loopback, private (RFC 1918, fc00::/7), link-local (169.254/16 — cloud metadata —
 and fe80::/10), CGNAT (100.64/10), unspecified, multicast, reserved and documentation
-ranges, and IPv4 addresses hidden in IPv6 (mapped ``::ffff:a.b.c.d``, NAT64
-``64:ff9b::/96``) — whatever Python's ``ipaddress`` does not call global. Unless
-``webhooks.allow_private_targets`` or a network in ``webhooks.allowed_cidrs`` allows it.
+ranges, site-local ``fec0::/10``, and IPv4 addresses hidden in IPv6 (mapped
+``::ffff:a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``) — whatever Python's
+``ipaddress`` does not call global, and those. Unless ``webhooks.allow_private_targets``
+or a network in ``webhooks.allowed_cidrs`` allows it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class TargetPolicy:
                 or candidate.is_multicast
                 or candidate.is_reserved
                 or candidate.is_unspecified
+                # fec0::/10: deprecated site-local, yet still routed inside some networks
+                or (isinstance(candidate, ipaddress.IPv6Address) and candidate.is_site_local)
             ):
                 return f"{address} is not a public address (loopback, private, link-local, ...)"
         return None
@@ -76,6 +79,10 @@ def _embedded_v4(ip: IPAddress) -> ipaddress.IPv4Address | None:
             return ip.ipv4_mapped
         if ip in _NAT64:
             return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        # 6to4 (2002::/16): Python calls 2002:7f00:1:: global, but a 6to4 relay takes it
+        # to 127.0.0.1. (Teredo, 2001::/32, is never global.)
+        if ip.sixtofour is not None:
+            return ip.sixtofour
     return None
 
 
@@ -148,13 +155,15 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         resolve: Resolver = system_resolve,
         limits: httpx.Limits = DEFAULT_LIMITS,
         keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(trust_env=False, limits=limits)
         # httpx builds its pool without a way to pass a network backend; the pool is the
         # one attribute handle_async_request uses (httpx 0.28). tests/test_webhook_ssrf.py
         # fails if this stops taking effect.
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl.create_default_context(cafile=certifi.where()),
+            # None: the public CAs; tests pass a context trusting their own CA.
+            ssl_context=ssl_context or ssl.create_default_context(cafile=certifi.where()),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=keepalive_expiry,
