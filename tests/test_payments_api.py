@@ -256,6 +256,29 @@ async def test_manual_capture_of_part_of_an_authorization(pay: Pay) -> None:
             "amount-exceeds-refundable")  # fmt: skip
 
 
+async def test_a_second_capture_of_another_amount_is_refused_not_silently_accepted(
+    pay: Pay,
+) -> None:
+    r = await pay.create(amount=1000, capture_method="manual", metadata={"mock": "succeed"},
+                         headers={"Prefer": "wait=10"})  # fmt: skip
+    payment = r.json()
+    assert payment["status"] == "requires_capture"
+    assert (
+        await pay.post(f"/payments/{payment['id']}/capture", {"amount": 600})
+    ).status_code == 202
+    done = await pay.wait_status(payment["id"], "succeeded")
+    before = await counts(pay)
+    # Another amount: it was answered 202 as if a capture of 100 were under way.
+    problem(await pay.post(f"/payments/{payment['id']}/capture", {"amount": 100}), 409,
+            "invalid-state")  # fmt: skip
+    problem(await pay.post(f"/payments/{payment['id']}/capture"), 409, "invalid-state")
+    # The same capture again (a retry without a key) still answers what it did.
+    again = await pay.post(f"/payments/{payment['id']}/capture", {"amount": 600})
+    assert again.status_code == 202 and again.json()["amount_captured"] == 600
+    assert await counts(pay) == before
+    assert (await pay.get(payment["id"]))["amount_captured"] == done["amount_captured"] == 600
+
+
 async def test_cancel_a_pending_payment_cancels_it_at_the_provider(pay: Pay) -> None:
     payment = (await pay.create(headers={"Prefer": "wait=10"})).json()
     r = await pay.post(f"/payments/{payment['id']}/cancel")
