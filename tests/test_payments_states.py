@@ -89,3 +89,16 @@ async def test_a_create_cut_short_after_our_commit_and_before_the_call_makes_one
     again = await processor.drive(deps, payment.id, actor="processor")  # a duplicate message
     assert again is not None and again.status == "pending"
     assert await mock_provider.count_objects(db, payment.id) == (1, 1)
+
+
+async def test_a_payment_and_a_provider_answer_keep_the_client_secret_out_of_their_repr(
+    db: Database,
+) -> None:
+    # Reprs reach logs and tracebacks; the client secret lets a browser pay the intent.
+    async with db.transaction() as tx:
+        payment = await store.insert(tx, NEW, created_by="test", provider="mock", ttl_seconds=60)
+        payment, _ = await processor.apply(tx, payment, seen("requires_payment_method"), "test")
+    assert payment.client_secret == "pi_1_secret_x"  # stored, and in the API's answer
+    assert payment.public()["client_secret"] == "pi_1_secret_x"
+    for shown in (repr(payment), str(payment), repr(seen("requires_payment_method"))):
+        assert "pi_1_secret_x" not in shown, shown
