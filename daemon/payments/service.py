@@ -309,14 +309,14 @@ class PaymentService:
                     status_now=payment.status,
                 )
             if payment.capture_requested_at is not None:
-                if amount == payment.capture_amount:  # the same capture again: its answer
+                asked_before = payment.capture_amount or payment.amount  # None: all of it
+                if (amount or payment.amount) == asked_before:  # the same capture again
                     return Outcome(202, payment.public(), payment.id)
                 # Another amount would be answered 202 and never captured: Stripe
                 # captures once.
-                asked = "all" if payment.capture_amount is None else payment.capture_amount
                 raise PaymentsError(
                     "invalid-state",
-                    f"payment {payment.id} already has a capture of {asked} requested"
+                    f"payment {payment.id} already has a capture of {asked_before} requested"
                     f" (it is {payment.status}): a payment is captured once",
                     status_now=payment.status,
                 )
