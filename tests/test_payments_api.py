@@ -256,6 +256,45 @@ async def test_manual_capture_of_part_of_an_authorization(pay: Pay) -> None:
             "amount-exceeds-refundable")  # fmt: skip
 
 
+async def test_a_second_capture_of_another_amount_is_refused_not_silently_accepted(
+    pay: Pay,
+) -> None:
+    r = await pay.create(amount=1000, capture_method="manual", metadata={"mock": "succeed"},
+                         headers={"Prefer": "wait=10"})  # fmt: skip
+    payment = r.json()
+    assert payment["status"] == "requires_capture"
+    assert (
+        await pay.post(f"/payments/{payment['id']}/capture", {"amount": 600})
+    ).status_code == 202
+    done = await pay.wait_status(payment["id"], "succeeded")
+    # Another amount: it was answered 202 as if a capture of 100 were under way.
+    problem(await pay.post(f"/payments/{payment['id']}/capture", {"amount": 100}), 409,
+            "invalid-state")  # fmt: skip
+    problem(await pay.post(f"/payments/{payment['id']}/capture"), 409, "invalid-state")
+    # The same capture again (a retry without a key) still answers what it did.
+    again = await pay.post(f"/payments/{payment['id']}/capture", {"amount": 600})
+    assert again.status_code == 202 and again.json()["amount_captured"] == 600
+    # All of it, then all of it again by its amount: the same capture.
+    r = await pay.create(amount=700, capture_method="manual", metadata={"mock": "succeed"},
+                         headers={"Prefer": "wait=10"})  # fmt: skip
+    whole = r.json()
+    assert (await pay.post(f"/payments/{whole['id']}/capture")).status_code == 202
+    await pay.wait_status(whole["id"], "succeeded")
+    assert (await pay.post(f"/payments/{whole['id']}/capture", {"amount": 700})).status_code == 202
+    problem(await pay.post(f"/payments/{whole['id']}/capture", {"amount": 699}), 409,
+            "invalid-state")  # fmt: skip
+    assert (
+        await pay.db.fetchval("SELECT amount_captured FROM payments WHERE id = $1", whole["id"])
+        == 700
+    )
+    assert (await pay.get(payment["id"]))["amount_captured"] == done["amount_captured"] == 600
+    asked = await pay.db.fetch(
+        "SELECT detail FROM payment_events WHERE payment_id = $1 AND kind = 'capture_requested'",
+        payment["id"],
+    )
+    assert [a["detail"] for a in asked] == [{"amount": 600}]  # the refusals changed nothing
+
+
 async def test_cancel_a_pending_payment_cancels_it_at_the_provider(pay: Pay) -> None:
     payment = (await pay.create(headers={"Prefer": "wait=10"})).json()
     r = await pay.post(f"/payments/{payment['id']}/cancel")

@@ -389,3 +389,29 @@ async def test_sql_create_refuses_while_payments_are_disabled(db: Database) -> N
     with pytest.raises(asyncpg.PostgresError) as off:
         await sql_create(db, amount=1000, currency="EUR")
     assert off.value.sqlstate == "PD503" and "payments.provider" in off.value.message
+
+
+async def test_a_caller_that_can_create_in_the_daemons_schema_is_named_at_start(
+    mockdb: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Such a role can shadow a function create_payment calls (format(text, bigint) beats
+    # pg_catalog's variadic one) and run it with the owner's rights: said at every start.
+    role = f"shop_{uuid.uuid4().hex[:8]}"
+    await mockdb.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        await mockdb.execute(f"GRANT USAGE ON SCHEMA paymentd TO {role}")
+        await mockdb.execute(
+            "GRANT EXECUTE ON FUNCTION paymentd.create_payment(bigint, text, text, text, jsonb,"
+            f" text, text, text, text, text, bigint, text) TO {role}"
+        )
+        assert role not in await sql_api.unsafe_callers(mockdb)
+        await mockdb.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
+        assert role in await sql_api.unsafe_callers(mockdb)
+        with caplog.at_level("ERROR", logger="daemon.payments.sql_api"):
+            await sql_api.publish_settings(mockdb, PaymentsConfig(provider="mock"))
+        assert any(role in r.getMessage() for r in caplog.records), caplog.records
+        await mockdb.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}")
+        assert role not in await sql_api.unsafe_callers(mockdb)
+    finally:
+        await mockdb.execute(f"DROP OWNED BY {role}")
+        await mockdb.execute(f"DROP ROLE {role}")

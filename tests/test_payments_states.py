@@ -89,3 +89,38 @@ async def test_a_create_cut_short_after_our_commit_and_before_the_call_makes_one
     again = await processor.drive(deps, payment.id, actor="processor")  # a duplicate message
     assert again is not None and again.status == "pending"
     assert await mock_provider.count_objects(db, payment.id) == (1, 1)
+
+
+async def test_a_payment_and_a_provider_answer_keep_the_client_secret_out_of_their_repr(
+    db: Database,
+) -> None:
+    # Reprs reach logs and tracebacks; the client secret lets a browser pay the intent.
+    async with db.transaction() as tx:
+        payment = await store.insert(tx, NEW, created_by="test", provider="mock", ttl_seconds=60)
+        payment, _ = await processor.apply(tx, payment, seen("requires_payment_method"), "test")
+    assert payment.client_secret == "pi_1_secret_x"  # stored, and in the API's answer
+    assert payment.public()["client_secret"] == "pi_1_secret_x"
+    for shown in (repr(payment), str(payment), repr(seen("requires_payment_method"))):
+        assert "pi_1_secret_x" not in shown, shown
+
+
+async def test_an_answer_for_another_amount_or_currency_never_moves_the_payment(
+    db: Database,
+) -> None:
+    # A succeeded answer closes the loop (UISP records the payment, the ONU comes back):
+    # it must be for what we asked, not 10.00 USD against our 10.00 EUR.
+    import dataclasses
+
+    async with db.transaction() as tx:
+        payment = await store.insert(tx, NEW, created_by="test", provider="mock", ttl_seconds=60)
+    assert await apply(db, payment.id, seen("requires_payment_method")) == "pending"
+    other_currency = dataclasses.replace(seen("succeeded", 1000), currency="USD")
+    other_amount = dataclasses.replace(seen("succeeded", 100), amount=100)
+    assert await apply(db, payment.id, other_currency) == "pending"
+    assert await apply(db, payment.id, other_amount) == "pending"
+    after = await store.get(db, payment.id)
+    assert after is not None and after.amount_captured == 0
+    history = await store.events(db, payment.id)
+    assert [e.kind for e in history][-2:] == ["provider_mismatch", "provider_mismatch"]
+    assert history[-2].detail["currency"] == "USD" and history[-1].detail["amount"] == 100
+    assert await apply(db, payment.id, seen("succeeded", 1000)) == "succeeded"

@@ -352,3 +352,28 @@ async def test_a_paid_checkout_session_is_refunded_through_its_payment_intent(
     assert sent.form["payment_intent"] == intent
     assert sent.form["reason"] == "duplicate"  # one of Stripe's own reasons: passed as such
     assert (refund.status, refund.amount) == ("succeeded", 800)
+
+
+async def test_isk_and_mga_are_converted_to_the_unit_stripe_counts_in(
+    provider: StripeProvider, front: StripeFront
+) -> None:
+    # Our amounts are ISO 4217 minor units. Stripe's API counts ISK in hundredths (ISO:
+    # exponent 0) and MGA in whole ariary (ISO: 2): passed through, 500 ISK was charged
+    # as 5 kr and 1000 MGA (10.00) as 1000 ariary.
+    with trio.fail_after(10):
+        isk = await provider.create(create_request("pay_isk", 500, currency="ISK"))
+        await pay_intent(front, isk.ref.id)
+        paid = await provider.retrieve(isk.ref)
+        refund = await provider.refund(
+            RefundRequest("ref_isk", isk.ref, 200, "ISK", refund_key("ref_isk"))
+        )
+        mga = await provider.create(create_request("pay_mga", 1000, currency="MGA"))
+        with pytest.raises(ProviderRejected, match="MGA"):  # 10.50 MGA: no such Stripe amount
+            await provider.create(create_request("pay_mga_frac", 1050, currency="MGA"))
+    sent_isk, sent_mga = front.created("/v1/payment_intents")
+    assert (sent_isk.form["amount"], sent_isk.form["currency"]) == ("50000", "isk")
+    assert (sent_mga.form["amount"], sent_mga.form["currency"]) == ("10", "mga")
+    assert front.created("/v1/refunds")[0].form["amount"] == "20000"
+    # What comes back is in our units again.
+    assert (isk.amount, paid.amount, paid.amount_captured, refund.amount) == (500, 500, 500, 200)
+    assert mga.amount == 1000

@@ -167,3 +167,18 @@ def test_the_stripe_key_and_signing_secrets_are_redacted_from_logs() -> None:
     finally:
         forget_secrets()
     assert line == "key *** secrets *** ***"
+
+
+def test_a_tolerance_under_a_second_still_refuses_stale_signatures() -> None:
+    # stripe-python skips its age check for a tolerance of 0: truncating 0.5 s to an int
+    # accepted an hour-old (replayed) delivery.
+    from daemon.payments.stripe_webhook import BadEvent, verify
+    from daemon.platform.config import Secret
+
+    raw, headers = signed(event("evt_replayed"), OLD, age=3600)
+    try:
+        verify(raw, headers["Stripe-Signature"], [Secret(OLD)], tolerance_seconds=0.5)
+    except BadEvent as exc:
+        assert "older than 0.5 s" in str(exc)
+    else:
+        raise AssertionError("an hour-old signature was accepted")

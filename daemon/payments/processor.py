@@ -304,6 +304,24 @@ async def apply(
             log.warning("payment %s is %s but the provider says %s", payment.id,
                         payment.status, obs.provider_status)  # fmt: skip
         return payment, []
+    if (obs.currency and obs.currency != payment.currency) or (
+        obs.amount and obs.amount != payment.amount
+    ):
+        # Not the payment we asked for (an object changed at the provider, a mix-up):
+        # recording it could mark 10 USD paid for our 10 EUR and reconnect the customer.
+        # It stays where it is, in the history for an operator; reconcile asks again.
+        mismatch: dict[str, Any] = {
+            "provider_status": obs.provider_status,
+            "provider_ref": obs.ref.id,
+            "amount": obs.amount,
+            "currency": obs.currency,
+        }
+        await store.add_event(tx, payment.id, "provider_mismatch", None, None, actor, mismatch)
+        log.error(
+            "payment %s is %s %s but the provider's %s is %s %s",
+            payment.id, payment.amount, payment.currency, obs.ref.id, obs.amount, obs.currency,
+        )  # fmt: skip
+        return payment, []
     if target == payment.status:
         if any(getattr(payment, k) != v for k, v in values.items()):
             payment = await store.update(tx, payment.id, **values)

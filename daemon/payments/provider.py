@@ -122,7 +122,7 @@ class ProviderPayment:
     currency: str  # upper case
     amount_captured: int = 0
     amount_capturable: int = 0  # authorized, not yet captured (manual capture)
-    client_secret: str | None = None  # for the browser (intent); never logged
+    client_secret: str | None = field(default=None, repr=False)  # the browser's; never logged
     hosted_url: str | None = None  # hosted_checkout / payment_link page
     failure_code: str | None = None  # decline code when status is failed
     failure_message: str | None = None

@@ -309,7 +309,17 @@ class PaymentService:
                     status_now=payment.status,
                 )
             if payment.capture_requested_at is not None:
-                return Outcome(202, payment.public(), payment.id)
+                asked_before = payment.capture_amount or payment.amount  # None: all of it
+                if (amount or payment.amount) == asked_before:  # the same capture again
+                    return Outcome(202, payment.public(), payment.id)
+                # Another amount would be answered 202 and never captured: Stripe
+                # captures once.
+                raise PaymentsError(
+                    "invalid-state",
+                    f"payment {payment.id} already has a capture of {asked_before} requested"
+                    f" (it is {payment.status}): a payment is captured once",
+                    status_now=payment.status,
+                )
             if payment.status != "requires_capture":
                 raise PaymentsError(
                     "invalid-state",

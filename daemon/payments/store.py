@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from daemon.payments import currency, states
@@ -56,7 +56,7 @@ class Payment:
     provider_status: str | None
     provider_intent_id: str | None
     provider_subscription_id: str | None
-    client_secret: str | None
+    client_secret: str | None = field(repr=False)  # lets a browser pay: never in a log
     hosted_url: str | None
     failure_code: str | None
     failure_message: str | None

@@ -75,6 +75,31 @@ _REFUND_STATUS: dict[str, RefundStatus] = {
     "failed": "failed",
     "canceled": "failed",
 }
+# Where Stripe's API does not count in ISO 4217 minor units (ours): ISK is exponent 0 at
+# ISO but two-decimal in Stripe's API (100 = 1 króna); MGA is exponent 2 at ISO but
+# zero-decimal at Stripe (1 = 1 ariary). https://docs.stripe.com/currencies#special-cases
+# code → (multiply ours by, then divide by) to get Stripe's amount.
+_STRIPE_UNITS: dict[str, tuple[int, int]] = {"ISK": (100, 1), "MGA": (1, 100)}
+
+
+def to_stripe(amount: int, currency: str) -> int:
+    """Our minor units of ``currency`` → the amount Stripe's API expects."""
+    mul, div = _STRIPE_UNITS.get(currency.upper(), (1, 1))
+    if (amount * mul) % div:
+        raise ProviderRejected(
+            f"{currency.upper()} amounts at Stripe are whole units: {amount} minor units"
+            f" is not a multiple of {div}",
+            code="amount_not_whole",
+        )
+    return amount * mul // div
+
+
+def from_stripe(amount: int, currency: str) -> int:
+    """An amount in Stripe's API → our minor units of ``currency``."""
+    mul, div = _STRIPE_UNITS.get(currency.upper(), (1, 1))
+    return amount * div // mul
+
+
 # Stripe's own refund reasons; any other reason of ours goes in metadata only.
 _STRIPE_REFUND_REASONS = {"duplicate", "fraudulent", "requested_by_customer"}
 
@@ -149,7 +174,7 @@ class StripeProvider:
                     code="recurring_intent",
                 )
             params: Params = {
-                "amount": req.amount,
+                "amount": to_stripe(req.amount, req.currency),
                 "currency": req.currency.lower(),
                 "metadata": metadata,
             }
@@ -175,7 +200,7 @@ class StripeProvider:
     async def _create_link(self, req: CreateRequest, metadata: dict[str, str]) -> ProviderPayment:
         price_params: Params = {
             "currency": req.currency.lower(),
-            "unit_amount": req.amount,
+            "unit_amount": to_stripe(req.amount, req.currency),
             "product_data": {"name": _product_name(req)},
         }
         if req.kind == "recurring":
@@ -243,7 +268,8 @@ class StripeProvider:
             lambda: self._v1.payment_links.line_items.list_async(link_id),
         )
         first = items.data[0].to_dict()
-        return int(first.get("amount_total", 0)), str(first.get("currency", "")).upper()
+        currency = str(first.get("currency", "")).upper()
+        return from_stripe(int(first.get("amount_total", 0)), currency), currency
 
     async def cancel(self, ref: ProviderRef, *, idempotency_key: str) -> ProviderPayment:
         key = _key(idempotency_key)
@@ -279,7 +305,12 @@ class StripeProvider:
         self, ref: ProviderRef, *, amount: int | None, idempotency_key: str
     ) -> ProviderPayment:
         intent_id = await self._intent_of(ref)
-        params: Params = {} if amount is None else {"amount_to_capture": amount}
+        params: Params = {}
+        if amount is not None:
+            pi_now = await self._call(
+                "retrieve PaymentIntent", lambda: self._v1.payment_intents.retrieve_async(intent_id)
+            )
+            params["amount_to_capture"] = to_stripe(amount, str(pi_now.currency))
         pi = await self._call(
             "capture PaymentIntent",
             lambda: self._v1.payment_intents.capture_async(
@@ -295,7 +326,7 @@ class StripeProvider:
         intent_id = await self._intent_of(req.payment)
         params: Params = {
             "payment_intent": intent_id,
-            "amount": req.amount,
+            "amount": to_stripe(req.amount, req.currency),
             "metadata": {REFUND_ID_KEY: req.refund_id},
         }
         if req.reason in _STRIPE_REFUND_REASONS:
@@ -337,8 +368,8 @@ class StripeProvider:
     async def _from_session(self, session: Obj, *, link_id: str | None = None) -> ProviderPayment:
         """A session as a payment; a paid one-time session reports its PaymentIntent."""
         ref = ProviderRef("payment_link", link_id) if link_id else _session_ref(session)
-        amount = int(session.get("amount_total") or 0)
         currency = str(session.get("currency") or "").upper()
+        amount = from_stripe(int(session.get("amount_total") or 0), currency)
         status: ProviderStatus
         if session.get("status") == "expired":
             status = "expired"
@@ -379,22 +410,27 @@ class StripeProvider:
 def _from_intent(pi: Obj, *, captured: int | None = None) -> ProviderPayment:
     """``captured``: what a capture call just asked for, if the answer does not say."""
     status = _INTENT_STATUS.get(str(pi.get("status")), "processing")
-    amount = int(pi["amount"])
+    currency = str(pi["currency"]).upper()
+    amount = from_stripe(int(pi["amount"]), currency)
     error = pi.get("last_payment_error") or {}
     received = pi.get("amount_received")
     if received is None:
         # localstripe has no amount_received: its capture answer is told what was asked,
         # a re-fetch of a succeeded intent reports all of it (partial captures included).
         received = (captured or amount) if status == "succeeded" else 0
+    else:
+        received = from_stripe(int(received), currency)
     capturable = pi.get("amount_capturable")
     if capturable is None:  # localstripe again
         capturable = amount if status == "requires_capture" else 0
+    else:
+        capturable = from_stripe(int(capturable), currency)
     return ProviderPayment(
         ref=ProviderRef("payment_intent", pi["id"]),
         status=status,
         provider_status=str(pi.get("status")),
         amount=amount,
-        currency=str(pi["currency"]).upper(),
+        currency=currency,
         amount_captured=int(received),
         amount_capturable=int(capturable),
         client_secret=pi.get("client_secret"),
@@ -412,7 +448,7 @@ def _from_invoice(inv: Obj) -> StripeInvoice:
     return StripeInvoice(
         id=inv["id"],
         status=str(inv.get("status")),
-        amount_paid=int(inv.get("amount_paid") or 0),
+        amount_paid=from_stripe(int(inv.get("amount_paid") or 0), str(inv.get("currency") or "")),
         currency=str(inv.get("currency") or "").upper(),
         subscription_id=sub.get("id") if isinstance(sub, dict) else sub,
         payment_id=(meta or {}).get(PAYMENT_ID_KEY),
@@ -438,7 +474,7 @@ def _from_refund(refund: Obj) -> ProviderRefund:
         id=refund["id"],
         status=_REFUND_STATUS.get(status, "pending"),
         provider_status=status,
-        amount=int(refund["amount"]),
+        amount=from_stripe(int(refund["amount"]), str(refund.get("currency") or "")),
         failure_reason=refund.get("failure_reason"),
     )
 
@@ -469,7 +505,7 @@ def _intent_data(req: CreateRequest, metadata: Mapping[str, str]) -> Params:
 def _session_params(req: CreateRequest, metadata: dict[str, str]) -> Params:
     price_data: Obj = {
         "currency": req.currency.lower(),
-        "unit_amount": req.amount,
+        "unit_amount": to_stripe(req.amount, req.currency),
         "product_data": {"name": _product_name(req)},
     }
     params: Params = {

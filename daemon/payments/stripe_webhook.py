@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -75,11 +76,12 @@ def verify(
     except UnicodeDecodeError:
         raise BadEvent("the body is not UTF-8") from None
     stale = False
+    # stripe-python takes whole seconds and treats 0 as "no age check": a sub-second
+    # tolerance rounds up, never down to 0 (which would accept any replayed delivery).
+    tolerance = max(1, math.ceil(tolerance_seconds))
     for secret in secrets:
         try:
-            stripe.WebhookSignature.verify_header(
-                payload, header, secret.reveal(), int(tolerance_seconds)
-            )
+            stripe.WebhookSignature.verify_header(payload, header, secret.reveal(), tolerance)
             break
         except stripe.SignatureVerificationError as exc:
             stale = stale or str(exc).startswith("Timestamp outside the tolerance zone")
