@@ -81,6 +81,23 @@ async def test_an_empty_admin_token_disables_the_admin_api(db: Database) -> None
         assert problem["detail"] == "admin API disabled: set http.admin_token"
 
 
+async def test_without_an_admin_token_a_mistyped_api_key_is_a_401_not_an_outage(
+    db: Database,
+) -> None:
+    with trio.fail_after(20):
+        deps = make_deps(db, http=HttpConfig(port=0, admin_token=""))
+        async with serving(deps) as client:
+            mistyped = await client.get(
+                "/api/v1/payments", headers={"Authorization": "Bearer pd_123_short"}
+            )
+            missing = await client.get("/api/v1/payments")
+        for response in (mistyped, missing):
+            problem = assert_problem(response, 401)
+            assert "API key" in problem["detail"]
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        assert 'error="invalid_token"' in mistyped.headers["www-authenticate"]
+
+
 async def test_tasks_are_listed_newest_first_a_page_at_a_time(deps: Deps, db: Database) -> None:
     with trio.fail_after(20):
         ids = [

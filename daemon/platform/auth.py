@@ -177,9 +177,15 @@ async def authenticate(deps: Deps, authorization: str | None, scopes: Sequence[s
     key = _KEY.fullmatch(raw.strip()) if scheme.lower() == "bearer" else None
     if key is None:
         if not expected:
-            # Without an admin token only API keys get in; anything else is refused as
-            # before keys existed, so a half-configured daemon says what to set.
-            raise Problem(503, "admin API disabled: set http.admin_token")
+            # Without an admin token only API keys get in. An admin route says what to
+            # set; elsewhere (the payments API) a missing or mistyped key is the caller's
+            # mistake, and a 503 would send a merchant to look for an outage.
+            if ADMIN in scopes:
+                raise Problem(503, "admin API disabled: set http.admin_token")
+            raise _unauthorized(
+                "send Authorization: Bearer <API key> (pd_<id>_<secret>)",
+                invalid=bool(authorization),
+            )
         token = bearer_token(authorization)
         # Bytes, because compare_digest refuses non-ASCII str and headers are user input.
         if not hmac.compare_digest(token.encode(), expected.encode()):
