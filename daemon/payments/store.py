@@ -522,6 +522,26 @@ async def mark_refund_attempted(tx: Conn, refund_id: str) -> None:
     )
 
 
+async def touch_refund(tx: Conn, refund_id: str) -> None:
+    """Asked about just now: reconcile's threshold runs from here again."""
+    await tx.execute("UPDATE refunds SET updated_at = now() WHERE id = $1", refund_id)
+
+
+async def refund_seen_pending(
+    tx: Conn, refund_id: str, provider_ref: str, provider_status: str
+) -> Refund | None:
+    """The provider answered "pending": keep its refund id, so the next look is a
+    re-fetch of that refund rather than a repeated create."""
+    row = await tx.fetchrow(
+        "UPDATE refunds SET provider_ref = $2, provider_status = $3, updated_at = now()"
+        f" WHERE id = $1 AND status = 'pending' RETURNING {_REFUND_COLUMNS}",
+        refund_id,
+        provider_ref,
+        provider_status,
+    )
+    return None if row is None else _refund(row)
+
+
 async def transition_refund(
     tx: Conn,
     refund: Refund,
