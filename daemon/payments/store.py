@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, fields
 from typing import Any
 
-from daemon.payments import currency, states
+from daemon.payments import callbacks, currency, states
 from daemon.payments.provider import ProviderPayment, ProviderRef
 from daemon.platform import outbox, queues
 from daemon.platform.db import Conn, Executor
@@ -426,12 +426,24 @@ async def transition(
     if event_type is not None and not (
         event_type == "payment.pending" and states.OUTBOX_EVENT.get(payment.status) == event_type
     ):
-        await outbox.emit(tx, event_type, moved.announced(), subject=f"payment:{moved.id}")
+        event = await outbox.emit(tx, event_type, moved.announced(), subject=f"payment:{moved.id}")
+        if moved.final:
+            await _callback(tx, moved, event.id)
     if to_status == "succeeded" and moved.uisp_client_id is not None:
         # Closing the loop to the network: the processor records it in UISP (if so
         # configured), whose unsuspend webhook then reconnects the customer.
         await queues.send(tx, QUEUE, {"payment_id": moved.id, "uisp": True})
     return moved, Change(moved.id, to_status)
+
+
+async def _callback(tx: Conn, payment: Payment, event_id: str) -> None:
+    """The payment's status_callback_url gets this event too (daemon.payments.callbacks)."""
+    if payment.status_callback_url is None:
+        return
+    refused = await callbacks.deliver(tx, payment.id, payment.status_callback_url, event_id)
+    if refused is not None:
+        await add_event(tx, payment.id, "callback_refused", None, None, "store",
+                        {"event_id": event_id, "reason": refused})  # fmt: skip
 
 
 def observed_values(obs: ProviderPayment) -> dict[str, Any]:
@@ -596,7 +608,8 @@ async def transition_refund(
             refund.payment_id,
         )
         if refunded >= payment.amount_captured:
-            await outbox.emit(tx, "payment.refunded", payment.announced(), subject=subject)
+            event = await outbox.emit(tx, "payment.refunded", payment.announced(), subject=subject)
+            await _callback(tx, payment, event.id)
     return done, changes
 
 
