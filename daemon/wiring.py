@@ -122,7 +122,7 @@ def _fanout_deps(r: Resources) -> fanout.FanoutDeps:
 
 def _payments_deps(r: Resources) -> processor.ProcessorDeps:
     return processor.ProcessorDeps(
-        r.db, r.payment_provider, r.config.payments, r.deps.events, r.uisp
+        r.db, r.payment_provider, r.config.payments, r.deps.events, r.uisp, r.config.uisp
     )
 
 

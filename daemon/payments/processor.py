@@ -44,7 +44,7 @@ from daemon.payments.provider import (
 from daemon.payments.store import Change, Payment
 from daemon.platform import queues
 from daemon.platform.backoff import backoff
-from daemon.platform.config import PaymentsConfig
+from daemon.platform.config import PaymentsConfig, UispConfig
 from daemon.platform.consumer import Lease
 from daemon.platform.db import Conn, Database
 from daemon.platform.events import EventBus
@@ -65,7 +65,8 @@ class ProcessorDeps:
     provider: PaymentProvider | None  # None: payments.provider = "none"
     cfg: PaymentsConfig
     events: EventBus
-    uisp: UispClient | None = None  # for payments.uisp_record_payments
+    uisp: UispClient | None = None  # for payments.uisp_mode "record" / "reconnect"
+    uisp_config: UispConfig | None = None  # "reconnect": where the ONU location is
 
 
 @dataclass
@@ -88,7 +89,8 @@ async def handle(deps: ProcessorDeps, msg: Message, lease: Lease | None = None) 
     if "refund_id" in body:
         await run_refund(deps, str(body["refund_id"]), actor="processor")
     elif body.get("uisp"):
-        await uisp_loop.record(deps.db, deps.uisp, deps.cfg, str(body.get("payment_id", "")))
+        await uisp_loop.close(deps.db, deps.uisp, deps.cfg, deps.uisp_config, deps.events,
+                              str(body.get("payment_id", "")))  # fmt: skip
     else:
         await drive(deps, str(body.get("payment_id", "")), actor="processor",
                     refresh=bool(body.get("sync")))  # fmt: skip
