@@ -48,6 +48,7 @@ from daemon.platform.config import PaymentsConfig, UispConfig
 from daemon.platform.consumer import Lease
 from daemon.platform.db import Conn, Database
 from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
 from daemon.platform.queues import Message
 from daemon.uisp.client import UispClient
 
@@ -67,6 +68,7 @@ class ProcessorDeps:
     events: EventBus
     uisp: UispClient | None = None  # for payments.uisp_mode "record" / "reconnect"
     uisp_config: UispConfig | None = None  # "reconnect": where the ONU location is
+    metrics: Metrics | None = None  # final states counted once committed
 
 
 @dataclass
@@ -79,7 +81,7 @@ class Run:
 
     def publish(self) -> None:
         for change in self.changes:
-            change.publish(self.deps.events)
+            change.publish(self.deps.events, self.deps.metrics)
         self.changes.clear()
 
 
@@ -462,7 +464,7 @@ async def _finish_refund(
             failure_reason=failure,
         )  # fmt: skip
     for change in changes:
-        change.publish(deps.events)
+        change.publish(deps.events, deps.metrics)
     return done
 
 

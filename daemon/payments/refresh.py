@@ -66,5 +66,5 @@ async def refresh_refund(deps: ProcessorDeps, refund_id: str, actor: str) -> str
             failure_reason=observed.failure_reason,
         )
     for change in changes:
-        change.publish(deps.events)
+        change.publish(deps.events, deps.metrics)
     return f"{refund_id} pending → {observed.status}"

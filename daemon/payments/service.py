@@ -28,6 +28,7 @@ from daemon.platform import queues
 from daemon.platform.config import PaymentsConfig
 from daemon.platform.db import Conn, Database
 from daemon.platform.events import EventBus, TooManySubscribers
+from daemon.platform.metrics import Metrics
 
 # Stripe's own limit for most currencies is 8 digits; this only stops absurd values.
 MAX_AMOUNT = 10**12
@@ -162,10 +163,13 @@ def has_answer(payment: Payment) -> bool:
 
 
 class PaymentService:
-    def __init__(self, db: Database, cfg: PaymentsConfig, events: EventBus) -> None:
+    def __init__(
+        self, db: Database, cfg: PaymentsConfig, events: EventBus, metrics: Metrics | None = None
+    ) -> None:
         self.db = db
         self.cfg = cfg
         self.events = events
+        self.metrics = metrics
         self._idem = idempotency.Settings(cfg.idempotency_ttl_seconds, cfg.idempotency_lock_seconds)
 
     # Reads
@@ -382,7 +386,7 @@ class PaymentService:
 
     def _publish(self, changes: list[Change]) -> None:
         for change in changes:
-            change.publish(self.events)
+            change.publish(self.events, self.metrics)
 
     # Waiting for the processor (Prefer: wait)
 

@@ -19,6 +19,7 @@ from daemon.payments.provider import ProviderPayment, ProviderRef
 from daemon.platform import outbox, queues
 from daemon.platform.db import Conn, Executor
 from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
 
 QUEUE = "payments"  # {"payment_id"}: drive the payment; {"refund_id"}: run the refund
 
@@ -208,10 +209,18 @@ class Change:
     payment_id: str
     status: str
     refund_id: str | None = None
+    provider: str = ""  # for the metrics: the payment's provider
 
-    def publish(self, bus: EventBus) -> None:
+    def publish(self, bus: EventBus, metrics: Metrics | None = None) -> None:
         kind = f"refund.{self.status}" if self.refund_id else f"payment.{self.status}"
         bus.publish(kind, payment_id=self.payment_id, refund_id=self.refund_id, status=self.status)
+        if metrics is None:
+            return
+        if self.refund_id is not None:
+            if self.status in states.REFUND_TRANSITIONS and self.status != "pending":
+                metrics.refunds_finished.labels(self.provider, self.status).inc()
+        elif states.is_final(self.status):
+            metrics.payments_finished.labels(self.provider, self.status).inc()
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -433,7 +442,7 @@ async def transition(
         # Closing the loop to the network: the processor records it in UISP (if so
         # configured), whose unsuspend webhook then reconnects the customer.
         await queues.send(tx, QUEUE, {"payment_id": moved.id, "uisp": True})
-    return moved, Change(moved.id, to_status)
+    return moved, Change(moved.id, to_status, provider=moved.provider)
 
 
 async def _callback(tx: Conn, payment: Payment, event_id: str) -> None:
@@ -598,7 +607,8 @@ async def transition_refund(
     )  # fmt: skip
     subject = f"payment:{refund.payment_id}"
     await outbox.emit(tx, f"refund.{to_status}", _refund_announced(done), subject=subject)
-    changes = [Change(refund.payment_id, to_status, refund.id)]
+    provider = await tx.fetchval("SELECT provider FROM payments WHERE id = $1", refund.payment_id)
+    changes = [Change(refund.payment_id, to_status, refund.id, provider=provider or "")]
     if to_status == "succeeded":
         payment = await get(tx, refund.payment_id)
         assert payment is not None
