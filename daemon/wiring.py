@@ -274,13 +274,13 @@ def jobs(deps: Deps, res: Resources | None = None) -> list[Job]:
 
     async def reconcile() -> str:
         async with payment_providers.processor_deps(
-            pay, deps.db, deps.events, payment_provider
+            pay, deps.db, deps.events, payment_provider, deps.metrics
         ) as p:
             return await payment_jobs.reconcile(p)
 
     async def expire() -> str:
         async with payment_providers.processor_deps(
-            pay, deps.db, deps.events, payment_provider
+            pay, deps.db, deps.events, payment_provider, deps.metrics
         ) as p:
             summary = await payment_jobs.expire(p)
         pruned = await idempotency.prune(deps.db)

@@ -60,3 +60,29 @@ async def test_final_states_and_provider_calls_are_counted_on_metrics(
     assert calls[(("operation", "refund"), ("outcome", "ok"), ("provider", "mock"))] == 1
     sums = samples(text, "paymentd_payment_provider_call_seconds_sum")
     assert sums[(("operation", "create"), ("outcome", "ok"), ("provider", "mock"))] > 0
+
+
+async def test_a_payment_the_scheduler_reconciles_is_counted_too(
+    db_url: str, tmp_path: Path, aio_loop: None
+) -> None:
+    async with paymentd(
+        db_url, tmp_path, reconcile_after_seconds=0.2, reconcile_interval_seconds=0.2
+    ) as pay:
+        metadata = {"mock": "processing", "mock_seconds": "0.3"}
+        r = await pay.create(metadata=metadata, headers={"Prefer": "wait=10"})
+        assert r.json()["status"] == "processing"
+        await pay.wait_status(r.json()["id"], "succeeded")
+        history = await pay.http.get(f"/api/v1/payments/{r.json()['id']}/events", headers=ADMIN)
+
+        async def counted() -> str | None:
+            # Counted once published, just after the commit the status shows.
+            text = (await pay.http.get("/metrics")).text
+            return text if samples(text, "paymentd_payments_finished_total") else None
+
+        text = await wait_for(counted)
+    last = [e for e in history.json()["events"] if e["kind"] == "transition"][-1]
+    assert last["actor"] == "reconcile"
+    finished = samples(text, "paymentd_payments_finished_total")
+    assert finished == {(("provider", "mock"), ("status", "succeeded")): 1}
+    calls = samples(text, "paymentd_payment_provider_call_seconds_count")
+    assert calls[(("operation", "retrieve"), ("outcome", "ok"), ("provider", "mock"))] >= 1
