@@ -189,3 +189,26 @@ def test_the_cli_rotates_the_callback_secret_and_shows_only_its_metadata(
     assert main([*argv, "show", "--config", str(config)]) == 0
     out, _ = capsys.readouterr()
     assert "signing" in out and secret not in out
+
+
+async def test_a_callback_to_a_private_address_is_refused_by_the_ssrf_guard(
+    db_url: str, tmp_path: Path, aio_loop: None, receiver: WebhookReceiver
+) -> None:
+    # The default config: loopback is not a globally routable address.
+    async with paymentd(db_url, tmp_path) as pay:
+        url = receiver.url("/cb")
+        r = await pay.create(status_callback_url=url, metadata={"mock": "succeed"})
+        assert r.status_code == 201, r.text
+
+        async def attempted() -> Any:
+            return await pay.db.fetchrow(
+                "SELECT state, last_error FROM webhook_deliveries"
+                " WHERE target_url = $1 AND attempts >= 1",
+                url,
+            )
+
+        row = await wait_for(attempted)
+    # Refused, not sent; retried on the schedule like an endpoint's (DNS may change).
+    assert row["state"] in ("pending", "failed")
+    assert row["last_error"].startswith("refused")
+    assert receiver.received == []
