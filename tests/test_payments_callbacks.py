@@ -212,3 +212,22 @@ async def test_a_callback_to_a_private_address_is_refused_by_the_ssrf_guard(
     assert row["state"] in ("pending", "failed")
     assert row["last_error"].startswith("refused")
     assert receiver.received == []
+
+
+async def test_a_fully_refunded_payment_also_posts_payment_refunded(
+    db_url: str, tmp_path: Path, aio_loop: None, receiver: WebhookReceiver
+) -> None:
+    async with paymentd(db_url, tmp_path, webhooks=LOOPBACK) as pay:
+        secret = await rotate_callback_secret(pay)
+        created = await pay.create(
+            status_callback_url=receiver.url("/cb"), metadata={"mock": "succeed"}, amount=900
+        )
+        payment = created.json()
+        await pay.wait_status(payment["id"], "succeeded")
+        for part in (400, 500):  # the second makes it fully refunded
+            r = await pay.post(f"/payments/{payment['id']}/refunds", {"amount": part})
+            assert r.status_code == 201, r.text
+        with trio.fail_after(30):
+            got = await receiver.wait_for(2, "/cb")
+    types = sorted(Webhook(secret).verify(g.body, g.headers)["type"] for g in got)
+    assert types == ["payment.refunded", "payment.succeeded"]  # (sent in either order)
