@@ -24,7 +24,7 @@ from daemon.actors.olt_pool import OltPool, OltPoolSettings
 from daemon.network import devices, drift, reconnect, tasks
 from daemon.notifications import delivery, messages, providers
 from daemon.notifications.sms import SmsProvider
-from daemon.payments import idempotency, processor, stripe_events, stripe_process
+from daemon.payments import idempotency, metered, processor, stripe_events, stripe_process
 from daemon.payments import jobs as payment_jobs
 from daemon.payments import providers as payment_providers
 from daemon.payments.provider import PaymentProvider
@@ -122,12 +122,13 @@ def _fanout_deps(r: Resources) -> fanout.FanoutDeps:
 
 def _payments_deps(r: Resources) -> processor.ProcessorDeps:
     return processor.ProcessorDeps(
-        r.db, r.payment_provider, r.config.payments, r.deps.events, r.uisp
-    )
+        r.db, r.payment_provider, r.config.payments, r.deps.events, r.uisp, r.config.uisp,
+        r.deps.metrics,
+    )  # fmt: skip
 
 
 def _stripe_deps(r: Resources) -> stripe_process.StripeEventDeps:
-    provider = r.payment_provider
+    provider = metered.unwrap(r.payment_provider)
     stripe = provider if isinstance(provider, StripeProvider) else None
     return stripe_process.StripeEventDeps(r.db, stripe, _payments_deps(r))
 
@@ -273,13 +274,13 @@ def jobs(deps: Deps, res: Resources | None = None) -> list[Job]:
 
     async def reconcile() -> str:
         async with payment_providers.processor_deps(
-            pay, deps.db, deps.events, payment_provider
+            pay, deps.db, deps.events, payment_provider, deps.metrics
         ) as p:
             return await payment_jobs.reconcile(p)
 
     async def expire() -> str:
         async with payment_providers.processor_deps(
-            pay, deps.db, deps.events, payment_provider
+            pay, deps.db, deps.events, payment_provider, deps.metrics
         ) as p:
             summary = await payment_jobs.expire(p)
         pruned = await idempotency.prune(deps.db)
@@ -410,6 +411,7 @@ async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]
         payment_provider = payment_providers.make(cfg.payments, deps.db)
         if payment_provider is not None:
             stack.push_async_callback(_bounded_close, payment_provider.aclose)
+            payment_provider = metered.MeteredProvider(payment_provider, deps.metrics)
         yield Resources(
             deps, box, pool, uisp, provider, fallback, payment_provider=payment_provider
         )

@@ -27,6 +27,7 @@ from daemon.platform.config import (
     HttpConfig,
     PaymentsConfig,
     SecretsConfig,
+    WebhooksConfig,
 )
 from daemon.platform.db import Database
 from daemon.platform.secrets import keygen
@@ -36,7 +37,14 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 T = TypeVar("T")
 
 
-def make_config(db_url: str, tmp: Path, port: int = 0, **payments: Any) -> Config:
+def make_config(
+    db_url: str,
+    tmp: Path,
+    port: int = 0,
+    *,
+    webhooks: WebhooksConfig | None = None,
+    **payments: Any,
+) -> Config:
     key_file = tmp / "secret.key"
     if not key_file.exists():
         keygen(key_file)
@@ -49,6 +57,7 @@ def make_config(db_url: str, tmp: Path, port: int = 0, **payments: Any) -> Confi
         http=HttpConfig(port=port, admin_token=ADMIN_TOKEN),
         secrets=SecretsConfig(key_file=str(key_file)),
         payments=PaymentsConfig(**settings),
+        webhooks=webhooks or WebhooksConfig(),
     )
 
 
@@ -110,8 +119,10 @@ async def wait_for(probe: Callable[[], Awaitable[T | None]], seconds: float = 20
 
 
 @asynccontextmanager
-async def paymentd(db_url: str, tmp: Path, **payments: Any) -> AsyncIterator[Pay]:
-    cfg = make_config(db_url, tmp, **payments)
+async def paymentd(
+    db_url: str, tmp: Path, *, webhooks: WebhooksConfig | None = None, **payments: Any
+) -> AsyncIterator[Pay]:
+    cfg = make_config(db_url, tmp, webhooks=webhooks, **payments)
     async with trio.open_nursery() as nursery:
         with trio.fail_after(30):
             running: Running = await nursery.start(

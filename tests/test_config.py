@@ -69,6 +69,11 @@ def test_environment_file_and_credential_overrides(tmp_path: Path) -> None:
         ({"secrets": {"old_key_files": "/a"}}, "secrets.old_key_files: expected an array"),
         ({"uisp": {"base_url": "uisp.local"}}, "uisp.base_url: expected an http(s) URL"),
         ({"uisp": {"payment_action": "pray"}}, "uisp.payment_action: must be one of"),
+        ({"payments": {"uisp_mode": "pray"}}, "payments.uisp_mode: must be one of"),
+        (
+            {"payments": {"uisp_mode": "reconnect", "uisp_record_payments": True}},
+            "payments.uisp_record_payments: contradicts payments.uisp_mode = 'reconnect'",
+        ),
         ({"sms": {"template": "Hi {name}"}}, "sms.template: unknown placeholder"),
         ({"olt": {"max_attempts": 0}}, "max_attempts"),
         ({"http": {"prot": 1}}, "http.prot: unknown key"),
@@ -85,6 +90,20 @@ def test_each_mistake_names_its_key(data: dict[str, object], message: str) -> No
         ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")
     ):
         config.from_mapping(data, env={})
+
+
+@pytest.mark.parametrize(
+    ("data", "action"),
+    [
+        ({}, "off"),
+        ({"uisp_record_payments": True}, "record"),
+        ({"uisp_mode": "record", "uisp_record_payments": True}, "record"),
+        ({"uisp_mode": "reconnect"}, "reconnect"),
+        ({"uisp_mode": "off"}, "off"),
+    ],
+)
+def test_uisp_mode_keeps_the_older_switch_working(data: dict[str, object], action: str) -> None:
+    assert config.from_mapping({"payments": data}, env={}).payments.uisp_action == action
 
 
 # Every *_seconds setting is a timeout or an interval: 0 would mean "never" or "spin".

@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import httpx
+import msgspec
 import pytest
 import trio
 
 from daemon.fakes.stripe_front import StripeFront
-from daemon.payments import store, stripe_events, stripe_process
+from daemon.payments import jobs, processor, store, stripe_events, stripe_process
 from daemon.payments.processor import ProcessorDeps
 from daemon.payments.provider import RefundRequest, refund_key
 from daemon.payments.stripe_provider import StripeProvider
@@ -364,3 +365,41 @@ async def test_an_event_about_someone_elses_object_is_recorded_as_ignored(
         "evt_x1": ("processed", "ignored: no payment for pi_not_ours"),
         "evt_x2": ("processed", "ignored: customer.created"),
     }
+
+
+async def test_a_refund_stripe_answered_pending_is_reconciled_by_re_fetching_it(
+    db: Database, provider: StripeProvider, front: StripeFront, handler_deps: Any
+) -> None:
+    # Stripe replays the first (pending) answer for a repeated key: only a re-fetch of
+    # the refund sees it settle.
+    with trio.fail_after(10):
+        created = await provider.create(create_request("pay_rp", 1000))
+        await pay_intent(front, created.ref.id)
+    payment_id = await insert_payment(
+        db, "payment_intent", created.ref.id, status="succeeded", amount=1000,
+        amount_captured=1000, amount_refunded=300,
+    )  # fmt: skip
+    refund_id = "rf_" + secrets.token_hex(12)
+    await db.execute(
+        "INSERT INTO refunds (id, payment_id, amount, currency, created_by)"
+        " VALUES ($1, $2, 300, 'EUR', 'test')",
+        refund_id,
+        payment_id,
+    )
+    front.refunds_start_pending = True
+    deps = handler_deps.processor
+    with trio.fail_after(20):
+        first = await processor.run_refund(deps, refund_id, actor="processor")
+        assert first is not None and first.status == "pending"
+        kept = await store.get_refund(db, refund_id)
+        assert kept is not None and kept.provider_ref is not None
+        await db.execute(
+            "UPDATE refunds SET updated_at = now() - interval '1 hour' WHERE id = $1", refund_id
+        )
+        later = msgspec.structs.replace(deps.cfg, reconcile_after_seconds=1.0)
+        await jobs.reconcile(ProcessorDeps(db, provider, later, EventBus()))
+    refund = await store.get_refund(db, refund_id)
+    assert refund is not None and refund.status == "succeeded"
+    assert [r.idempotency_key for r in front.created("/v1/refunds")] == [refund_key(refund_id)]
+    fetched = [r for r in front.requests if r.method == "GET" and r.path.startswith("/v1/refunds/")]
+    assert [r.path for r in fetched] == [f"/v1/refunds/{kept.provider_ref}"]

@@ -1,6 +1,7 @@
 """``paymentd webhooks …``: outbound webhook endpoints and their deliveries.
 
-``endpoints add|list|show|update|remove|rotate-secret|test``, ``deliveries
+``endpoints add|list|show|update|remove|rotate-secret|test``, ``callback-secret
+show|rotate`` (the daemon-wide secret signing payments' callbacks), ``deliveries
 list|show|retry`` and ``recover ENDPOINT --since``: the same actions as
 ``/api/v1/webhooks`` (``daemon.webhooks.manage``), straight on the database, so they work
 while the daemon is down (the daemon sends what they queue once it runs).
@@ -184,6 +185,38 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     print(
         f"test event {sent.event_id} queued as delivery {sent.delivery.id};"
         f" see 'paymentd webhooks deliveries show {sent.delivery.id}'"
+    )
+    return 0
+
+
+def cmd_callback_secret(args: argparse.Namespace) -> int:
+    from daemon.platform.secrets import load_keyring
+    from daemon.webhooks import endpoints, manage
+
+    cfg = load(args)
+    if args.callback_cmd == "show":
+        rows = with_db(cfg, lambda db: endpoints.secrets_of(db, None))
+        if not rows:
+            print("no callback secret yet: the daemon makes one when it starts; 'rotate' shows one")
+        for s in rows:
+            expiry = "signing" if s.expires_at is None else f"signs until {_when(s.expires_at)}"
+            print(f"callback secret {s.id}: created {_when(s.created_at)}, {expiry}")
+        return 0
+    box = load_keyring(cfg.secrets)
+    overlap = cfg.webhooks.secret_overlap_seconds if args.overlap is None else args.overlap
+    if overlap < 0:
+        raise UserError("--overlap: give 0 or more seconds")
+    secret = _read_secret(args.secret_file)
+    new, _ = with_db(
+        cfg,
+        lambda db: manage.rotate_callback_secret(
+            db, box, overlap_seconds=overlap, secret=secret, by=BY
+        ),
+    )
+    _secret_out(
+        new,
+        "new callback secret (signs payments' status_callback_url deliveries);"
+        f" the old one signs for {overlap:.0f} s more",
     )
     return 0
 
@@ -380,6 +413,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     retry = with_config(dl_actions.add_parser("retry", help="send it again now"))
     retry.add_argument("id")
     dl.set_defaults(fn=cmd_deliveries)
+
+    cb = groups.add_parser(
+        "callback-secret", help="the secret signing payments' status_callback_url callbacks"
+    )
+    cb_actions = cb.add_subparsers(dest="callback_cmd", required=True, metavar="ACTION")
+    with_config(cb_actions.add_parser("show", help="the secrets' ids and expiry (not the values)"))
+    cbrot = with_config(
+        cb_actions.add_parser(
+            "rotate", help="a new secret, printed once for the callers; the old signs a while"
+        )
+    )
+    cbrot.add_argument(
+        "--overlap",
+        type=float,
+        help="seconds the old secret keeps signing (default: webhooks.secret_overlap_seconds)",
+    )
+    cbrot.add_argument("--secret-file", help="read the new secret from here; - for stdin")
+    cb.set_defaults(fn=cmd_callback_secret)
 
     rec = with_config(
         groups.add_parser("recover", help="re-send an endpoint's failed deliveries since a time")

@@ -21,7 +21,9 @@ it creates and confirms a real PaymentIntent in localstripe with a test card, fo
 the events Stripe would (``checkout.session.completed``, ``invoice.paid``), signed, to
 ``webhook_url``. ``stall`` makes answers hang until ``unstall`` (a provider timeout),
 ``fail_next`` answers the next request with a given Stripe error, ``lose_next_answer``
-does the next POST but never answers it.
+does the next POST but never answers it; with ``refunds_start_pending`` a refund's create
+answers ``pending`` (as Stripe does for refunds that take days) — the answer a repeat of
+the key replays — while a re-fetch shows localstripe's own (settled) state.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class StripeFront:
         self._stalled: trio.Event | None = None
         self._failures: list[tuple[int, Obj]] = []
         self._lose_next = False
+        self.refunds_start_pending = False
         self._idempotent: dict[tuple[str, str], _Idempotent] = {}
         self._ids = itertools.count(1)
         self._http = httpx.AsyncClient(timeout=30)
@@ -244,8 +247,16 @@ class StripeFront:
             content=raw or None,
             headers=headers,
         )
+        content = answer.content
+        if (
+            self.refunds_start_pending
+            and path == "/v1/refunds"
+            and request.method == "POST"
+            and answer.status_code == 200
+        ):
+            content = json.dumps({**answer.json(), "status": "pending"}).encode()
         return Response(
-            answer.content,
+            content,
             status=answer.status_code,
             content_type=answer.headers.get("content-type", "application/json"),
         )

@@ -6,7 +6,9 @@
   idempotency key: the provider answers the first object if there was one). Each try
   is committed first with its next due time (doubling, capped at
   ``reconcile_backoff_max_seconds``), so a provider that stays down is asked less and
-  less often and a crash never retries hot. Pending refunds are asked again too.
+  less often and a crash never retries hot. Pending refunds are taken on too
+  (``processor.run_refund``): re-fetched once the provider gave their id, created
+  again with the same key only when it never did.
 - **expire**: payments still waiting for the customer past their ``expires_at`` are
   cancelled at the provider, then marked ``expired``. If the provider refuses because
   the customer paid at the last moment, the payment is recorded as it really is.

@@ -18,6 +18,10 @@ Each payment chooses its outcome with ``metadata["mock"]``:
                     deadline turns it into ``unknown``); later calls answer normally
 ``unavailable``     every call fails as if the provider were down
 ``refund_fail``     paid at once; its refunds fail
+``refund_pending``  paid at once; its refunds answer ``pending`` (a repeated create
+                    too: like Stripe, a repeated key replays the first answer) and
+                    succeed when re-fetched ``metadata["mock_seconds"]`` (default 2)
+                    after the payment was made
 ==================  ===========================================================
 
 The hosted page (``GET /mock/pay/<id>``, buttons posting to ``…/pay`` and ``…/decline``)
@@ -59,6 +63,7 @@ BEHAVIOURS = (
     "timeout",
     "unavailable",
     "refund_fail",
+    "refund_pending",
 )
 QUEUE = "payments"  # daemon.payments.store.QUEUE (not imported: the store imports nothing of ours)
 
@@ -177,6 +182,10 @@ class MockProvider:
                 req.idempotency_key,
             )
             if existing is not None:
+                if behaviour == "refund_pending":
+                    # Stripe replays the first response for a repeated key, whatever the
+                    # refund has become since: here that answer was "pending".
+                    return _refund({**dict(existing), "status": "pending"})
                 return _refund(existing)
             if obj["status"] != "succeeded":
                 raise ProviderRejected(f"cannot refund a {obj['status']} payment")
@@ -188,6 +197,9 @@ class MockProvider:
             if refunded + req.amount > obj["amount_captured"]:
                 raise ProviderRejected("refund exceeds the amount left to refund")
             failed = behaviour == "refund_fail"
+            status = "failed" if failed else "succeeded"
+            if behaviour == "refund_pending":
+                status = "pending"
             row = await tx.fetchrow(
                 "INSERT INTO mock_provider_refunds (id, idempotency_key, object_id, amount,"
                 " status, failure_reason) VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
@@ -195,15 +207,19 @@ class MockProvider:
                 req.idempotency_key,
                 req.payment.id,
                 req.amount,
-                "failed" if failed else "succeeded",
+                status,
                 "declined by the bank (mock)" if failed else None,
             )
         return _refund(row)
 
     async def retrieve_refund(self, refund_id: str) -> ProviderRefund:
+        # A "refund_pending" refund settles once its payment's settle time has come.
         row = await self._db.fetchrow(
-            "SELECT * FROM mock_provider_refunds WHERE id = $1", refund_id
-        )
+            "UPDATE mock_provider_refunds r SET status = 'succeeded' FROM mock_provider_objects o"
+            " WHERE r.id = $1 AND r.status = 'pending' AND o.id = r.object_id"
+            " AND o.settles_at <= now() RETURNING r.*",
+            refund_id,
+        ) or await self._db.fetchrow("SELECT * FROM mock_provider_refunds WHERE id = $1", refund_id)
         if row is None:
             raise ProviderRejected(f"no such refund {refund_id}", code="resource_missing")
         return _refund(row)
@@ -256,17 +272,23 @@ def _initial(behaviour: str, req: CreateRequest) -> tuple[str, float]:
     paid = "requires_capture" if req.capture_method == "manual" else "succeeded"
     if behaviour in ("succeed", "refund_fail"):
         return paid, 0.0
+    if behaviour == "refund_pending":
+        return paid, _seconds(req)
     if behaviour == "decline":
         return "failed", 0.0
     if behaviour == "processing":
-        try:
-            seconds = float(req.metadata.get("mock_seconds", "2"))
-        except ValueError:
-            seconds = 2.0
-        return "processing", max(0.0, min(seconds, 3600.0))
+        return "processing", _seconds(req)
     if behaviour == "requires_action":
         return "requires_action", 0.0
     return "requires_payment_method", 0.0
+
+
+def _seconds(req: CreateRequest) -> float:
+    try:
+        seconds = float(req.metadata.get("mock_seconds", "2"))
+    except ValueError:
+        seconds = 2.0
+    return max(0.0, min(seconds, 3600.0))
 
 
 def _refund(row: Any) -> ProviderRefund:

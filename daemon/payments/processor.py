@@ -44,10 +44,11 @@ from daemon.payments.provider import (
 from daemon.payments.store import Change, Payment
 from daemon.platform import queues
 from daemon.platform.backoff import backoff
-from daemon.platform.config import PaymentsConfig
+from daemon.platform.config import PaymentsConfig, UispConfig
 from daemon.platform.consumer import Lease
 from daemon.platform.db import Conn, Database
 from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
 from daemon.platform.queues import Message
 from daemon.uisp.client import UispClient
 
@@ -65,7 +66,9 @@ class ProcessorDeps:
     provider: PaymentProvider | None  # None: payments.provider = "none"
     cfg: PaymentsConfig
     events: EventBus
-    uisp: UispClient | None = None  # for payments.uisp_record_payments
+    uisp: UispClient | None = None  # for payments.uisp_mode "record" / "reconnect"
+    uisp_config: UispConfig | None = None  # "reconnect": where the ONU location is
+    metrics: Metrics | None = None  # final states counted once committed
 
 
 @dataclass
@@ -78,7 +81,7 @@ class Run:
 
     def publish(self) -> None:
         for change in self.changes:
-            change.publish(self.deps.events)
+            change.publish(self.deps.events, self.deps.metrics)
         self.changes.clear()
 
 
@@ -88,7 +91,8 @@ async def handle(deps: ProcessorDeps, msg: Message, lease: Lease | None = None) 
     if "refund_id" in body:
         await run_refund(deps, str(body["refund_id"]), actor="processor")
     elif body.get("uisp"):
-        await uisp_loop.record(deps.db, deps.uisp, deps.cfg, str(body.get("payment_id", "")))
+        await uisp_loop.close(deps.db, deps.uisp, deps.cfg, deps.uisp_config, deps.events,
+                              str(body.get("payment_id", "")))  # fmt: skip
     else:
         await drive(deps, str(body.get("payment_id", "")), actor="processor",
                     refresh=bool(body.get("sync")))  # fmt: skip
@@ -382,7 +386,18 @@ async def _note_in(tx: Conn, run: Run, payment: Payment, kind: str, exc: Provide
 
 
 async def run_refund(deps: ProcessorDeps, refund_id: str, *, actor: str) -> store.Refund | None:
-    """Ask the provider for a pending refund (same key on every try) and record the end."""
+    """Take a pending refund one step on at the provider and record where it ends.
+
+    Once the provider has answered with its refund id (``provider_ref``), the refund is
+    only re-fetched (``retrieve_refund``): a create repeated with the same idempotency
+    key answers the *first* response (Stripe's rule), so a refund that was pending then
+    would look pending forever. Without an id the create is sent (again) with the same
+    key: ``attempted_at`` unset means it never left us; set, the first try may have
+    reached the provider (a timeout, a crash) and the repeat answers its refund. That
+    repeat is safe only while the provider still holds the key
+    (``provider.IDEMPOTENCY_KEY_RETENTION``); past it the refund is left pending for an
+    operator instead of risking a second refund.
+    """
     async with deps.db.transaction() as tx:
         refund = await store.lock_refund(tx, refund_id)
         if refund is None or refund.status != "pending":
@@ -393,32 +408,58 @@ async def run_refund(deps: ProcessorDeps, refund_id: str, *, actor: str) -> stor
         ref = payment.ref
         if provider is None or ref is None:
             return refund
-        await store.mark_refund_attempted(tx, refund.id)
-    req = prov.RefundRequest(
-        refund_id=refund.id,
-        payment=ref,
-        amount=refund.amount,
-        currency=refund.currency,
-        idempotency_key=prov.refund_key(refund.id),
-        reason=refund.reason,
-    )
+        known = refund.provider_ref
+        if known is None:
+            if (
+                refund.attempted_at is not None
+                and _now() - refund.attempted_at > prov.IDEMPOTENCY_KEY_RETENTION
+            ):
+                await store.touch_refund(tx, refund.id)
+                log.warning("refund %s: attempted long ago, no provider id: ask an operator",
+                            refund.id)  # fmt: skip
+                return refund
+            await store.mark_refund_attempted(tx, refund.id)
     try:
-        answer = await call_provider(deps, lambda: provider.refund(req))
+        if known is not None:
+            answer = await call_provider(deps, lambda: provider.retrieve_refund(known))
+        else:
+            req = prov.RefundRequest(
+                refund_id=refund.id,
+                payment=ref,
+                amount=refund.amount,
+                currency=refund.currency,
+                idempotency_key=prov.refund_key(refund.id),
+                reason=refund.reason,
+            )
+            answer = await call_provider(deps, lambda: provider.refund(req))
     except (ProviderDeclined, ProviderRejected) as exc:
-        return await _finish_refund(deps, refund.id, "failed", actor, failure=exc.message)
+        if known is None:
+            return await _finish_refund(deps, refund.id, "failed", actor, failure=exc.message)
+        # The provider does not know the refund it gave us: never fail it (that would
+        # free its amount for another refund); keep it pending and say so.
+        return await _refund_note(deps, refund, "refund_retrieve_refused", actor, exc)
     except ProviderUnavailable as exc:
-        async with deps.db.transaction() as tx:
-            await store.add_event(
-                tx, refund.payment_id, "refund_unavailable", None, None, actor,
-                {"error": exc.message}, refund_id=refund.id,
-            )  # fmt: skip
-        return refund  # still pending: reconcile asks again with the same key
+        # Still pending: the next reconcile asks again (same key, or the same id).
+        return await _refund_note(deps, refund, "refund_unavailable", actor, exc)
     if answer.status == "pending":
-        return refund
+        async with deps.db.transaction() as tx:
+            return await store.refund_seen_pending(tx, refund.id, answer.id, answer.provider_status)
     return await _finish_refund(
         deps, refund.id, answer.status, actor, ref=answer.id,
         provider_status=answer.provider_status, failure=answer.failure_reason,
     )  # fmt: skip
+
+
+async def _refund_note(
+    deps: ProcessorDeps, refund: store.Refund, kind: str, actor: str, exc: ProviderError
+) -> store.Refund:
+    async with deps.db.transaction() as tx:
+        await store.add_event(
+            tx, refund.payment_id, kind, None, None, actor, {"error": exc.message},
+            refund_id=refund.id,
+        )  # fmt: skip
+        await store.touch_refund(tx, refund.id)
+    return refund
 
 
 async def _finish_refund(
@@ -441,7 +482,7 @@ async def _finish_refund(
             failure_reason=failure,
         )  # fmt: skip
     for change in changes:
-        change.publish(deps.events)
+        change.publish(deps.events, deps.metrics)
     return done
 
 

@@ -23,6 +23,7 @@ secrets (API keys, client secrets) in them.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -66,6 +67,11 @@ RefundStatus = Literal["pending", "succeeded", "failed"]
 # Deterministic idempotency keys, one per logical operation on one of our rows. Stripe
 # keeps keys for at least 24 h; our retries (processor redeliveries, reconcile) happen well
 # inside that. Stripe allows up to 255 characters; ours are short.
+# How long a provider is trusted to still hold a key (Stripe: "at least 24 hours"). A
+# create repeated later could make a second object, so it is not repeated blindly.
+IDEMPOTENCY_KEY_RETENTION = dt.timedelta(hours=23)
+
+
 def create_key(payment_id: str) -> str:
     return f"paymentd:{payment_id}:create"
 
@@ -219,6 +225,7 @@ class PaymentProvider(Protocol):
 
 __all__ = [
     "FINAL_PROVIDER_STATUSES",
+    "IDEMPOTENCY_KEY_RETENTION",
     "CaptureMethod",
     "CreateRequest",
     "Interval",

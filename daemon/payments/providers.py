@@ -17,6 +17,7 @@ from daemon.payments.provider import PaymentProvider
 from daemon.platform.config import ConfigError, PaymentsConfig
 from daemon.platform.db import Database
 from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
 
 
 def make(cfg: PaymentsConfig, db: Database) -> PaymentProvider | None:
@@ -36,16 +37,20 @@ def make(cfg: PaymentsConfig, db: Database) -> PaymentProvider | None:
 
 @contextlib.asynccontextmanager
 async def processor_deps(
-    cfg: PaymentsConfig, db: Database, events: EventBus, provider: PaymentProvider | None = None
+    cfg: PaymentsConfig,
+    db: Database,
+    events: EventBus,
+    provider: PaymentProvider | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[ProcessorDeps]:
     """``ProcessorDeps`` with ``provider``, or one built (and closed) for this use: the CLI
     and the jobs run once without a daemon's."""
     if provider is not None:
-        yield ProcessorDeps(db, provider, cfg, events)
+        yield ProcessorDeps(db, provider, cfg, events, metrics=metrics)
         return
     built = make(cfg, db)
     try:
-        yield ProcessorDeps(db, built, cfg, events)
+        yield ProcessorDeps(db, built, cfg, events, metrics=metrics)
     finally:
         if built is not None:
             await built.aclose()

@@ -7,10 +7,9 @@ history and the outbox, in one transaction under the row lock) — the same path
 processor's own calls and reconciliation. Unlike the processor's ``drive``, a provider
 error is raised to the caller, so the event is retried rather than marked done.
 
-Refunds have no re-fetch in the core (its reconcile asks ``provider.refund`` again with
-the same key, and Stripe answers a repeated key with the *first* response, so a refund
-that was pending then stays pending there): ``refresh_refund`` re-fetches with
-``retrieve_refund`` and finishes it through ``store.transition_refund``.
+``refresh_refund`` re-fetches a refund with ``retrieve_refund`` (a create repeated with
+the same key would replay Stripe's first, pending, answer) and finishes it through
+``store.transition_refund``; reconcile does the same through ``processor.run_refund``.
 """
 
 from __future__ import annotations
@@ -67,5 +66,5 @@ async def refresh_refund(deps: ProcessorDeps, refund_id: str, actor: str) -> str
             failure_reason=observed.failure_reason,
         )
     for change in changes:
-        change.publish(deps.events)
+        change.publish(deps.events, deps.metrics)
     return f"{refund_id} pending → {observed.status}"

@@ -260,7 +260,7 @@ def _key() -> str | None:
 def blueprint(deps: Deps) -> Blueprint:
     bp = Blueprint("payments", __name__, url_prefix="/api/v1")
     guard = auth.Guard(deps)
-    service = PaymentService(deps.db, deps.config.payments, deps.events)
+    service = PaymentService(deps.db, deps.config.payments, deps.events, deps.metrics)
     read, write = guard.require(auth.PAYMENTS_READ), guard.require(auth.PAYMENTS_WRITE)
 
     @bp.errorhandler(PaymentsError)

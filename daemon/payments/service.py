@@ -17,11 +17,10 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 
-from daemon.payments import currency, idempotency, states, store
+from daemon.payments import callbacks, currency, idempotency, states, store
 from daemon.payments.errors import PaymentsError
 from daemon.payments.idempotency import Outcome
 from daemon.payments.store import Change, Payment, PaymentEvent, Refund
@@ -29,6 +28,7 @@ from daemon.platform import queues
 from daemon.platform.config import PaymentsConfig
 from daemon.platform.db import Conn, Database
 from daemon.platform.events import EventBus, TooManySubscribers
+from daemon.platform.metrics import Metrics
 
 # Stripe's own limit for most currencies is 8 digits; this only stops absurd values.
 MAX_AMOUNT = 10**12
@@ -133,16 +133,9 @@ def validate(params: CreateParams) -> store.NewPayment:
     url = params.status_callback_url
     if url is not None:
         try:
-            parts = urlsplit(url)
-            scheme, netloc = parts.scheme, parts.netloc
-        except ValueError:  # e.g. "http://[::1" (an unclosed IPv6 literal)
-            scheme, netloc = "", ""
-        if scheme not in ("http", "https") or not netloc or len(url) > 2000:
-            raise _bad(
-                "invalid-request",
-                "status_callback_url must be an http(s) URL",
-                "status_callback_url",
-            )
+            callbacks.check(url)
+        except callbacks.InvalidCallbackUrl as exc:
+            raise _bad("invalid-request", str(exc), "status_callback_url") from None
     if params.uisp_client_id is not None and not 0 < params.uisp_client_id < 2**63:
         raise _bad("invalid-request", "uisp_client_id must be a positive integer", "uisp_client_id")
     if params.description is not None and len(params.description) > 1000:
@@ -170,10 +163,13 @@ def has_answer(payment: Payment) -> bool:
 
 
 class PaymentService:
-    def __init__(self, db: Database, cfg: PaymentsConfig, events: EventBus) -> None:
+    def __init__(
+        self, db: Database, cfg: PaymentsConfig, events: EventBus, metrics: Metrics | None = None
+    ) -> None:
         self.db = db
         self.cfg = cfg
         self.events = events
+        self.metrics = metrics
         self._idem = idempotency.Settings(cfg.idempotency_ttl_seconds, cfg.idempotency_lock_seconds)
 
     # Reads
@@ -400,7 +396,7 @@ class PaymentService:
 
     def _publish(self, changes: list[Change]) -> None:
         for change in changes:
-            change.publish(self.events)
+            change.publish(self.events, self.metrics)
 
     # Waiting for the processor (Prefer: wait)
 

@@ -14,11 +14,12 @@ import secrets
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from daemon.payments import currency, states
+from daemon.payments import callbacks, currency, states
 from daemon.payments.provider import ProviderPayment, ProviderRef
 from daemon.platform import outbox, queues
 from daemon.platform.db import Conn, Executor
 from daemon.platform.events import EventBus
+from daemon.platform.metrics import Metrics
 
 QUEUE = "payments"  # {"payment_id"}: drive the payment; {"refund_id"}: run the refund
 
@@ -208,10 +209,18 @@ class Change:
     payment_id: str
     status: str
     refund_id: str | None = None
+    provider: str = ""  # for the metrics: the payment's provider
 
-    def publish(self, bus: EventBus) -> None:
+    def publish(self, bus: EventBus, metrics: Metrics | None = None) -> None:
         kind = f"refund.{self.status}" if self.refund_id else f"payment.{self.status}"
         bus.publish(kind, payment_id=self.payment_id, refund_id=self.refund_id, status=self.status)
+        if metrics is None:
+            return
+        if self.refund_id is not None:
+            if self.status in states.REFUND_TRANSITIONS and self.status != "pending":
+                metrics.refunds_finished.labels(self.provider, self.status).inc()
+        elif states.is_final(self.status):
+            metrics.payments_finished.labels(self.provider, self.status).inc()
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -426,12 +435,24 @@ async def transition(
     if event_type is not None and not (
         event_type == "payment.pending" and states.OUTBOX_EVENT.get(payment.status) == event_type
     ):
-        await outbox.emit(tx, event_type, moved.announced(), subject=f"payment:{moved.id}")
+        event = await outbox.emit(tx, event_type, moved.announced(), subject=f"payment:{moved.id}")
+        if moved.final:
+            await _callback(tx, moved, event.id)
     if to_status == "succeeded" and moved.uisp_client_id is not None:
         # Closing the loop to the network: the processor records it in UISP (if so
         # configured), whose unsuspend webhook then reconnects the customer.
         await queues.send(tx, QUEUE, {"payment_id": moved.id, "uisp": True})
-    return moved, Change(moved.id, to_status)
+    return moved, Change(moved.id, to_status, provider=moved.provider)
+
+
+async def _callback(tx: Conn, payment: Payment, event_id: str) -> None:
+    """The payment's status_callback_url gets this event too (daemon.payments.callbacks)."""
+    if payment.status_callback_url is None:
+        return
+    refused = await callbacks.deliver(tx, payment.id, payment.status_callback_url, event_id)
+    if refused is not None:
+        await add_event(tx, payment.id, "callback_refused", None, None, "store",
+                        {"event_id": event_id, "reason": refused})  # fmt: skip
 
 
 def observed_values(obs: ProviderPayment) -> dict[str, Any]:
@@ -522,6 +543,26 @@ async def mark_refund_attempted(tx: Conn, refund_id: str) -> None:
     )
 
 
+async def touch_refund(tx: Conn, refund_id: str) -> None:
+    """Asked about just now: reconcile's threshold runs from here again."""
+    await tx.execute("UPDATE refunds SET updated_at = now() WHERE id = $1", refund_id)
+
+
+async def refund_seen_pending(
+    tx: Conn, refund_id: str, provider_ref: str, provider_status: str
+) -> Refund | None:
+    """The provider answered "pending": keep its refund id, so the next look is a
+    re-fetch of that refund rather than a repeated create."""
+    row = await tx.fetchrow(
+        "UPDATE refunds SET provider_ref = $2, provider_status = $3, updated_at = now()"
+        f" WHERE id = $1 AND status = 'pending' RETURNING {_REFUND_COLUMNS}",
+        refund_id,
+        provider_ref,
+        provider_status,
+    )
+    return None if row is None else _refund(row)
+
+
 async def transition_refund(
     tx: Conn,
     refund: Refund,
@@ -566,7 +607,8 @@ async def transition_refund(
     )  # fmt: skip
     subject = f"payment:{refund.payment_id}"
     await outbox.emit(tx, f"refund.{to_status}", _refund_announced(done), subject=subject)
-    changes = [Change(refund.payment_id, to_status, refund.id)]
+    provider = await tx.fetchval("SELECT provider FROM payments WHERE id = $1", refund.payment_id)
+    changes = [Change(refund.payment_id, to_status, refund.id, provider=provider or "")]
     if to_status == "succeeded":
         payment = await get(tx, refund.payment_id)
         assert payment is not None
@@ -576,7 +618,8 @@ async def transition_refund(
             refund.payment_id,
         )
         if refunded >= payment.amount_captured:
-            await outbox.emit(tx, "payment.refunded", payment.announced(), subject=subject)
+            event = await outbox.emit(tx, "payment.refunded", payment.announced(), subject=subject)
+            await _callback(tx, payment, event.id)
     return done, changes
 
 

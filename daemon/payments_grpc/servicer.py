@@ -145,7 +145,7 @@ class _Calls:
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
-        self.service = PaymentService(deps.db, deps.config.payments, deps.events)
+        self.service = PaymentService(deps.db, deps.config.payments, deps.events, deps.metrics)
 
     async def caller(self, credential: str | None, scope: str) -> Caller:
         try:

@@ -325,9 +325,14 @@ class PaymentsConfig(_Section, frozen=True):
     public_base_url: str = "http://127.0.0.1:8080"
     success_url: str = ""  # empty: {public_base_url}/pay/done
     cancel_url: str = ""  # empty: {public_base_url}/pay/canceled
-    # A succeeded payment with uisp_client_id is recorded in UISP (POST /payments), so
-    # UISP's own unsuspend and webhook reconnect the customer as for office payments.
-    uisp_record_payments: bool = False
+    # What a succeeded payment with uisp_client_id does to the network (uisp_loop.py):
+    #   "record"     record it in UISP (POST /payments), so UISP's own unsuspend and
+    #                webhook reconnect the customer as for office payments;
+    #   "reconnect"  queue the reconnection of the client's suspended services directly
+    #                (the planning a UISP payment webhook uses); UISP is not told;
+    #   "off"        nothing; "" (default): "record" if uisp_record_payments, else "off".
+    uisp_mode: Literal["", "off", "record", "reconnect"] = ""
+    uisp_record_payments: bool = False  # the older switch: uisp_mode = "record"
     uisp_payment_method_id: str = ""  # UISP payment method (uuid) for card payments
     # Stripe (the stripe provider and POST /webhooks/stripe).
     stripe_api_key: Secret = _secret()
@@ -335,6 +340,13 @@ class PaymentsConfig(_Section, frozen=True):
     # whsec_… signing secrets; two during a rotation (any one verifies).
     stripe_webhook_secrets: tuple[Secret, ...] = ()
     stripe_webhook_tolerance_seconds: Seconds = 300.0
+
+    @property
+    def uisp_action(self) -> Literal["off", "record", "reconnect"]:
+        """``uisp_mode`` with the older ``uisp_record_payments`` folded in."""
+        if self.uisp_mode:
+            return self.uisp_mode
+        return "record" if self.uisp_record_payments else "off"
 
 
 class GrpcConfig(_Section, frozen=True):
@@ -663,6 +675,11 @@ def _check(cfg: Config) -> Config:
             "daemon.restart_backoff_max_seconds: must be >= daemon.restart_backoff_min_seconds"
         )
     _check_webhooks(cfg.webhooks)
+    if cfg.payments.uisp_record_payments and cfg.payments.uisp_mode not in ("", "record"):
+        raise ConfigError(
+            f"payments.uisp_record_payments: contradicts payments.uisp_mode ="
+            f" {cfg.payments.uisp_mode!r}; drop uisp_record_payments (uisp_mode replaces it)"
+        )
     try:
         cfg.sms.template.format(client_name="x", client_id=1, service_id=1, service_name="x")
     except (KeyError, IndexError, ValueError) as exc:

@@ -132,5 +132,27 @@ class Metrics:
             "paymentd_drift_run_seconds", "Duration of the latest drift run", registry=r
         )
 
+        self.payments_finished = Counter(
+            "paymentd_payments_finished",
+            "Payments that reached a final state (succeeded, failed, canceled, expired),"
+            " by provider",
+            ["provider", "status"],
+            registry=r,
+        )
+        self.refunds_finished = Counter(
+            "paymentd_refunds_finished",
+            "Refunds that reached a final state (succeeded, failed), by provider",
+            ["provider", "status"],
+            registry=r,
+        )
+        self.payment_provider_calls = Histogram(
+            "paymentd_payment_provider_call_seconds",
+            "Payment provider call latency by operation and outcome"
+            " (ok, declined, rejected, unavailable, cancelled)",
+            ["provider", "operation", "outcome"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 60),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

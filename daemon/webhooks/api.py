@@ -1,7 +1,9 @@
 """``/api/v1/webhooks/*``: webhook endpoints and deliveries, behind ``webhooks:manage``.
 
 Endpoints: ``POST/GET /endpoints``, ``GET/PATCH/DELETE /endpoints/{id}``,
-``POST /endpoints/{id}/rotate-secret``, ``/test``, ``/recover``. Deliveries:
+``POST /endpoints/{id}/rotate-secret``, ``/test``, ``/recover``. The daemon-wide secret
+that signs payments' ``status_callback_url`` callbacks: ``GET /callback-secret`` (ids and
+expiry), ``POST /callback-secret/rotate`` (the new secret, shown once). Deliveries:
 ``GET /deliveries`` (filters, newest first, keyset pages on ``before_id``),
 ``GET /deliveries/{id}`` (with its attempts), ``POST /deliveries/{id}/retry``.
 
@@ -30,6 +32,7 @@ from daemon.platform.http.problem import Problem
 from daemon.platform.secrets import Keyring, SecretKeyError, load_keyring
 from daemon.webhooks import deliveries, endpoints, manage
 from daemon.webhooks.shapes import (
+    CallbackSecrets,
     Deleted,
     DeliveryOne,
     DeliveryPage,
@@ -206,6 +209,32 @@ def blueprint(deps: Deps) -> Blueprint:
         except manage.ManageError as exc:
             raise _problem(exc) from None
         return {"secret": secret, "secrets": detail.secrets}
+
+    @bp.get("/callback-secret")
+    @schema.declare(responses=dict(AUTH_PROBLEMS))
+    @validate_response(CallbackSecrets)
+    async def callback_secrets() -> dict[str, Any]:
+        """The callback secrets' ids and expiry (never the secrets)."""
+        return {"secrets": await endpoints.secrets_of(deps.db, None)}
+
+    @bp.post("/callback-secret/rotate")
+    @schema.declare(request=RotateSecret, responses=body_problems)
+    @validate_response(SecretRotated)
+    async def rotate_callback_secret() -> dict[str, Any]:
+        """A new secret for payments' ``status_callback_url`` callbacks (shown this once);
+        the old ones sign beside it a while. Give it to the callers that verify them."""
+        body = await _body(RotateSecret)
+        try:
+            secret, secrets = await manage.rotate_callback_secret(
+                deps.db,
+                box(),
+                overlap_seconds=overlap(body.overlap_seconds),
+                secret=body.secret,
+                by=_by(),
+            )
+        except endpoints.EndpointError as exc:
+            raise _invalid(exc) from None
+        return {"secret": secret, "secrets": secrets}
 
     @bp.post("/endpoints/<endpoint_id>/test")
     @schema.declare(responses={409: schema.ProblemDocument, **missing})

@@ -506,10 +506,15 @@ async def ensure_callback_secret(tx: Conn, box: Keyring) -> None:
 
 
 async def rotate_callback_secret(
-    tx: Conn, box: Keyring, *, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS
+    tx: Conn,
+    box: Keyring,
+    *,
+    overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+    secret: str | None = None,
 ) -> str:
     """The daemon-wide callback secret's rotation (same overlap rule as an endpoint's)."""
     check_overlap(overlap_seconds)
+    secret = check_secret(secret) if secret is not None else generate_secret()
     await tx.execute("SELECT pg_advisory_xact_lock(hashtext('webhook_callback_secret'))")
     await tx.execute(
         "UPDATE webhook_secrets SET expires_at = now() + make_interval(secs => $1::float8)"
@@ -517,7 +522,6 @@ async def rotate_callback_secret(
         "  OR expires_at > now() + make_interval(secs => $1::float8))",
         float(overlap_seconds),
     )
-    secret = generate_secret()
     await _add_secret(tx, box, None, secret)
     return secret
 

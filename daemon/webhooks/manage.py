@@ -123,6 +123,21 @@ async def rotate_secret(
     return new, await describe(db, endpoint_id)
 
 
+async def rotate_callback_secret(
+    db: Database, box: Keyring, *, overlap_seconds: float, by: str, secret: str | None = None
+) -> tuple[str, list[SigningSecret]]:
+    """A new daemon-wide callback secret (it signs payments' status_callback_url
+    deliveries); the old ones keep signing for ``overlap_seconds``. The first rotation is
+    how an admin learns one: the dispatcher's own first secret is never shown."""
+    async with db.transaction() as tx:
+        new = await endpoints.rotate_callback_secret(
+            tx, box, overlap_seconds=overlap_seconds, secret=secret
+        )
+    log.info("webhook callback secret rotated by %s; the old one signs %.0f s more",
+             by, overlap_seconds)  # fmt: skip
+    return new, await endpoints.secrets_of(db, None)
+
+
 def _disabled(endpoint_id: str) -> ManageError:
     return ManageError(409, f"webhook endpoint {endpoint_id} is disabled; enable it first")
 

@@ -194,6 +194,12 @@ class SecretRotated(Shape):
     secrets: list[SigningSecret]
 
 
+class CallbackSecrets(Shape):
+    secrets: list[SigningSecret] = Field(
+        description="the secrets signing status_callback_url callbacks, newest first"
+    )
+
+
 class TestQueued(Shape):
     event_id: str
     delivery: Delivery
