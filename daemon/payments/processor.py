@@ -473,10 +473,15 @@ async def _finish_refund(
     failure: str | None = None,
 ) -> store.Refund | None:
     async with deps.db.transaction() as tx:
+        # The payment first, then the refund: the order every path takes (the Stripe
+        # refresh too), so two of them finishing one refund cannot deadlock.
+        seen = await store.get_refund(tx, refund_id)
+        if seen is None:
+            return None
+        await store.lock(tx, seen.payment_id)  # the payment's amounts change too
         refund = await store.lock_refund(tx, refund_id)
         if refund is None or refund.status != "pending":
             return refund
-        await store.lock(tx, refund.payment_id)  # the payment's amounts change too
         done, changes = await store.transition_refund(
             tx, refund, status, actor, provider_ref=ref, provider_status=provider_status,
             failure_reason=failure,
