@@ -281,6 +281,41 @@ async def test_a_hanging_endpoint_does_not_delay_a_healthy_one(
         assert {x.endpoint_id for x in pending} == {bad.id} and len(pending) == 100
 
 
+async def test_many_hanging_endpoints_with_backlogs_do_not_starve_a_healthy_one(
+    db: Database, nursery: trio.Nursery
+) -> None:
+    """20 endpoints that accept and never answer, each with an older backlog than the
+    healthy endpoint's events, against 8 slots: without the failing endpoints' cap their
+    backlogs (the oldest due rows) would take every freed slot for minutes."""
+
+    async def hang(r: Received) -> Answer:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    stuck = await receiver(nursery, hang)
+    healthy = await receiver(nursery)
+    async with dispatcher(db, max_in_flight=8, timeout_seconds=0.5, lease_seconds=6) as d:
+        for i in range(20):
+            await d.endpoint(stuck.url(f"/dead{i}"), event_types=["sms.sent"])
+        async with db.transaction() as tx:
+            for i in range(50):  # 1000 deliveries: 62 s of timeouts at 8 at a time
+                await outbox.emit(tx, "sms.sent", {"n": i})
+        await d.fan_out()
+        await stuck.wait_for(8)  # every slot is hanging now
+        _, secret = await d.endpoint(healthy.url(), event_types=["payment.*"])
+        async with db.transaction() as tx:
+            for i in range(30):
+                await outbox.emit(tx, "payment.succeeded", {"n": i})
+        await d.fan_out()
+        with trio.fail_after(40):
+            got = await healthy.wait_for(30)
+    assert sorted(json.loads(r.body)["data"]["n"] for r in got) == list(range(30))
+    for r in got:
+        verified(secret, r)
+    # The dead endpoints were still tried (confined, not starved in turn).
+    assert len({r.path for r in stuck.received}) > 2
+
+
 async def test_a_trickled_answer_is_cut_at_the_exchange_deadline(
     db: Database, nursery: trio.Nursery
 ) -> None:

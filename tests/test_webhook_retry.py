@@ -4,6 +4,7 @@ slow-downs, an endpoint failing for too long, callbacks, rate limits."""
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -45,7 +46,13 @@ async def test_a_claimed_delivery_is_held_for_its_lease_then_claimed_again(db: D
     async with db.transaction() as tx:
         await deliveries.fan_out(tx, event.id, event.type, t0)
     claim = partial(
-        deliveries.claim, db, limit=10, lease_seconds=60, default_concurrency=4, held={}
+        deliveries.claim,
+        db,
+        limit=10,
+        lease_seconds=60,
+        default_concurrency=4,
+        held={},
+        failing_share=5,
     )
     [first] = await claim(t0)
     assert first.attempt == 1 and first.endpoint_id == ep.id
@@ -74,15 +81,48 @@ async def test_per_target_concurrency_is_respected_by_the_claim(db: Database) ->
             await deliveries.fan_out(tx, event.id, event.type, dt.datetime.now(dt.UTC))
     now = dt.datetime.now(dt.UTC)
     got = await deliveries.claim(
-        db, now, limit=100, lease_seconds=60, default_concurrency=3, held={}
+        db, now, limit=100, lease_seconds=60, default_concurrency=3, held={}, failing_share=5
     )
     by_url = sorted(c.url for c in got)
     assert by_url == ["https://a.example/"] * 2 + ["https://b.example/"] * 3
     # Held elsewhere (another instance's leases count too): nothing more for now.
     assert (
-        await deliveries.claim(db, now, limit=100, lease_seconds=60, default_concurrency=3, held={})
+        await deliveries.claim(
+            db, now, limit=100, lease_seconds=60, default_concurrency=3, held={}, failing_share=5
+        )
         == []
     )
+
+
+async def test_failing_endpoints_get_one_slot_each_and_a_shared_cap(db: Database) -> None:
+    now = dt.datetime.now(dt.UTC)
+    async with db.transaction() as tx:
+        failing = [
+            (await endpoints.create(tx, BOX, url=f"https://dead{i}.example/"))[0] for i in range(4)
+        ]
+        # Their backlogs are the oldest due rows; the healthy endpoint's come after.
+        for _ in range(3):
+            event = await outbox.emit(tx, "sms.sent", {})
+            await deliveries.fan_out(tx, event.id, event.type, now - dt.timedelta(seconds=60))
+        for ep in failing:
+            await endpoints.record_outcome(tx, ep.id, ok=False, at=now)
+        healthy, _ = await endpoints.create(tx, BOX, url="https://ok.example/")
+        for _ in range(3):
+            event = await outbox.emit(tx, "sms.sent", {})
+            await deliveries.fan_out(tx, event.id, event.type, now)
+    claim = partial(
+        deliveries.claim, db, limit=100, lease_seconds=60, default_concurrency=3, failing_share=3
+    )
+    # One failing endpoint already holds one lease in this process.
+    got = await claim(now, held={failing[0].id: 1})
+    by_target = Counter(c.endpoint_id for c in got)
+    # Healthy: its own concurrency. Failing: one each, two more in all (3 minus 1 held),
+    # and none for the one already sending.
+    assert by_target.pop(healthy.id) == 3
+    assert sum(by_target.values()) == 2 and set(by_target.values()) == {1}
+    assert failing[0].id not in by_target
+    # Their leases count (any instance's): the share is used up, nothing more for them.
+    assert await claim(now, held={failing[0].id: 1}) == []
 
 
 async def test_retry_after_and_429_set_the_next_attempt_time(

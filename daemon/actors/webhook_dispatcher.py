@@ -16,6 +16,9 @@ crash mid-send retries after the lease, not at once and not twice at once).
 and the claim skips targets already at their concurrency (``endpoint_concurrency`` or the
 endpoint's ``max_concurrency``), so a hanging endpoint holds only its own few slots while
 everyone else's deliveries are claimed around it. Each exchange has a total deadline.
+An endpoint whose last attempt failed (``failing_since``, timeouts included) gets one
+slot, and failing endpoints together at most half of ``max_in_flight`` (``failing_share``):
+many dead endpoints, whose backlogs are the oldest due rows, cannot take every slot.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ DB_BACKOFF_MIN, DB_BACKOFF_MAX = 0.5, 30.0
 # An outcome write that fails (a database blip) is retried until this long before the
 # lease ends; then the lease lapses and the delivery is sent again (same webhook-id).
 OUTCOME_WRITE_MARGIN = dt.timedelta(seconds=5)
+
+
+def failing_share(max_in_flight: int) -> int:
+    """How many exchanges failing endpoints may hold together: half, so the other half
+    always stays for endpoints that answer (none is reserved when there is one slot)."""
+    return max(1, max_in_flight // 2)
 
 
 @dataclass
@@ -174,6 +183,7 @@ class Dispatcher:
                 lease_seconds=cfg.lease_seconds,
                 default_concurrency=cfg.endpoint_concurrency,
                 held=dict(self.held),
+                failing_share=failing_share(cfg.max_in_flight),
             )
             for c in claimed:
                 self._start(nursery, c)

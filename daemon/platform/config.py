@@ -291,7 +291,9 @@ class WebhooksConfig(_Section, frozen=True):
     retry_after_max_seconds: Seconds = 6 * 3600.0  # Retry-After is honoured up to this
     disable_after_seconds: Seconds = 5 * 24 * 3600.0  # only failures this long: disabled
     secret_overlap_seconds: Seconds = 24 * 3600.0  # old secret signs this long after rotation
-    max_in_flight: Count = 64  # exchanges at once, all endpoints together
+    # Exchanges at once, all endpoints together; failing endpoints (last attempt failed)
+    # get one each and at most half of it together, so answering endpoints keep the rest.
+    max_in_flight: Count = 64
     endpoint_concurrency: Count = 4  # per endpoint, unless the endpoint sets its own
     # A claimed delivery is held this long; must exceed timeout_seconds, so a slow exchange
     # is never sent twice at once (Svix PR #2181), while a crash costs at most this.

@@ -328,6 +328,7 @@ async def claim(
     lease_seconds: float,
     default_concurrency: int,
     held: dict[str, int],
+    failing_share: int,
 ) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries, none for a target already at its concurrency.
 
@@ -335,6 +336,11 @@ async def claim(
     leases; another instance's count through their ``leased_until``, which lies ahead).
     Oldest due first, so a backlog drains in order; a saturated target's backlog is
     skipped, never waited on.
+
+    A failing endpoint (``failing_since`` set: its last attempt failed, a timeout
+    included) is sent one delivery at a time, and all failing endpoints together hold at
+    most ``failing_share`` leases (every instance's): dead endpoints' backlogs are the
+    oldest due rows, and without the cap they would win every freed slot.
     """
     rows = await db.fetch(
         "WITH busy AS ("
@@ -347,7 +353,8 @@ async def claim(
         # Endpoints: per enabled endpoint, its oldest due deliveries up to its free slots,
         # each an index probe, so a dead endpoint's backlog costs nothing here.
         "), ep AS ("
-        "  SELECT c.id, c.next_attempt_at FROM webhook_endpoints p"
+        "  SELECT c.id, c.next_attempt_at, p.failing_since IS NOT NULL AS failing"
+        "  FROM webhook_endpoints p"
         "  LEFT JOIN busy b ON b.target = p.id"
         "  LEFT JOIN local l ON l.target = p.id"
         "  CROSS JOIN LATERAL ("
@@ -355,10 +362,23 @@ async def claim(
         "   WHERE coalesce(d.endpoint_id, d.target_url) = p.id AND d.state = 'pending'"
         "    AND d.next_attempt_at <= $1"
         "   ORDER BY d.next_attempt_at, d.id"
-        "   LIMIT greatest(coalesce(p.max_concurrency, $4)"
+        "   LIMIT greatest(CASE WHEN p.failing_since IS NULL"
+        "                   THEN coalesce(p.max_concurrency, $4)"
+        "                   ELSE least(coalesce(p.max_concurrency, $4), 1) END"
         "                  - greatest(coalesce(b.n, 0), coalesce(l.n, 0)), 0)"
         "  ) c"
         "  WHERE p.enabled"
+        # Failing endpoints: what they hold now (any instance), and what they may add.
+        "), failing_held AS ("
+        "  SELECT coalesce(sum(greatest(coalesce(b.n, 0), coalesce(l.n, 0))), 0) AS n"
+        "  FROM webhook_endpoints p"
+        "  LEFT JOIN busy b ON b.target = p.id"
+        "  LEFT JOIN local l ON l.target = p.id"
+        "  WHERE p.enabled AND p.failing_since IS NOT NULL"
+        "), ep_failing AS ("
+        "  SELECT id, next_attempt_at FROM ep WHERE failing"
+        "  ORDER BY next_attempt_at, id"
+        "  LIMIT (SELECT greatest($6 - n, 0) FROM failing_held)"
         # Callbacks: each URL a target of its own (usually one delivery each).
         "), cb AS ("
         "  SELECT id, next_attempt_at FROM ("
@@ -372,7 +392,10 @@ async def claim(
         "   WHERE d.endpoint_id IS NULL AND d.state = 'pending' AND d.next_attempt_at <= $1"
         "  ) x WHERE rn <= free"
         "), picked AS ("
-        "  SELECT id FROM (SELECT * FROM ep UNION ALL SELECT * FROM cb) u"
+        "  SELECT id FROM ("
+        "   SELECT id, next_attempt_at FROM ep WHERE NOT failing"
+        "   UNION ALL SELECT * FROM ep_failing UNION ALL SELECT * FROM cb"
+        "  ) u"
         "  ORDER BY next_attempt_at, id LIMIT $2"
         "), leased AS ("
         "  UPDATE webhook_deliveries w"
@@ -388,6 +411,7 @@ async def claim(
         float(lease_seconds),
         default_concurrency,
         held,
+        failing_share,
     )
     return [_claimed(r) for r in rows]
 
