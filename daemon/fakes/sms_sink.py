@@ -15,11 +15,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import hypercorn
-import hypercorn.trio
 import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
+
+from daemon.fakes.serving import serve_app
 
 __all__ = ["SmsSink", "serve"]
 
@@ -181,9 +181,4 @@ async def serve(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``sink`` until cancelled; report its base URL (``http://host:port``)."""
-    config = hypercorn.Config()
-    config.bind = [f"{host}:{port}"]
-    config.errorlog = log
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(hypercorn.trio.serve, sink.app, config)
-        task_status.started(binds[0])
+    await serve_app(sink.app, host, port, log, task_status=task_status)
