@@ -58,9 +58,10 @@ class TargetPolicy:
         inner = _embedded_v4(ip)
         if inner is not None and any(inner in net for net in self.allowed):
             return None
-        for candidate in (ip, inner):
-            if candidate is None:
-                continue
+        # An address that carries an IPv4 one (mapped, NAT64, 6to4) is judged by that
+        # IPv4 address alone: where it ends up. Python's own verdict on the outer address
+        # differs between versions (3.13 calls all of 2002::/16 non-global, 3.11 none).
+        for candidate in (ip,) if inner is None else (inner,):
             if (
                 not candidate.is_global
                 or candidate.is_multicast
