@@ -9,6 +9,8 @@ import trio_asyncio
 
 from daemon.platform.db import Database
 from tests import localstripe as localstripe_server
+from tests.browser import browser_fixture
+from tests.browser import pytest_runtest_makereport as pytest_runtest_makereport
 from tests.pg import PgServer, pg_server
 
 
@@ -46,3 +48,7 @@ def localstripe() -> Iterator[localstripe_server.LocalStripe]:
         pytest.skip(reason)
     with localstripe_server.running_localstripe() as server:
         yield server
+
+
+# A headless Chromium per test (tests/browser.py); skips with what to install when absent.
+browser = browser_fixture()
