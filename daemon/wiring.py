@@ -251,6 +251,19 @@ def retention_targets() -> list[retention.Target]:
             "id < (SELECT coalesce(max(id), 0) FROM drift_runs WHERE state = 'finished')",
         ),
         retention.Target("webhook_attempts", "started_at"),
+        # Finished deliveries (their attempts go with them); a pending one is a live timer.
+        retention.Target("webhook_deliveries", "finished_at", "state <> 'pending'"),
+        # Announced events, once nothing still needs them: no delivery of theirs is pending
+        # and no fan-out message for them is waiting (deleting an event deletes its
+        # deliveries). Payment and task histories live in their own tables.
+        retention.Target(
+            "events",
+            "occurred_at",
+            "NOT EXISTS (SELECT 1 FROM webhook_deliveries d"
+            " WHERE d.event_id = events.id AND d.state = 'pending')"
+            " AND NOT EXISTS (SELECT 1 FROM pgmq.q_event_fanout q"
+            " WHERE q.message->>'event_id' = events.id)",
+        ),
         retention.Target("stripe_events", "received_at", "state <> 'queued'"),
     ]
     targets += [retention.Target(f"pgmq.a_{q}", "archived_at") for q in QUEUE_NAMES]

@@ -203,3 +203,50 @@ async def test_old_attempts_are_pruned_by_retention(db: Database) -> None:
     assert pruned["webhook_attempts"] == 1
     [kept] = await deliveries.attempts(db, d.id)
     assert kept.started_at > dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+
+
+async def test_retention_prunes_finished_deliveries_and_events_but_never_live_ones(
+    db: Database,
+) -> None:
+    from daemon import wiring
+    from daemon.platform import retention
+    from daemon.platform.metrics import Metrics
+
+    await _endpoint(db)
+    now = dt.datetime.now(dt.UTC)
+    ids = {}
+    for name in ("old_done", "old_pending", "old_unfanned", "new_done"):
+        async with db.transaction() as tx:
+            event = await outbox.emit(tx, "sms.sent", {"n": name})
+            if name != "old_unfanned":
+                await deliveries.fan_out(tx, event.id, event.type, now)
+        ids[name] = event.id
+    # old_unfanned still has its fan-out message waiting in PGMQ (emit queued it).
+    await db.execute(
+        "DELETE FROM pgmq.q_event_fanout WHERE message->>'event_id' <> $1", ids["old_unfanned"]
+    )
+    for name in ("old_done", "new_done"):
+        await db.execute(
+            "UPDATE webhook_deliveries SET state = 'succeeded', next_attempt_at = NULL,"
+            " finished_at = now() - make_interval(days => $2) WHERE event_id = $1",
+            ids[name],
+            100 if name == "old_done" else 1,
+        )
+    await db.execute(
+        "UPDATE events SET occurred_at = now() - interval '100 days' WHERE id = ANY($1)",
+        [ids["old_done"], ids["old_pending"], ids["old_unfanned"]],
+    )
+
+    pruned = await retention.prune(
+        db, wiring.retention_targets(), keep_days=90, batch_size=100, metrics=Metrics()
+    )
+
+    assert pruned["webhook_deliveries"] == 1
+    assert pruned["events"] == 1
+    left = {r["id"] for r in await db.fetch("SELECT id FROM events")}
+    assert left == {ids["old_pending"], ids["old_unfanned"], ids["new_done"]}
+    pending = await db.fetchval(
+        "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending' AND event_id = $1",
+        ids["old_pending"],
+    )
+    assert pending == 1
