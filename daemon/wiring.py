@@ -12,6 +12,7 @@ by ``open_resources`` (also used by the CLI, the demo, the tests and the benches
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,6 +42,8 @@ from daemon.uisp import process, webhooks
 from daemon.uisp.client import UispClient
 from daemon.webhooks import fanout
 from daemon.webhooks.timing import Doorbell, SystemClock
+
+log = logging.getLogger(__name__)
 
 D = TypeVar("D")
 
@@ -422,6 +425,13 @@ async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]
             if sms_client is not None:
                 stack.push_async_callback(_bounded_close, sms_client.aclose)
         payment_provider = payment_providers.make(cfg.payments, deps.db)
+        if cfg.payments.provider == "mock":
+            # Said at every start: the mock charges nothing, and whoever holds a payment's
+            # hosted-page link can mark it paid. Right for the demo, wrong with real money.
+            log.warning(
+                'payments.provider = "mock": no money moves and anyone with a payment\'s'
+                " link can pay it; use stripe in production"
+            )
         if payment_provider is not None:
             stack.push_async_callback(_bounded_close, payment_provider.aclose)
             payment_provider = metered.MeteredProvider(payment_provider, deps.metrics)
