@@ -53,3 +53,26 @@ async def test_the_fake_answers_everything_without_a_limit_and_refuses_a_negativ
         page = await http.get("/clients/services", params={"limit": 2, "offset": 2})
         assert [s["id"] for s in page.json()] == [3]
         assert (await http.get("/clients/services", params={"offset": -1})).status_code == 400
+
+
+@pytest.mark.parametrize("position", [0, 4, 6, None])
+async def test_our_recorded_payment_is_found_on_whatever_page_it_is(
+    nursery: trio.Nursery, position: int | None
+) -> None:
+    """A client with years of payments: ours may be past the first page (or absent)."""
+    fake = uisp_server.FakeUisp(KEY)
+    client = fake.add_client("Ana", "García")
+    other = fake.add_client("Luis", "Pérez")
+    await fake.record_payment(other["id"], 5.0, provider_payment_id="pay_ours")  # not hers
+    for i in range(7):
+        ref = "pay_ours" if i == position else f"office-{i}"
+        await fake.record_payment(client["id"], 10.0, provider_payment_id=ref)
+    url: str = await nursery.start(uisp_server.serve, fake)
+    with trio.fail_after(10):
+        async with UispClient(url, KEY) as uisp:
+            found = await uisp.find_payment(client["id"], "pay_ours", page_size=3)
+    if position is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert (found["clientId"], found["providerPaymentId"]) == (client["id"], "pay_ours")

@@ -386,7 +386,12 @@ class FakeUisp:
         @app.get(f"{p}/payments")
         async def list_payments() -> Any:
             cid = request.args.get("clientId", type=int)
-            return jsonify([x for x in self.payments.values() if cid in (None, x["clientId"])])
+            found = [x for x in self.payments.values() if cid in (None, x["clientId"])]
+            offset = request.args.get("offset", 0, type=int)
+            limit = request.args.get("limit", type=int)
+            if offset < 0 or (limit is not None and limit < 1):
+                return error(400, "Invalid limit or offset.")
+            return jsonify(found[offset:] if limit is None else found[offset : offset + limit])
 
         @app.get(f"{p}/invoices")
         async def list_invoices() -> Any:

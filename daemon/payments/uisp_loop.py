@@ -75,11 +75,8 @@ async def record(
     if payment.uisp_payment_id is not None:
         return "already recorded"
     try:
-        mine = [
-            p for p in await uisp.list_payments(payment.uisp_client_id)
-            if p.get("providerPaymentId") == payment.id
-        ]  # fmt: skip
-        recorded = mine[0] if mine else await uisp.create_payment(uisp_body(cfg, payment))
+        found = await uisp.find_payment(payment.uisp_client_id, payment.id)
+        recorded = found or await uisp.create_payment(uisp_body(cfg, payment))
     except UispTransientError:
         raise
     except UispError as exc:
@@ -90,7 +87,7 @@ async def record(
             tx, payment.id, uisp_payment_id=int(recorded["id"]),
             uisp_recorded_at=dt.datetime.now(dt.UTC), uisp_error=None,
         )  # fmt: skip
-        detail = {"uisp_payment_id": int(recorded["id"]), "found": bool(mine)}
+        detail = {"uisp_payment_id": int(recorded["id"]), "found": found is not None}
         await store.add_event(tx, payment.id, "uisp_recorded", None, None, "processor", detail)
     log.info("payment %s recorded in UISP as payment %s", payment.id, recorded["id"])
     return "recorded"

@@ -180,11 +180,30 @@ class UispClient:
         payment: dict[str, Any] = await self._get_json(f"/payments/{int(payment_id)}")
         return payment
 
-    async def list_payments(self, client_id: int) -> list[dict[str, Any]]:
-        payments: list[dict[str, Any]] = await self._get_json(
-            "/payments", [("clientId", int(client_id))]
-        )
-        return payments
+    async def find_payment(
+        self, client_id: int, provider_payment_id: str, *, page_size: int = 100
+    ) -> dict[str, Any] | None:
+        """The client's UISP payment recorded with ``providerPaymentId``, or None.
+
+        Paged (``limit``/``offset``, like ``iter_services``): a client with years of
+        payments must not hide ours past a first page, or we would record it twice.
+        """
+        offset = 0
+        while True:
+            params: Params = [
+                ("clientId", int(client_id)),
+                ("limit", int(page_size)),
+                ("offset", offset),
+            ]
+            page: list[dict[str, Any]] = await self._get_json("/payments", params)
+            if not isinstance(page, list):
+                raise UispError(f"UISP GET /payments: expected a list, got {page!r:.80}")
+            for payment in page:
+                if payment.get("providerPaymentId") == provider_payment_id:
+                    return payment
+            if len(page) < page_size:
+                return None
+            offset += len(page)
 
     async def create_payment(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /payments``: record a payment made elsewhere (UISP then settles the
