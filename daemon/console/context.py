@@ -1,0 +1,33 @@
+"""What every console page module gets: the daemon's ``Deps`` and the console's own state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from daemon.actors.olt_pool import OltPool
+from daemon.console.guard import LoginThrottle
+from daemon.platform.deps import Deps
+
+
+@dataclass
+class Console:
+    deps: Deps
+    # The daemon's stop event: ends the live feed's streams on shutdown.
+    shutdown: trio.Event
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+
+    @property
+    def pool(self) -> OltPool | None:
+        return self.deps.olt_pool
+
+    @property
+    def lifetime_seconds(self) -> float:
+        return self.deps.config.console.session_lifetime_seconds
+
+    @property
+    def secure_cookies(self) -> bool:
+        from daemon.console.guard import secure_cookies
+
+        return secure_cookies(self.deps.config.console.behind_tls)

