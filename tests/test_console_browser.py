@@ -74,3 +74,31 @@ async def test_a_form_without_its_csrf_token_is_refused(w: World, browser: Brows
             # Still signed in: the refused form changed nothing.
             await browser.get(f"{flow.running.base_url}/console/")
             await browser.find("[data-test-id=sign-out]")
+
+
+async def test_a_failed_task_retried_from_its_page_changes_state_on_the_page(
+    w: World, browser: Browser
+) -> None:
+    hw = w.devices["olt-hw"]
+    w.fake.services[1]["attributes"][1]["value"] = "0/1/3:99"  # an ONU the OLT lacks
+    with trio.fail_after(60):
+        async with daemon(w) as flow:
+            await w.fake.record_payment(1, 30.0)
+            [task] = await flow.wait_task_state("failed")
+            await browser_sign_in(browser, flow.running.base_url)
+            # The overview lists it among the last failures; its link opens the task.
+            await browser.click(f"[data-test-id=failed-tasks] a[href$='/tasks/{task['id']}']")
+            await browser.wait_text("[data-test-id=task-state]", "^failed$")
+            # The operator provisions the ONU on the OLT, then retries from the page.
+            hw.add_onu(0, 1, 3, 99, active=False)
+            await browser.click("[data-test-id=retry]")
+            # queued, then (the daemon runs it; the page follows the bus) succeeded.
+            await browser.wait_text("[data-test-id=task-state]", "^succeeded$", seconds=30)
+            history = await browser.text("[data-test-id=history]")
+            assert "retry_requested" in history
+            row = await flow.db.fetchrow(
+                "SELECT detail FROM task_events WHERE task_id = $1 AND kind = 'retry_requested'",
+                task["id"],
+            )
+            assert "console:alice" in str(row["detail"])
+            assert await browser.console_errors() == []

@@ -7,7 +7,7 @@ OLT pool when the daemon runs one) and the session cookie. Produces HTML pages
 No front-end build: the JS is a few vanilla files and every list renders without it.
 
 One page module per area (``PAGES``): each has ``register(bp, console)`` adding its
-routes and may declare ``NAV = (endpoint, label)`` for the navigation bar. Every route
+routes and may declare ``NAV = ((endpoint, label), ...)`` for the navigation bar. Every route
 but the sign-in page and the static files needs a session (``guard``); every
 state-changing request needs the session's CSRF token, checked here before the route
 runs, so a page module only puts ``{{ csrf_field() }}`` in its forms.
@@ -22,13 +22,13 @@ import trio
 from markupsafe import Markup, escape
 from quart import Blueprint, Response, current_app, g, request
 
-from daemon.console import accounts, feed, guard, overview, signin
+from daemon.console import accounts, feed, guard, network, overview, signin, tasks, uisp
 from daemon.console.context import Console
 from daemon.platform.deps import Deps
 
 HERE = Path(__file__).parent
 # In navigation order; a new page module goes here (and nowhere else).
-PAGES: tuple[Any, ...] = (signin, overview, feed)
+PAGES: tuple[Any, ...] = (signin, overview, tasks, uisp, network, feed)
 
 
 def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
@@ -41,7 +41,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
         static_folder=str(HERE / "static"),
         static_url_path="/static",
     )
-    nav = [page.NAV for page in PAGES if hasattr(page, "NAV")]
+    nav = [entry for page in PAGES for entry in getattr(page, "NAV", ())]
 
     @bp.before_request
     async def _authenticate() -> Response | None:

@@ -21,7 +21,7 @@ from daemon.platform.http.health import queue_stats
 from daemon.uisp import webhooks
 from daemon.webhooks import deliveries
 
-NAV = ("console.overview", "Overview")
+NAV = (("console.overview", "Overview"),)
 FAILURES_SHOWN = 5
 
 
