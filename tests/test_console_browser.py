@@ -102,3 +102,46 @@ async def test_a_failed_task_retried_from_its_page_changes_state_on_the_page(
             )
             assert "console:alice" in str(row["detail"])
             assert await browser.console_errors() == []
+
+
+async def test_an_olt_connection_test_from_the_page_opens_a_session(
+    w: World, browser: Browser
+) -> None:
+    with trio.fail_after(60):
+        async with daemon(w) as flow:
+            await browser_sign_in(browser, flow.running.base_url)
+            await browser.get(f"{flow.running.base_url}/console/olts")
+            await browser.wait_text("[data-olt=olt-hw]", "idle")
+            await browser.click("[data-test-id=test-olt-hw]")
+            result = await browser.wait_text("[data-test-id=olt-test-result]", "OK", seconds=30)
+            assert "olt-hw" in result
+            # The pool kept the session it logged in with; the overview says so.
+            await browser.wait_text("[data-olt=olt-hw]", "open")
+            await browser.get(f"{flow.running.base_url}/console/")
+            await browser.wait_text("[data-test-id=olt-status] [data-olt=olt-hw]", "open")
+            assert await browser.console_errors() == []
+
+
+async def test_the_pages_fit_a_phone_screen(w: World, browser: Browser) -> None:
+    w.fake.services[1]["attributes"][1]["value"] = "0/1/3:99"  # a failed task with an error
+    with trio.fail_after(60):
+        async with daemon(w) as flow:
+            await w.fake.record_payment(1, 30.0)
+            [task] = await flow.wait_task_state("failed")
+            await browser.call(browser.driver.set_window_size, 390, 844)
+            await browser_sign_in(browser, flow.running.base_url)
+            for path in (
+                "/console/",
+                "/console/tasks",
+                f"/console/tasks/{task['id']}",
+                "/console/uisp",
+                "/console/olts",
+                "/console/overrides",
+            ):
+                await browser.get(f"{flow.running.base_url}{path}")
+                await browser.find("main h1")
+                overflow = await browser.script(
+                    "return document.documentElement.scrollWidth - window.innerWidth"
+                )
+                assert overflow <= 0, f"{path} is {overflow} px wider than the screen"
+            assert await browser.console_errors() == []
