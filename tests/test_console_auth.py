@@ -226,3 +226,11 @@ async def test_the_overview_renders_its_lists_without_javascript(deps: Deps) -> 
             assert csrf_token(html)
             css = await client.get("/console/static/console.css")
             assert css.status_code == 200 and "text/css" in css.headers["content-type"]
+
+
+async def test_console_pages_stay_out_of_the_api_document(deps: Deps) -> None:
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            document = (await client.get("/openapi.json")).json()
+            assert "/api/v1/tasks" in document["paths"]
+            assert [p for p in document["paths"] if p.startswith("/console")] == []

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 from markupsafe import Markup, escape
 from quart import Blueprint, Response, current_app, g, request
+from quart_schema import hide
 
 from daemon.console import accounts, feed, guard, network, overview, signin, tasks, uisp
 from daemon.console.context import Console
@@ -31,9 +32,24 @@ HERE = Path(__file__).parent
 PAGES: tuple[Any, ...] = (signin, overview, tasks, uisp, network, feed)
 
 
+class _PagesBlueprint(Blueprint):
+    """Pages, not API: none of the console's routes goes into ``/openapi.json``."""
+
+    def add_url_rule(  # type: ignore[override]  # the same parameters, loosely typed
+        self, rule: str, endpoint: str | None = None, view_func: Any = None, **options: Any
+    ) -> None:
+        if view_func is not None:
+            hide(view_func)
+        super().add_url_rule(rule, endpoint, view_func, **options)
+
+    @hide
+    async def send_static_file(self, filename: str) -> Response:
+        return await super().send_static_file(filename)
+
+
 def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
     console = Console(deps, shutdown)
-    bp = Blueprint(
+    bp = _PagesBlueprint(
         "console",
         __name__,
         url_prefix="/console",
