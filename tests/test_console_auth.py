@@ -203,12 +203,16 @@ async def test_repeated_failures_are_throttled(deps: Deps) -> None:
     with trio.fail_after(30):
         async with serving(deps) as client:
             for _ in range(10):
-                r = await post_login(client, method="token", token="guess")
+                r = await post_login(client, method="password", name=OPERATOR, password="guess")
                 assert r.status_code == 401
+            # Even the right password waits now: the guesser cannot tell it was right.
             r = await post_login(client, method="password", name=OPERATOR, password=PASSWORD)
             assert r.status_code == 429
             assert int(r.headers["retry-after"]) > 0
             assert guard.COOKIE not in client.cookies
+            # Another account from the same address is not locked out by that guesser.
+            r = await post_login(client, method="token", token=ADMIN_TOKEN)
+            assert r.status_code == 303
 
 
 async def test_the_overview_renders_its_lists_without_javascript(deps: Deps) -> None:

@@ -16,7 +16,10 @@ class Console:
     deps: Deps
     # The daemon's stop event: ends the live feed's streams on shutdown.
     shutdown: trio.Event
+    # Failed sign-ins: per address and account (a guesser), and per address alone, looser
+    # (a sprayer; behind a proxy every client shares the proxy's address).
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    throttle_address: LoginThrottle = field(default_factory=lambda: LoginThrottle(limit=50))
 
     @property
     def pool(self) -> OltPool | None:

@@ -3,7 +3,8 @@
 An operator account (name + password, ``paymentd operators add``) or ``http.admin_token``
 opens a session (``accounts.open_session``) whose token goes into the cookie; nothing
 secret ever travels in a URL (the forms POST). A failure says only that sign-in failed,
-never which part was wrong, and too many from one address answer 429 for a while.
+never which part was wrong. Ten failures for one account (or the token) from one address
+in five minutes, or fifty from one address, answer 429 for the rest of that window.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def register(bp: Blueprint, console: Console) -> None:
         if not cookie or not hmac.compare_digest(given.encode(), cookie.encode()):
             raise guard.csrf_refused("the sign-in form is stale; reload the page and try again")
         client = request.remote_addr or "?"
-        wait = console.throttle.retry_after(client)
+        account = f"{client} {form.get('name', '') if form.get('method') != 'token' else '*token'}"
+        wait = console.throttle.retry_after(account) or console.throttle_address.retry_after(client)
         if wait is not None:
             response = await page(
                 f"Too many failed sign-ins; try again in {wait} seconds.", status=429
@@ -78,12 +80,13 @@ def register(bp: Blueprint, console: Console) -> None:
                 deps.db, operator, form.get("password", "")
             )
         if not ok:
-            console.throttle.failed(client)
+            console.throttle.failed(account)
+            console.throttle_address.failed(client)
             # The name is what the operator typed, so it may be a password pasted in the
             # wrong box: the log says only that a sign-in failed, and from where.
             log.warning("console sign-in failed from %s", client)
             return await page(FAILED, status=401)
-        console.throttle.succeeded(client)
+        console.throttle.succeeded(account)
         token = await accounts.open_session(
             deps.db,
             operator=operator,
