@@ -416,6 +416,7 @@ async def open_resources(deps: Deps, box: SecretBox) -> AsyncIterator[Resources]
     """Build the shared clients; closes them all in one shielded, bounded step."""
     cfg = deps.config
     pool = make_pool(deps, box)
+    deps.olt_pool = pool  # for the console (its sessions, breakers, test connection)
     await drift.restore_metrics(deps.db, deps.metrics)  # the latest run's, across restarts
     async with contextlib.AsyncExitStack() as stack:
         uisp = UispClient.from_config(cfg.uisp)

@@ -152,6 +152,10 @@ async def test_the_breaker_opens_after_failed_connections_and_closes_after_reset
                     await pool.execute("hw", onu, "activate")
             assert hw.sessions_opened == 2
             assert sample(pool, "paymentd_olt_breaker_open", device="hw") == 1
+            # What the console's overview shows: open, with how long it stays so.
+            status = pool.status()["hw"]
+            assert status.failures == 2 and not status.session
+            assert 0 < status.breaker_open_seconds <= 0.5
             with pytest.raises(OltCircuitOpen):
                 await pool.execute("hw", onu, "activate")
             assert hw.sessions_opened == 2  # answered without touching the device
@@ -162,6 +166,9 @@ async def test_the_breaker_opens_after_failed_connections_and_closes_after_reset
             await trio.sleep(0.5)
             assert (await pool.execute("hw", onu, "activate")).state == "active"
             assert sample(pool, "paymentd_olt_breaker_open", device="hw") == 0
+            status = pool.status()["hw"]
+            assert status.failures == 0 and status.breaker_open_seconds == 0
+            assert status.session  # the session it worked on stays open (until idle)
 
 
 async def test_concurrent_requests_to_one_device_never_interleave(sim: Sim) -> None:

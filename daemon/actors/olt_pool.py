@@ -61,7 +61,7 @@ from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
 from daemon.platform.secrets import SecretKeyError
 
-__all__ = ["OltPool", "OltPoolSettings"]
+__all__ = ["DeviceStatus", "OltPool", "OltPoolSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,16 @@ class OltPoolSettings:
             known_hosts=olt.known_hosts or None,
             max_batch=olt.max_batch,
         )
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    name: str
+    session: bool  # a logged-in CLI session is open
+    waiting: int  # requests queued for the device
+    failures: int  # consecutive failed attempts
+    breaker_open_seconds: float  # > 0: answering OltCircuitOpen for this much longer
+    refused: str | None  # a rejected login or host key, until the device's row changes
 
 
 @dataclass
@@ -233,6 +243,26 @@ class OltPool:
         """Requests waiting for the device, not counting the sequence it is running."""
         actor = self._actors.get(device)
         return 0 if actor is None else actor.waiting()
+
+    def status(self) -> dict[str, DeviceStatus]:
+        """What the pool knows of each device it has talked to (the console shows it):
+        whether a session is logged in, what is waiting, and the breaker's state."""
+        now = trio.current_time()
+        out: dict[str, DeviceStatus] = {}
+        for name in sorted(set(self._actors) | set(self._breakers)):
+            actor = self._actors.get(name)
+            breaker = self._breakers.get(name)
+            refused = None if breaker is None else breaker.refused
+            open_for = 0.0 if breaker is None else max(0.0, breaker.open_until - now)
+            out[name] = DeviceStatus(
+                name=name,
+                session=actor is not None and actor.session is not None,
+                waiting=0 if actor is None else actor.waiting(),
+                failures=0 if breaker is None else breaker.failures,
+                breaker_open_seconds=open_for,
+                refused=None if refused is None else str(refused),
+            )
+        return out
 
     def forget(self, device: str) -> None:
         """Drop the device's actor now: it finishes what is queued, logs out and ends;

@@ -15,6 +15,7 @@ from daemon.cli import (
     network,
     olt,
     operations,
+    operators,
     payments,
     secrets,
     service,
@@ -38,6 +39,7 @@ GROUPS = (
     sms,
     webhooks,
     payments,
+    operators,
 )
 
 
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         from daemon.actors.instance_lock import InstanceLockError
+        from daemon.console.accounts import AccountError
         from daemon.demo import DemoError
         from daemon.network.devices import StoreError
         from daemon.network.olt.types import OltError
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             ApiKeyError,
             EndpointError,
             ManageError,
+            AccountError,
         )
     except ImportError:  # pragma: no cover - partial installs
         pass

@@ -360,6 +360,14 @@ class GrpcConfig(_Section, frozen=True):
     port: Port = 50051  # 0 = any free port (tests)
 
 
+class ConsoleConfig(_Section, frozen=True):
+    # The operator console at /console (daemon/console/): how long a sign-in lasts, and
+    # whether the daemon is behind a TLS proxy (its session cookie is then Secure even
+    # though the proxy speaks plain HTTP to us; a request that came over TLS always is).
+    session_lifetime_seconds: Seconds = 12 * 3600.0
+    behind_tls: bool = False
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -374,6 +382,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     webhooks: WebhooksConfig = msgspec.field(default_factory=WebhooksConfig)
     payments: PaymentsConfig = msgspec.field(default_factory=PaymentsConfig)
     grpc: GrpcConfig = msgspec.field(default_factory=GrpcConfig)
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     source: str = "<defaults>"
     # Things the operator should change but that still work (deprecated keys); the CLI
     # prints them and the daemon logs them at start-up.
@@ -398,6 +407,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "webhooks": WebhooksConfig,
     "payments": PaymentsConfig,
     "grpc": GrpcConfig,
+    "console": ConsoleConfig,
 }
 
 _URLS = (

@@ -45,11 +45,15 @@ class Event:
         return {"id": self.id, "kind": self.kind, "at": self.at, **self.data}
 
     def rendered(self, render: Callable[[Event], bytes]) -> bytes:
-        """``render(self)``, computed once per event however many subscribers send it."""
-        cached: bytes | None = self.__dict__.get("_rendered")
+        """``render(self)``, computed once per event and renderer however many
+        subscribers send it (the admin stream and the console's format it differently)."""
+        cache: dict[Callable[[Event], bytes], bytes] | None = self.__dict__.get("_rendered")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_rendered", cache)  # a cache, not a field
+        cached = cache.get(render)
         if cached is None:
-            cached = render(self)
-            object.__setattr__(self, "_rendered", cached)  # a cache, not a field
+            cached = cache[render] = render(self)
         return cached
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from types import TracebackType
 from typing import Any, Literal
@@ -172,8 +173,13 @@ class EventStream(ResponseBody):
     """
 
     def __init__(
-        self, bus: EventBus, shutdown: trio.Event, keepalive: float = KEEPALIVE_SECONDS
+        self,
+        bus: EventBus,
+        shutdown: trio.Event,
+        keepalive: float = KEEPALIVE_SECONDS,
+        render: Callable[[Event], bytes] = format_event,
     ) -> None:
+        self._render = render
         self._bus = bus
         self._shutdown = shutdown
         self._keepalive = keepalive
@@ -215,7 +221,7 @@ class EventStream(ResponseBody):
                     event = await self._receive.receive()
                 nursery.cancel_scope.cancel()
         if event is not None:
-            return event.rendered(format_event)
+            return event.rendered(self._render)
         if self._shutdown.is_set() or self._receive.closed:
             raise StopAsyncIteration
         return b": keepalive\n\n"

@@ -13,8 +13,9 @@ app with three groups of routes:
   route declares (``daemon.platform.http.schema``).
 
 Every error, Quart's own 404/405/413/500 and validation failures included, answers
-``application/problem+json``; nothing here ever renders HTML (quart-schema's HTML doc
-pages are off). Every response carries ``X-Request-ID`` (``requestid``).
+``application/problem+json``; nothing but the console (``daemon.console``, ``/console``)
+renders HTML (quart-schema's HTML doc pages are off). Every response carries
+``X-Request-ID`` (``requestid``).
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
         # The mock provider's hosted page (HTML, for the demo); never with a real provider.
         app.register_blueprint(mock_provider.blueprint(deps.db))
     app.register_blueprint(health.blueprint(deps))
+    # The operator console (HTML pages under /console, daemon/console/); imported here
+    # because it uses the admin routes' event stream.
+    from daemon import console
+
+    app.register_blueprint(console.blueprint(deps, stop))
     _register_error_handlers(app)
     # Outermost: the request id, so even the shielded final send carries it.
     app.asgi_app = RequestIdMiddleware(ShieldFinalSend(app.asgi_app))  # type: ignore[method-assign]
