@@ -34,7 +34,7 @@ from daemon.payments import mock_provider, stripe_webhook
 from daemon.payments import routes as payment_routes
 from daemon.platform.db import DatabaseError
 from daemon.platform.deps import Deps
-from daemon.platform.http import admin, health, network, operations, schema
+from daemon.platform.http import admin, health, network, operations, request_metrics, schema
 from daemon.platform.http.problem import (
     PROBLEM_TYPE,
     JSONProvider,
@@ -105,6 +105,7 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
     _register_error_handlers(app)
     # Outermost: the request id, so even the shielded final send carries it.
     app.asgi_app = RequestIdMiddleware(ShieldFinalSend(app.asgi_app))  # type: ignore[method-assign]
+    request_metrics.install(app, deps.metrics)  # around it all: every answer is counted
     return app
 
 

@@ -1,0 +1,121 @@
+"""The metrics the alert rules and the dashboard lean on, read from a real ``/metrics``:
+HTTP requests by route and status, and the gauges read from the database at scrape time
+(open payments, webhook endpoints, overdue jobs)."""
+
+from __future__ import annotations
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.platform.db import Database
+from daemon.platform.deps import Deps
+from tests.http_fixtures import (
+    ADMIN,
+    WEBHOOK_PATH,
+    WEBHOOK_TOKEN,
+    deps_fixture,  # noqa: F401 (the "deps" fixture)
+    serving,
+    uisp_event,
+)
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Samples:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_requests_are_counted_by_route_rule_and_status_never_by_raw_path(
+    deps: Deps,
+) -> None:
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/api/v1/tasks/999999", headers=ADMIN)).status_code == 404
+            assert (await client.get("/api/v1/tasks")).status_code == 401
+            assert (await client.get("/no/such/page")).status_code == 404
+            assert (await client.request("PROPFIND", "/healthz")).status_code == 405
+            assert (await client.post(WEBHOOK_PATH, json=uisp_event())).status_code == 200
+            text = (await client.get("/metrics")).text
+    got = samples(text)
+
+    def count(method: str, route: str, status: str) -> float:
+        key = (("method", method), ("route", route), ("status", status))
+        return got.get(("paymentd_http_requests_total", key), 0.0)
+
+    assert count("GET", "/healthz", "200") == 1
+    assert count("GET", "/api/v1/tasks/<int:task_id>", "404") == 1
+    assert count("GET", "/api/v1/tasks", "401") == 1
+    assert count("GET", "unmatched", "404") == 1
+    assert count("OTHER", "unmatched", "405") == 1
+    assert count("POST", "/webhooks/uisp/<token>", "200") == 1
+    # The secret in the webhook path is nowhere in the exposition, nor the random path.
+    assert WEBHOOK_TOKEN not in text
+    assert "/no/such/page" not in text
+    latency = ("paymentd_http_request_seconds_count", (("method", "GET"), ("route", "/healthz")))
+    assert got[latency] == 1
+
+
+async def test_scrape_reads_open_payments_endpoints_and_overdue_jobs_from_the_database(
+    deps: Deps, db: Database
+) -> None:
+    for n, (status, age) in enumerate([("unknown", 3600), ("unknown", 60), ("succeeded", 7200)]):
+        await db.execute(
+            "INSERT INTO payments (id, status, amount, currency, method, kind, capture_method,"
+            " created_by, provider, expires_at, updated_at) VALUES ($1, $2, 100, 'EUR',"
+            " 'intent', 'one_time', 'automatic', 'admin', 'mock', now() + interval '1 day',"
+            " now() - make_interval(secs => $3::float8))",
+            f"pay_{n:024x}",
+            status,
+            age,
+        )
+    for n, (enabled, reason, failing) in enumerate(
+        [
+            (True, None, False),
+            (True, None, True),
+            (False, "failing", True),
+            (False, "operator", False),
+        ]
+    ):
+        await db.execute(
+            "INSERT INTO webhook_endpoints (id, url, enabled, disabled_reason, failing_since)"
+            " VALUES ($1, 'https://example.org/hook', $2, $3, CASE WHEN $4 THEN now() END)",
+            f"ep_{n:024x}",
+            enabled,
+            reason,
+            failing,
+        )
+    await db.execute(
+        "INSERT INTO scheduled_jobs (name, interval_seconds, next_run_at, last_error) VALUES"
+        " ('late', 60, now() - interval '10 minutes', 'RuntimeError: boom'),"
+        " ('early', 60, now() + interval '1 minute', NULL),"
+        " ('running', 60, now() - interval '10 minutes', NULL),"
+        " ('switched_off', 60, now() - interval '30 days', NULL)"
+    )
+    await db.execute(
+        "UPDATE scheduled_jobs SET lease_until = now() + interval '1 minute' WHERE name = 'running'"
+    )
+    deps.metrics.declared_jobs.update({"late", "early", "running"})
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            got = samples((await client.get("/metrics")).text)
+
+    assert got[("paymentd_payments_open", (("status", "unknown"),))] == 2
+    assert got[("paymentd_payments_open", (("status", "processing"),))] == 0
+    assert ("paymentd_payments_open", (("status", "succeeded"),)) not in got
+    oldest = got[("paymentd_payments_oldest_open_seconds", (("status", "unknown"),))]
+    assert 3600 <= oldest < 3700
+    assert got[("paymentd_payments_oldest_open_seconds", (("status", "created"),))] == 0
+    for state, n in [("healthy", 1), ("failing", 1), ("disabled", 1), ("operator_disabled", 1)]:
+        assert got[("paymentd_webhook_endpoints", (("state", state),))] == n
+    late = got[("paymentd_job_overdue_seconds", (("job", "late"),))]
+    assert 600 <= late < 700
+    assert got[("paymentd_job_overdue_seconds", (("job", "early"),))] == 0
+    assert got[("paymentd_job_overdue_seconds", (("job", "running"),))] == 0
+    assert ("paymentd_job_overdue_seconds", (("job", "switched_off"),)) not in got
+    assert got[("paymentd_job_last_failed", (("job", "late"),))] == 1
+    assert got[("paymentd_job_last_failed", (("job", "early"),))] == 0
