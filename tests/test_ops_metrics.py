@@ -1,14 +1,18 @@
 """The metrics the alert rules and the dashboard lean on, read from a real ``/metrics``:
 HTTP requests by route and status, and the gauges read from the database at scrape time
-(open payments, webhook endpoints, overdue jobs)."""
+(open payments, webhook endpoints, overdue jobs); outbound webhook attempt timings."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.fakes.webhook_receiver import Answer, Received, WebhookReceiver
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
+from daemon.platform.metrics import Metrics
 from tests.http_fixtures import (
     ADMIN,
     WEBHOOK_PATH,
@@ -17,6 +21,7 @@ from tests.http_fixtures import (
     serving,
     uisp_event,
 )
+from tests.webhook_harness import dispatcher, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -119,3 +124,31 @@ async def test_scrape_reads_open_payments_endpoints_and_overdue_jobs_from_the_da
     assert ("paymentd_job_overdue_seconds", (("job", "switched_off"),)) not in got
     assert got[("paymentd_job_last_failed", (("job", "late"),))] == 1
     assert got[("paymentd_job_last_failed", (("job", "early"),))] == 0
+
+
+async def test_outbound_attempts_are_timed_by_result(db: Database) -> None:
+    async def answer(r: Received) -> Answer:
+        return Answer(200) if r.path == "/ok" else Answer(500, b"down")
+
+    rx = WebhookReceiver(answer)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rx.serve)
+            async with dispatcher(db) as d:
+                await d.endpoint(rx.url("/ok"))
+                await d.endpoint(rx.url("/down"))
+                await d.emit("sms.sent", {"task_id": 1})
+                await rx.wait_for(1, "/ok")
+                await rx.wait_for(1, "/down")
+                await wait_until("both recorded", partial(_attempts_recorded, d.metrics, 2))
+                got = samples(d.metrics.render().decode())
+            nursery.cancel_scope.cancel()
+    assert got[("paymentd_webhook_attempt_seconds_count", (("result", "ok"),))] == 1
+    assert got[("paymentd_webhook_attempt_seconds_count", (("result", "error"),))] == 1
+    assert got[("paymentd_webhook_attempts_total", (("outcome", "succeeded"),))] == 1
+    assert got[("paymentd_webhook_attempts_total", (("outcome", "retry"),))] == 1
+
+
+async def _attempts_recorded(metrics: Metrics, n: int) -> bool:
+    got = samples(metrics.render().decode())
+    return sum(v for (name, _), v in got.items() if name == "paymentd_webhook_attempts_total") >= n

@@ -29,6 +29,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.webhook_attempt_seconds = Histogram(
+            "paymentd_webhook_attempt_seconds",
+            "Outbound webhook attempt duration, by result (ok: a 2xx answer; error: any other)",
+            ["result"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "paymentd_queue_depth", "Messages in a PGMQ queue", ["queue"], registry=r
         )
