@@ -139,6 +139,12 @@ class Metrics:
             "paymentd_drift_run_seconds", "Duration of the latest drift run", registry=r
         )
 
+        self.payments_created = Counter(
+            "paymentd_payments_created",
+            "Payments created through the HTTP or gRPC API (not replays), by provider",
+            ["provider"],
+            registry=r,
+        )
         self.payments_finished = Counter(
             "paymentd_payments_finished",
             "Payments that reached a final state (succeeded, failed, canceled, expired),"
