@@ -9,10 +9,15 @@ from functools import partial
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.actors import scheduler
+from daemon.actors.scheduler import SchedulerDeps
 from daemon.fakes.webhook_receiver import Answer, Received, WebhookReceiver
+from daemon.platform import db_gauges
 from daemon.platform.db import Database
 from daemon.platform.deps import Deps
+from daemon.platform.events import EventBus
 from daemon.platform.metrics import Metrics
+from daemon.platform.scheduler import Job
 from tests.http_fixtures import (
     ADMIN,
     WEBHOOK_PATH,
@@ -152,3 +157,31 @@ async def test_outbound_attempts_are_timed_by_result(db: Database) -> None:
 async def _attempts_recorded(metrics: Metrics, n: int) -> bool:
     got = samples(metrics.render().decode())
     return sum(v for (name, _), v in got.items() if name == "paymentd_webhook_attempts_total") >= n
+
+
+async def test_the_scheduler_declares_its_jobs_for_the_gauges_and_alert_rules(db: Database) -> None:
+    async def fails() -> str:
+        raise RuntimeError("boom")
+
+    metrics = Metrics()
+    stop = trio.Event()
+    jobs = [Job("later", 3600, fails, first_run_delay_seconds=3600), Job("now", 3600, fails)]
+    deps = SchedulerDeps(db, jobs, metrics, EventBus(), stop)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run, deps)
+            assert metrics.declared_jobs == {"later", "now"}
+
+            async def ran() -> bool:
+                return bool(await db.fetchval("SELECT runs FROM scheduled_jobs WHERE name = 'now'"))
+
+            await wait_until("the due job ran", ran)
+            stop.set()
+    await db_gauges.refresh(db, metrics)
+    got = samples(metrics.render().decode())
+    # Exported before any run, so a rule on them sees 0 rather than nothing.
+    assert got[("paymentd_job_runs_total", (("job", "later"), ("outcome", "error")))] == 0
+    assert got[("paymentd_job_runs_total", (("job", "now"), ("outcome", "error")))] == 1
+    assert got[("paymentd_job_last_failed", (("job", "now"),))] == 1
+    assert got[("paymentd_job_last_failed", (("job", "later"),))] == 0
+    assert got[("paymentd_job_overdue_seconds", (("job", "later"),))] == 0
