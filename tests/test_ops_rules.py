@@ -3,8 +3,11 @@ tests (``promtool test rules``); every alert has tests; the Grafana dashboard is
 import; and every metric and label the rules and the dashboard name is one the daemon's
 real ``/metrics`` exports.
 
-promtool comes with Debian's ``prometheus`` package (``.ci/run`` installs it); without it
-the promtool tests skip and say so, the metric checks still run.
+promtool and the Prometheus server come with Debian's ``prometheus`` package (``.ci/run``
+installs it); without them those tests skip and say so, the metric checks still run. The
+one with the real server takes ~6 s: Prometheus applies a new scrape target only on its
+5-second reload tick, and that is the test's point (the rules load, a real scrape stores
+the daemon's ``job`` label as ``exported_job``, every dashboard query runs).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import yaml
@@ -260,3 +265,104 @@ def test_metrics_objects_are_what_the_check_reads() -> None:
     m = Metrics()
     assert m.queue_depth._name == "paymentd_queue_depth"
     assert m.queue_depth._labelnames == ("queue",)
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.skipif(
+    PROMETHEUS is None,
+    reason="prometheus not found: install Debian's 'prometheus' package (.ci/run does)",
+)
+async def test_a_real_prometheus_loads_the_rules_and_runs_the_dashboard_on_a_scrape(
+    deps: Deps, tmp_path: Path
+) -> None:
+    assert PROMETHEUS is not None
+    deps.metrics.declared_jobs.add("retention")
+    deps.metrics.job_runs.labels("retention", "ok").inc()
+    deps.metrics.actor_up.labels("http_ingress").set(1)
+    port = free_port()
+    with trio.fail_after(30):
+        async with serving(deps) as daemon:
+            target = daemon.base_url.netloc.decode()
+            config = {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(RULES)],
+                "scrape_configs": [
+                    {
+                        "job_name": "paymentd",
+                        "static_configs": [{"targets": [target]}],
+                    }
+                ],
+            }
+            (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+            argv = [
+                PROMETHEUS,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ]
+            with (tmp_path / "prometheus.log").open("wb") as log:
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
+            try:
+                base = f"http://127.0.0.1:{port}"
+                async with httpx.AsyncClient(base_url=base, timeout=5) as prom:
+                    rules = await _evaluated_rules(prom)
+                    series = await _query(prom, "paymentd_job_runs_total")
+                    results = {e: await _query(prom, concrete(e)) for e in dashboard_exprs()}
+                    alerting = await _alerts_after_a_few_evaluations(prom)
+            finally:
+                proc.kill()  # its data is thrown away: no need to wait for a clean flush
+                await trio.to_thread.run_sync(proc.wait)
+    assert {r["name"] for r in rules} == {rule["alert"] for rule in alerts()}
+    assert [r for r in rules if r["health"] != "ok"] == []
+    assert alerting == []  # an idle, healthy daemon alerts nothing, not even pending
+    # The daemon's job label lands as exported_job, as the rules and dashboard assume.
+    assert series[0]["metric"]["exported_job"] == "retention"
+    assert series[0]["metric"]["job"] == "paymentd"
+    # Every dashboard query ran (_query checks each succeeded); those over what this
+    # scrape had show it, with the labels their legends name.
+    [up] = next(r for e, r in results.items() if e.startswith("min(up{"))
+    assert up["value"][1] == "1"
+    [actor] = next(r for e, r in results.items() if e.startswith("paymentd_actor_up{"))
+    assert actor["metric"]["actor"] == "http_ingress" and actor["value"][1] == "1"
+
+
+async def _query(prom: httpx.AsyncClient, expr: str) -> list[dict[str, Any]]:
+    response = await prom.get("/api/v1/query", params={"query": expr})
+    body = response.json()
+    assert body["status"] == "success", (expr, body)
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+async def _alerts_after_a_few_evaluations(prom: httpx.AsyncClient) -> list[dict[str, Any]]:
+    # PaymentdAbsent is pending from Prometheus' start until its first scrape, and stays
+    # so until the next evaluation of its group: give it a few (1 s apart).
+    alerting: list[dict[str, Any]] = []
+    with trio.move_on_after(3):
+        while alerting := (await prom.get("/api/v1/alerts")).json()["data"]["alerts"]:  # noqa: ASYNC110
+            await trio.sleep(0.2)
+    return alerting
+
+
+async def _evaluated_rules(prom: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """The alert rules once each has been evaluated after a scrape (health not unknown)."""
+    while True:
+        try:
+            response = await prom.get("/api/v1/rules")
+            if response.status_code == 200 and await _query(prom, "paymentd_job_runs_total"):
+                groups = response.json()["data"]["groups"]
+                rules: list[dict[str, Any]] = [r for g in groups for r in g["rules"]]
+                if rules and all(r["health"] != "unknown" for r in rules):
+                    return rules
+        except httpx.TransportError:
+            pass  # not listening yet
+        await trio.sleep(0.1)
