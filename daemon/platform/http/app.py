@@ -103,9 +103,9 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
         app.register_blueprint(mock_provider.blueprint(deps.db))
     app.register_blueprint(health.blueprint(deps))
     _register_error_handlers(app)
-    # Outermost: the request id, so even the shielded final send carries it.
+    # Around the shielded final send: the request id, so even that send carries it.
     app.asgi_app = RequestIdMiddleware(ShieldFinalSend(app.asgi_app))  # type: ignore[method-assign]
-    request_metrics.install(app, deps.metrics)  # around it all: every answer is counted
+    request_metrics.install(app, deps.metrics)  # outermost: every answer is counted
     return app
 
 
