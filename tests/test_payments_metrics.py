@@ -1,4 +1,4 @@
-"""Payments on /metrics: final states per provider, and provider call latency."""
+"""Payments on /metrics: created and final states per provider, and provider call latency."""
 
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ async def test_final_states_and_provider_calls_are_counted_on_metrics(
     db_url: str, tmp_path: Path, aio_loop: None
 ) -> None:
     async with paymentd(db_url, tmp_path) as pay:
-        for mock in ("succeed", "succeed", "decline", "refund_fail"):
-            r = await pay.create(metadata={"mock": mock})
+        for n, mock in enumerate(("succeed", "succeed", "decline", "refund_fail")):
+            r = await pay.create(key=f"create-{n}", metadata={"mock": mock})
             assert r.status_code == 201, r.text
+        replay = await pay.create(key=f"create-{n}", metadata={"mock": mock})
+        assert replay.json()["id"] == r.json()["id"]  # the same payment: not created again
         listed = await pay.http.get("/api/v1/payments", headers=ADMIN)
         ids = [p["id"] for p in listed.json()["payments"]]
         for payment_id in ids:
@@ -47,6 +49,7 @@ async def test_final_states_and_provider_calls_are_counted_on_metrics(
             return text if done else None
 
         text = await wait_for(counted)
+    assert samples(text, "paymentd_payments_created_total") == {(("provider", "mock"),): 4}
     finished = samples(text, "paymentd_payments_finished_total")
     assert finished == {
         (("provider", "mock"), ("status", "succeeded")): 3,

@@ -41,6 +41,10 @@ async def run(
     db, jobs = deps.db, list(deps.jobs)
     names = [j.name for j in jobs]
     await scheduler.register(db, jobs)
+    deps.metrics.declared_jobs.update(names)  # their /metrics gauges (db_gauges)
+    for name in names:  # exported as 0 from the start, for alert rules
+        deps.metrics.job_runs.labels(name, "ok")
+        deps.metrics.job_runs.labels(name, "error")
     task_status.started()
     while not deps.stop.is_set():
         try:

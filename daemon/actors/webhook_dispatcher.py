@@ -340,6 +340,8 @@ class Dispatcher:
     ) -> Claimed | None:
         deps = self.deps
         now = deps.clock.now()
+        result = "ok" if ex.ok else "error"
+        deps.metrics.webhook_attempt_seconds.labels(result).observe(ex.duration_ms / 1000)
         gone = ex.status_code == 410
         delay = None
         if not ex.ok and not gone:

@@ -235,6 +235,7 @@ class PaymentService:
         new = validate(params)  # invalid input is refused before the key is claimed
         provider = self._enabled()
         fingerprinted = asdict(new)
+        inserted: list[bool] = []  # work ran (not an idempotent replay)
 
         async def work(tx: Conn) -> Outcome:
             payment = await store.insert(
@@ -244,11 +245,15 @@ class PaymentService:
                 provider=provider,
                 ttl_seconds=self.cfg.pending_ttl_seconds,
             )
+            inserted.append(True)
             return Outcome(201, payment.public(), payment.id)
 
-        return await idempotency.run(
+        outcome = await idempotency.run(
             self.db, caller.scope, key, "payments.create", fingerprinted, work, self._idem
         )
+        if inserted and outcome.status == 201 and self.metrics is not None:  # committed
+            self.metrics.payments_created.labels(provider).inc()
+        return outcome
 
     async def cancel(self, caller: Caller, payment_id: str, key: str | None) -> Outcome:
         changes: list[Change] = []

@@ -29,6 +29,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.webhook_attempt_seconds = Histogram(
+            "paymentd_webhook_attempt_seconds",
+            "Outbound webhook attempt duration, by result (ok: a 2xx answer; error: any other)",
+            ["result"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "paymentd_queue_depth", "Messages in a PGMQ queue", ["queue"], registry=r
         )
@@ -132,6 +139,12 @@ class Metrics:
             "paymentd_drift_run_seconds", "Duration of the latest drift run", registry=r
         )
 
+        self.payments_created = Counter(
+            "paymentd_payments_created",
+            "Payments created through the HTTP or gRPC API (not replays), by provider",
+            ["provider"],
+            registry=r,
+        )
         self.payments_finished = Counter(
             "paymentd_payments_finished",
             "Payments that reached a final state (succeeded, failed, canceled, expired),"
@@ -153,6 +166,58 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 60),
             registry=r,
         )
+
+        # HTTP: route is the URL rule ("/api/v1/tasks/<int:task_id>"), never the raw path, so
+        # a scan of random URLs (all "unmatched") or a token in a path adds no series.
+        self.http_requests = Counter(
+            "paymentd_http_requests",
+            "HTTP requests answered, by method, route and status code",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            "paymentd_http_request_seconds",
+            "Request start to response start (time to first byte; SSE streams stay short)",
+            ["method", "route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+
+        # Read from the database at scrape time (daemon.platform.db_gauges): the truth
+        # across every process sharing it, like the queue gauges.
+        self.payments_open = Gauge(
+            "paymentd_payments_open",
+            "Payments not in a final state, by status",
+            ["status"],
+            registry=r,
+        )
+        self.payments_oldest_open = Gauge(
+            "paymentd_payments_oldest_open_seconds",
+            "Time since the least recently changed payment in a status last changed",
+            ["status"],
+            registry=r,
+        )
+        self.webhook_endpoints = Gauge(
+            "paymentd_webhook_endpoints",
+            "Outbound webhook endpoints by state (healthy, failing, disabled)",
+            ["state"],
+            registry=r,
+        )
+        self.job_overdue = Gauge(
+            "paymentd_job_overdue_seconds",
+            "How long past its due time a scheduled job has not been started (0 when not due)",
+            ["job"],
+            registry=r,
+        )
+        self.job_last_failed = Gauge(
+            "paymentd_job_last_failed",
+            "1 while a scheduled job's latest recorded run ended in an error",
+            ["job"],
+            registry=r,
+        )
+        # The jobs this process's scheduler declared (set when it registers them): only
+        # those get job gauges, so a row left by a job since switched off never alerts.
+        self.declared_jobs: set[str] = set()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -35,7 +35,7 @@ from daemon.payments import mock_provider, stripe_webhook
 from daemon.payments import routes as payment_routes
 from daemon.platform.db import DatabaseError
 from daemon.platform.deps import Deps
-from daemon.platform.http import admin, health, network, operations, schema
+from daemon.platform.http import admin, health, network, operations, request_metrics, schema
 from daemon.platform.http.problem import (
     PROBLEM_TYPE,
     JSONProvider,
@@ -109,8 +109,9 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
 
     app.register_blueprint(console.blueprint(deps, stop))
     _register_error_handlers(app)
-    # Outermost: the request id, so even the shielded final send carries it.
+    # Around the shielded final send: the request id, so even that send carries it.
     app.asgi_app = RequestIdMiddleware(ShieldFinalSend(app.asgi_app))  # type: ignore[method-assign]
+    request_metrics.install(app, deps.metrics)  # outermost: every answer is counted
     return app
 
 

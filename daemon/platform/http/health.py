@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from quart import Blueprint, Response
 
 from daemon.network import drift
-from daemon.platform import queues
+from daemon.platform import db_gauges, queues
 from daemon.platform.deps import Deps
 from daemon.platform.http import schema
 from daemon.platform.http.problem import json_response, problem
@@ -155,6 +155,10 @@ def blueprint(deps: Deps) -> Blueprint:
                     await drift.restore_metrics(deps.db, deps.metrics)
                 except Exception as exc:
                     log.warning("drift gauges not refreshed: %s", exc)
+                try:
+                    await db_gauges.refresh(deps.db, deps.metrics)
+                except Exception as exc:
+                    log.warning("payment, endpoint and job gauges not refreshed: %s", exc)
         return Response(
             deps.metrics.render(), status=200, headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
