@@ -239,9 +239,10 @@ async def test_each_paid_invoice_of_a_subscription_becomes_one_payment_of_its_ow
         [created] = [e for e in await store.events(db, charge.id) if e.to_status == "created"]
         assert created.detail["charge"] and created.detail["payment_intent"] == intent_id
         announced = await db.fetch(
-            "SELECT type FROM events WHERE subject = $1 ORDER BY seq", f"payment:{charge.id}"
+            "SELECT type, data FROM events WHERE subject = $1 ORDER BY seq", f"payment:{charge.id}"
         )
         assert [r["type"] for r in announced] == ["payment.created", "payment.succeeded"]
+        assert {r["data"]["parent_payment_id"] for r in announced} == {payment_id}
     paid = [e.detail for e in await store.events(db, payment_id) if e.kind == "invoice_paid"]
     assert sorted((d["invoice"], d["payment_id"], d["amount"]) for d in paid) == sorted(
         (c.provider_ref, c.id, 3000) for c in charges

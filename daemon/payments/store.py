@@ -126,8 +126,13 @@ class Payment:
         }
 
     def announced(self) -> dict[str, Any]:
-        """What the outbox tells partners: no client secret, no callback URL."""
-        return {
+        """What the outbox tells partners: no client secret, no callback URL. A recurring
+        charge also names its recurring payment (``parent_payment_id``); other payments
+        carry exactly what the SQL entry point's ``payment.created`` carries."""
+        extra = (
+            {} if self.parent_payment_id is None else {"parent_payment_id": self.parent_payment_id}
+        )
+        return extra | {
             "id": self.id,
             "status": self.status,
             "amount": self.amount,
@@ -136,7 +141,6 @@ class Payment:
             "amount_refunded": self.amount_refunded,
             "method": self.method,
             "kind": self.kind,
-            "parent_payment_id": self.parent_payment_id,
             "customer": self.customer,
             "metadata": self.metadata,
             "uisp_client_id": self.uisp_client_id,
