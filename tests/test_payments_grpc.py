@@ -19,6 +19,8 @@ import trio
 
 from daemon.actors import grpc_ingress
 from daemon.app import Running, run_daemon
+from daemon.payments import recurring, store
+from daemon.payments.stripe_provider import StripeInvoice
 from daemon.payments_grpc.gen import payments_pb2 as pb
 from daemon.payments_grpc.gen import payments_pb2_grpc as pb_grpc
 from daemon.platform import auth
@@ -371,3 +373,25 @@ async def test_shutdown_lets_an_in_flight_call_finish_and_refuses_new_ones(
         # call, which completed within the grace period.
         [answer] = answers
         assert answer.id == made.id and answer.cancel_requested
+
+
+async def test_list_by_parent_gives_a_recurring_payments_charges(both: tuple[Pay, Grpc]) -> None:
+    pay, rpc = both
+    monthly = await rpc(
+        "Create", pb.CreatePaymentRequest(amount=2900, currency="EUR", kind="recurring",
+                                          interval="month", customer="ana")
+    )  # fmt: skip
+    other = await rpc("Create", pb.CreatePaymentRequest(amount=5, currency="EUR"))
+    invoice = StripeInvoice("in_grpc_1", "paid", 2900, "EUR", "sub_grpc", monthly.id,
+                            "subscription_cycle", amount_due=2900)  # fmt: skip
+    async with pay.db.transaction() as tx:
+        parent = await store.lock(tx, monthly.id)
+        assert parent is not None
+        charge, _ = await recurring.record_paid(tx, parent, invoice, "test")
+    assert charge is not None
+    page = await rpc("List", pb.ListPaymentsRequest(parent=monthly.id))
+    assert [(p.id, p.kind, p.parent_payment_id, p.status, p.amount, p.customer)
+            for p in page.payments] == [
+        (charge.id, "recurring_charge", monthly.id, "succeeded", 2900, "ana")
+    ]  # fmt: skip
+    assert (await rpc("List", pb.ListPaymentsRequest(parent=other.id))).payments == []

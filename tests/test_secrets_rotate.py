@@ -71,6 +71,7 @@ async def test_rotate_moves_every_secret_to_the_current_key_and_the_old_key_can_
             "olt_devices.password_enc": {key_id(KEY_A): 1, "v1": 1},
             "olt_devices.enable_password_enc": {key_id(KEY_A): 1},
             "webhook_secrets.secret_enc": {},
+            "stripe_webhook_secrets.secret_enc": {},
         }
 
         ring = Keyring(KEY_B, [KEY_A])
@@ -81,6 +82,7 @@ async def test_rotate_moves_every_secret_to_the_current_key_and_the_old_key_can_
             "olt_devices.password_enc": 2,
             "olt_devices.enable_password_enc": 1,
             "webhook_secrets.secret_enc": 0,
+            "stripe_webhook_secrets.secret_enc": 0,
         }
         assert report.total_rewritten == 3
         assert all(t.startswith(f"v2:{key_id(KEY_B)}:") for t in await _tokens(db))
@@ -101,6 +103,7 @@ async def test_rotate_moves_every_secret_to_the_current_key_and_the_old_key_can_
             "olt_devices.password_enc": {key_id(KEY_B): 2},
             "olt_devices.enable_password_enc": {key_id(KEY_B): 1},
             "webhook_secrets.secret_enc": {},
+            "stripe_webhook_secrets.secret_enc": {},
         }
 
         # And the start-up check now refuses the old key alone, naming the missing id.

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from daemon.fakes.stripe_front import StripeFront
-from daemon.payments import jobs, store
+from daemon.payments import jobs
 from daemon.payments.processor import ProcessorDeps
 from daemon.payments.stripe_provider import StripeProvider
 from daemon.platform.events import EventBus
@@ -156,7 +156,9 @@ async def test_a_hosted_checkout_payment_and_its_refund(pay: Pay, front: StripeF
     assert sent.form["payment_intent"] == front.sessions[created["provider_ref"]]["payment_intent"]
 
 
-async def test_a_recurring_payment_records_each_paid_invoice(pay: Pay, front: StripeFront) -> None:
+async def test_a_recurring_payment_makes_each_paid_invoice_a_payment(
+    pay: Pay, front: StripeFront
+) -> None:
     r = await pay.create(
         method="hosted_checkout", kind="recurring", interval="month", amount=2900,
         headers={"Prefer": "wait=10"},
@@ -166,14 +168,22 @@ async def test_a_recurring_payment_records_each_paid_invoice(pay: Pay, front: St
     with trio.fail_after(10):
         await front.complete_session(created["provider_ref"])  # completed + invoice.paid
         session = front.sessions[created["provider_ref"]]
-        await front.send_event("invoice.paid", front.pay_invoice(session))  # next month
+        await front.charge_invoice(session)  # next month
     await pay.wait_status(created["id"], "succeeded")
 
-    async def two_invoices() -> list[Any] | None:
-        events = await store.events(pay.db, created["id"])
-        paid = [e.detail for e in events if e.kind == "invoice_paid"]
-        return paid if len(paid) == 2 else None
+    async def two_charges() -> list[Any] | None:
+        r = await pay.http.get("/api/v1/payments", params={"parent": created["id"]},
+                               headers=ADMIN)  # fmt: skip
+        assert r.status_code == 200, r.text
+        found = r.json()["payments"]
+        return found if len(found) == 2 else None
 
-    paid = await wait_for(two_invoices)
-    assert [(d["amount"], d["currency"]) for d in paid] == [(2900, "EUR")] * 2
-    assert len({d["invoice"] for d in paid}) == 2
+    charges = await wait_for(two_charges)
+    assert [(c["kind"], c["status"], c["amount"], c["currency"]) for c in charges] == [
+        ("recurring_charge", "succeeded", 2900, "EUR")
+    ] * 2
+    assert {c["parent_payment_id"] for c in charges} == {created["id"]}
+    assert {c["provider_ref"] for c in charges} == set(front.invoices)
+    r = await pay.http.get(f"/api/v1/payments/{created['id']}/events", headers=ADMIN)
+    paid = [e["detail"] for e in r.json()["events"] if e["kind"] == "invoice_paid"]
+    assert sorted(d["payment_id"] for d in paid) == sorted(c["id"] for c in charges)

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 import trio
 
+from daemon.fakes import uisp_server
 from daemon.fakes.stripe_front import StripeFront
 from daemon.payments import jobs, processor, store, stripe_events, stripe_process
 from daemon.payments.processor import ProcessorDeps
@@ -27,6 +28,7 @@ from daemon.platform.config import PaymentsConfig
 from daemon.platform.consumer import Lease
 from daemon.platform.db import Database
 from daemon.platform.events import EventBus
+from daemon.uisp.client import UispClient
 from tests.http_fixtures import make_deps, serving
 from tests.localstripe import LocalStripe
 from tests.stripe_fixtures import (
@@ -171,35 +173,147 @@ async def test_a_refund_event_finishes_the_refund_from_stripes_copy(
     assert ("refund_transition", "succeeded") in await history(db, payment_id)
 
 
-async def test_each_paid_invoice_of_a_subscription_is_in_the_payments_history_once(
-    db: Database, provider: StripeProvider, front: StripeFront, handler_deps: Any
-) -> None:
+async def subscription(
+    db: Database, provider: StripeProvider, front: StripeFront, **columns: Any
+) -> tuple[str, dict[str, Any]]:
+    """A recurring payment at Stripe, its Checkout completed (first invoice paid): our
+    payment id and the front's session."""
+    payment_id = "pay_" + secrets.token_hex(12)
     with trio.fail_after(10):
         created = await provider.create(
-            create_request("pay_sub", 3000, method="hosted_checkout", kind="recurring",
+            create_request(payment_id, 3000, method="hosted_checkout", kind="recurring",
                            interval="month")
         )  # fmt: skip
-    payment_id = await insert_payment(
+    await insert_payment(
         db, "checkout_session", created.ref.id, method="hosted_checkout", kind="recurring",
-        interval="month", amount=3000,
+        interval="month", amount=3000, id=payment_id, **columns,
     )  # fmt: skip
     with trio.fail_after(10):
         await front.complete_session(created.ref.id)  # no webhook_url: events only recorded
-    session = front.sessions[created.ref.id]
-    second = front.pay_invoice(session)  # next month
-    for ev in [*front.sent_events, stripe_event("invoice.paid", second)]:
+    return payment_id, front.sessions[created.ref.id]
+
+
+async def charges_of(db: Database, parent: str) -> list[store.Payment]:
+    page = await store.list_page(
+        db, status=None, customer=None, parent=parent, created_gte=None, created_lt=None,
+        before_seq=None, limit=100,
+    )  # fmt: skip
+    return sorted(page, key=lambda p: p.seq)
+
+
+async def test_each_paid_invoice_of_a_subscription_becomes_one_payment_of_its_own(
+    db: Database, provider: StripeProvider, front: StripeFront, handler_deps: Any
+) -> None:
+    payment_id, session = await subscription(db, provider, front, customer="ana")
+    with trio.fail_after(10):
+        second = await front.charge_invoice(session)  # next month: a real PaymentIntent
+    events = list(front.sent_events)
+    # Redelivered, replayed under another event id, and (out of order) the month's invoice
+    # before the subscription's completion: still one charge per invoice.
+    for ev in [*reversed(events), *events, stripe_event("invoice.paid", second)]:
         await stripe_events.store(db, ev)
-    await stripe_events.store(db, stripe_event("invoice.paid", second))  # another event id
     await process_queue(handler_deps)
-    payment = await store.get(db, payment_id)
-    assert payment is not None
-    assert payment.status == "succeeded"
-    assert payment.provider_subscription_id == session["subscription"]
-    invoices = [e.detail for e in await store.events(db, payment_id) if e.kind == "invoice_paid"]
-    assert [(d["invoice"], d["amount"], d["currency"]) for d in invoices] == [
-        (session["invoice"], 3000, "EUR"),
-        (second["id"], 3000, "EUR"),
+    await stripe_events.store(db, stripe_event("invoice.payment_succeeded", second))
+    await process_queue(handler_deps)
+
+    parent = await store.get(db, payment_id)
+    assert parent is not None and parent.status == "succeeded"
+    assert parent.provider_subscription_id == session["subscription"]
+    first_invoice = front.invoices[session["invoice"]]
+    order = [first_invoice["id"], second["id"]]
+    charges = sorted(await charges_of(db, payment_id), key=lambda c: order.index(c.provider_ref))
+    assert [(c.provider_ref, c.amount, c.currency, c.status, c.kind) for c in charges] == [
+        (first_invoice["id"], 3000, "EUR", "succeeded", "recurring_charge"),
+        (second["id"], 3000, "EUR", "succeeded", "recurring_charge"),
     ]
+    for charge, invoice in zip(charges, (first_invoice, second), strict=True):
+        intent_id = invoice["payments"]["data"][0]["payment"]["payment_intent"]
+        assert intent_id.startswith("pi_")
+        assert (charge.provider_object, charge.provider_intent_id) == ("invoice", intent_id)
+        assert (charge.parent_payment_id, charge.customer, charge.amount_captured) == (
+            payment_id, "ana", 3000,
+        )  # fmt: skip
+        assert await history(db, charge.id) == [
+            ("transition", "created"), ("transition", "succeeded"),
+        ]  # fmt: skip
+        [created] = [e for e in await store.events(db, charge.id) if e.to_status == "created"]
+        assert created.detail["charge"] and created.detail["payment_intent"] == intent_id
+        announced = await db.fetch(
+            "SELECT type, data FROM events WHERE subject = $1 ORDER BY seq", f"payment:{charge.id}"
+        )
+        assert [r["type"] for r in announced] == ["payment.created", "payment.succeeded"]
+        assert {r["data"]["parent_payment_id"] for r in announced} == {payment_id}
+    paid = [e.detail for e in await store.events(db, payment_id) if e.kind == "invoice_paid"]
+    assert sorted((d["invoice"], d["payment_id"], d["amount"]) for d in paid) == sorted(
+        (c.provider_ref, c.id, 3000) for c in charges
+    )
+
+
+async def test_a_failed_invoice_is_noted_on_the_recurring_payment_and_its_retry_is_a_charge(
+    db: Database, provider: StripeProvider, front: StripeFront, handler_deps: Any
+) -> None:
+    payment_id, session = await subscription(db, provider, front)
+    with trio.fail_after(10):
+        failed = await front.charge_invoice(session, card="pm_card_chargeCustomerFail")
+    assert failed["status"] == "open"
+    for ev in front.sent_events:
+        await stripe_events.store(db, ev)
+    await stripe_events.store(db, stripe_event("invoice.payment_failed", failed))  # again
+    await process_queue(handler_deps)
+    noted = [e.detail for e in await store.events(db, payment_id)
+             if e.kind == "invoice_payment_failed"]  # fmt: skip
+    assert [(d["invoice"], d["attempt_count"], d["status"]) for d in noted] == [
+        (failed["id"], 1, "open")
+    ]
+    assert [c.provider_ref for c in await charges_of(db, payment_id)] == [session["invoice"]]
+
+    # Stripe retries and the card pays; the late payment_failed changes nothing more.
+    with trio.fail_after(10):
+        await front.retry_invoice(failed["id"])
+    await stripe_events.store(db, front.sent_events[-1])
+    await stripe_events.store(db, stripe_event("invoice.payment_failed", failed))
+    await process_queue(handler_deps)
+    charges = await charges_of(db, payment_id)
+    assert [(c.provider_ref, c.status) for c in charges] == [
+        (session["invoice"], "succeeded"), (failed["id"], "succeeded"),
+    ]  # fmt: skip
+    assert len([e for e in await store.events(db, payment_id)
+                if e.kind == "invoice_payment_failed"]) == 1  # fmt: skip
+
+
+async def test_each_months_charge_records_one_uisp_payment_and_the_subscription_none(
+    db: Database, provider: StripeProvider, front: StripeFront, nursery: trio.Nursery
+) -> None:
+    fake = uisp_server.FakeUisp(app_key="app-key")
+    client = fake.add_client("Ana", "García", "+34 600 111 222")
+    url = await nursery.start(uisp_server.serve, fake)
+    cfg = msgspec.structs.replace(stripe_config(front), uisp_record_payments=True)
+    async with UispClient(url, "app-key") as uisp:
+        core = ProcessorDeps(db, provider, cfg, EventBus(), uisp)
+        deps = stripe_process.StripeEventDeps(db, provider, core)
+        payment_id, session = await subscription(db, provider, front, uisp_client_id=client["id"])
+        with trio.fail_after(10):
+            await front.charge_invoice(session)
+        for ev in front.sent_events:
+            await stripe_events.store(db, ev)
+        await process_queue(deps)
+        parent = await store.get(db, payment_id)  # succeeded by checkout.session.completed
+        assert parent is not None and parent.status == "succeeded"
+        with trio.fail_after(20):
+            while msgs := await queues.read(db, processor.QUEUE, 30, 10):
+                for msg in msgs:
+                    await processor.handle(core, msg)
+    charges = await charges_of(db, payment_id)
+    recorded = sorted(
+        (p["providerPaymentId"], p["amount"]) for p in fake.payments.values()
+        if p["clientId"] == client["id"]
+    )  # fmt: skip
+    assert recorded == sorted((c.id, 30.0) for c in charges) and len(recorded) == 2
+    for charge in charges:
+        again = await store.get(db, charge.id)
+        assert again is not None and again.uisp_payment_id is not None
+    parent = await store.get(db, payment_id)
+    assert parent is not None and parent.uisp_payment_id is None
 
 
 async def test_stripe_unreachable_retries_the_event_later(

@@ -1,5 +1,6 @@
-"""``paymentd payments reconcile|expire|list|show``: the payment jobs once (for cron and
-operators), and a look at payments without the HTTP API.
+"""``paymentd payments reconcile|expire|list|show|stripe-secret``: the payment jobs once
+(for cron and operators), a look at payments without the HTTP API, and Stripe's signing
+secrets (``daemon.cli.stripe_secrets``).
 
 ``reconcile`` and ``expire`` run the scheduler's own jobs (``payments_reconcile``,
 ``payments_expire``) under the job's lease, so they never run at the same time as the
@@ -12,6 +13,7 @@ import argparse
 import json
 from typing import Any
 
+from daemon.cli import stripe_secrets
 from daemon.cli.common import UserError, load, with_config, with_db
 
 JOB_NAMES = {"reconcile": "payments_reconcile", "expire": "payments_expire"}
@@ -31,6 +33,8 @@ def cmd_payments(args: argparse.Namespace) -> int:
     from daemon.platform.http.problem import json_default
     from daemon.platform.metrics import Metrics
 
+    if args.payments_cmd == "stripe-secret":
+        return stripe_secrets.cmd(args)
     cfg = load(args)
     if args.payments_cmd in JOB_NAMES:
         if cfg.payments.provider == "none":
@@ -86,7 +90,9 @@ def _limit(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("payments", help="payments: reconcile or expire now, list, show")
+    p = sub.add_parser(
+        "payments", help="payments: reconcile or expire now, list, show; Stripe signing secrets"
+    )
     p_sub = p.add_subparsers(dest="payments_cmd", required=True, metavar="ACTION")
     with_config(
         p_sub.add_parser(
@@ -101,4 +107,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls.add_argument("--json", action="store_true")
     show = with_config(p_sub.add_parser("show", help="one payment and its history (JSON)"))
     show.add_argument("id")
+    stripe_secrets.register(p_sub)
     p.set_defaults(fn=cmd_payments)

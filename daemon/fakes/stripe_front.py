@@ -17,13 +17,20 @@ lacks). This server sits between stripe-python and localstripe and
 
 ``complete_session`` plays the customer paying on the hosted page: for ``mode=payment``
 it creates and confirms a real PaymentIntent in localstripe with a test card, for
-``mode=subscription`` it makes a subscription and its first paid invoice; then it sends
-the events Stripe would (``checkout.session.completed``, ``invoice.paid``), signed, to
-``webhook_url``. ``stall`` makes answers hang until ``unstall`` (a provider timeout),
-``fail_next`` answers the next request with a given Stripe error, ``lose_next_answer``
-does the next POST but never answers it; with ``refunds_start_pending`` a refund's create
-answers ``pending`` (as Stripe does for refunds that take days) — the answer a repeat of
-the key replays — while a re-fetch shows localstripe's own (settled) state.
+``mode=subscription`` it makes a subscription and its first invoice, paid by a real
+PaymentIntent in localstripe; then it sends the events Stripe would
+(``checkout.session.completed``, ``invoice.paid``), signed, to ``webhook_url``.
+``charge_invoice`` bills the next period the same way (a declined card leaves the
+invoice open and sends ``invoice.payment_failed``), ``retry_invoice`` pays an open one.
+``stall`` makes answers hang until ``unstall`` (a provider timeout), ``fail_next``
+answers the next request with a given Stripe error, ``lose_next_answer`` does the next
+POST but never answers it; ``hold_next`` holds the next POST to a path — before Stripe
+sees it (``forward=False``: when let go it is dropped, as if the caller crashed before
+sending) or after Stripe did it (``forward=True``: done and kept for its key, the answer
+held) — until the test lets it go, so a test can SIGKILL the caller meanwhile. With
+``refunds_start_pending`` a refund's create answers ``pending`` (as Stripe does for
+refunds that take days) — the answer a repeat of the key replays — while a re-fetch
+shows localstripe's own (settled) state.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-__all__ = ["Recorded", "StripeFront", "serve"]
+__all__ = ["Hold", "Recorded", "StripeFront", "serve"]
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -73,6 +80,21 @@ class _Idempotent:
     status: int = 0
     body: bytes = b""
     content_type: str = "application/json"
+
+
+@dataclass
+class Hold:
+    """One held POST (``StripeFront.hold_next``): ``arrived`` is set once it is held;
+    ``release()`` lets it go (dropped, or answered, as ``forward`` says)."""
+
+    path: str
+    forward: bool
+    arrived: trio.Event = field(default_factory=trio.Event)
+    released: trio.Event = field(default_factory=trio.Event)
+    idempotency_key: str | None = None
+
+    def release(self) -> None:
+        self.released.set()
 
 
 def unflatten(pairs: list[tuple[str, str]]) -> Obj:
@@ -127,6 +149,7 @@ class StripeFront:
         self._stalled: trio.Event | None = None
         self._failures: list[tuple[int, Obj]] = []
         self._lose_next = False
+        self._holds: list[Hold] = []
         self.refunds_start_pending = False
         self._idempotent: dict[tuple[str, str], _Idempotent] = {}
         self._ids = itertools.count(1)
@@ -149,6 +172,17 @@ class StripeFront:
         """The next idempotent POST is carried out (and its answer kept for the key) but
         never answered: the caller times out not knowing (a crash or a lost answer)."""
         self._lose_next = True
+
+    def hold_next(self, path: str, *, forward: bool) -> Hold:
+        """Hold the next POST to ``path`` (``/v1/payment_intents``) until ``release()``.
+
+        ``forward=False``: Stripe never sees it (the caller died before its request left);
+        once released it is dropped, nothing kept for its key. ``forward=True``: Stripe
+        does it (and keeps the answer for its key), the answer is held (the caller died
+        before hearing back)."""
+        hold = Hold(path, forward)
+        self._holds.append(hold)
+        return hold
 
     def fail_next(self, status: int, error_type: str, message: str, **extra: Any) -> None:
         """The next request is answered with this Stripe error (and not recorded)."""
@@ -179,11 +213,29 @@ class StripeFront:
                 form = unflatten(list(request.args.items(multi=True)))
             key = request.headers.get("Idempotency-Key")
             self.requests.append(Recorded(request.method, "/" + path, key, form))
+            hold = self._take_hold(request.method, "/" + path, key)
+            if hold is not None and not hold.forward:
+                hold.arrived.set()
+                await hold.released.wait()
+                return _error(500, "api_error", "dropped before Stripe saw it (a test's hold)")
             if request.method != "POST" or not key:
-                return await self._route("/" + path, form, raw)
-            return await self._idempotent_call(key, "/" + path, text, form, raw)
+                response = await self._route("/" + path, form, raw)
+            else:
+                response = await self._idempotent_call(key, "/" + path, text, form, raw)
+            if hold is not None:  # done at Stripe (and kept for the key); the answer waits
+                hold.arrived.set()
+                await hold.released.wait()
+            return response
 
         return app
+
+    def _take_hold(self, method: str, path: str, key: str | None) -> Hold | None:
+        for hold in self._holds:
+            if method == "POST" and hold.path == path:
+                self._holds.remove(hold)
+                hold.idempotency_key = key
+                return hold
+        return None
 
     async def _idempotent_call(
         self, key: str, path: str, text: str, form: Obj, raw: bytes
@@ -418,20 +470,29 @@ class StripeFront:
         else:
             sub_id = self._id("sub")
             session.update(subscription=sub_id, status="complete", payment_status="paid")
-            invoice = self.pay_invoice(session)
+            invoice = await self.charge_invoice(session, send=False)
             await self.send_event("checkout.session.completed", _public(session))
             await self.send_event("invoice.paid", invoice)
         return _public(session)
 
-    def pay_invoice(self, session: Obj) -> Obj:
-        """One more paid invoice of a subscription session (each billing period)."""
+    def pay_invoice(self, session: Obj, *, intent: Obj | None = None) -> Obj:
+        """One more paid invoice of a subscription session (each billing period); with
+        ``intent``, the localstripe PaymentIntent that paid it."""
+        invoice = self._invoice(session, "paid")
+        if intent is not None:
+            invoice["payments"]["data"].append(_invoice_payment(intent, "paid"))
+        return invoice
+
+    def _invoice(self, session: Obj, status: str) -> Obj:
         sub_meta = session["_subscription_data"].get("metadata") or {}
+        now = int(time.time())
         invoice = {
             "id": self._id("in"),
             "object": "invoice",
-            "status": "paid",
-            "amount_paid": session["amount_total"],
+            "status": status,
+            "amount_paid": session["amount_total"] if status == "paid" else 0,
             "amount_due": session["amount_total"],
+            "attempt_count": 1,
             "currency": session["currency"],
             "billing_reason": "subscription_cycle"
             if session.get("invoice")
@@ -443,10 +504,57 @@ class StripeFront:
                     "metadata": sub_meta,
                 },
             },
-            "created": int(time.time()),
+            # Stripe: only with expand[]=payments; always here.
+            "payments": {"object": "list", "has_more": False, "data": []},
+            "lines": {"object": "list", "data": [{"period": {"start": now, "end": now + 1}}]},
+            "created": now,
         }
         session["invoice"] = session.get("invoice") or invoice["id"]
         self.invoices[invoice["id"]] = invoice
+        return invoice
+
+    async def charge_invoice(
+        self, session: Obj, *, card: str = "pm_card_visa", send: bool = True
+    ) -> Obj:
+        """The subscription bills a period: a real PaymentIntent charged in localstripe
+        with ``card``; paid → ``invoice.paid``, declined → the invoice stays open and
+        ``invoice.payment_failed`` (each sent if ``send`` and a webhook is set)."""
+        form = {
+            "amount": session["amount_total"],
+            "currency": session["currency"],
+            "payment_method": card,
+            "confirm": "true",
+        }
+        r = await self._http.post(
+            self.upstream + "/v1/payment_intents", data=form, auth=(self.api_key, "")
+        )
+        if r.status_code == 200 and r.json().get("status") == "succeeded":
+            invoice = self.pay_invoice(session, intent=r.json())
+            if send:
+                await self.send_event("invoice.paid", invoice)
+            return invoice
+        error = r.json().get("error") or {}
+        intent = error.get("payment_intent") or {"id": None}
+        invoice = self._invoice(session, "open")
+        invoice["payments"]["data"].append(_invoice_payment(intent, "open"))
+        if send:
+            await self.send_event("invoice.payment_failed", invoice)
+        return invoice
+
+    async def retry_invoice(self, invoice_id: str, *, card: str = "pm_card_visa") -> Obj:
+        """Stripe's smart retry of an open invoice: paid now (``invoice.paid`` sent)."""
+        invoice = self.invoices[invoice_id]
+        form = {
+            "amount": invoice["amount_due"],
+            "currency": invoice["currency"],
+            "payment_method": card,
+            "confirm": "true",
+        }
+        intent = await self._localstripe("/v1/payment_intents", form)
+        invoice.update(status="paid", amount_paid=invoice["amount_due"])
+        invoice["attempt_count"] += 1
+        invoice["payments"]["data"].append(_invoice_payment(intent, "paid"))
+        await self.send_event("invoice.paid", invoice)
         return invoice
 
     async def _localstripe(self, path: str, form: dict[str, Any]) -> Obj:
@@ -481,6 +589,14 @@ class StripeFront:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _invoice_payment(intent: Obj, status: str) -> Obj:
+    return {
+        "object": "invoice_payment",
+        "status": status,
+        "payment": {"type": "payment_intent", "payment_intent": intent.get("id")},
+    }
 
 
 def _list(url: str, data: list[Obj]) -> Obj:

@@ -35,8 +35,9 @@ CaptureMethod = Literal["automatic", "manual"]
 
 # What kind of object the provider made for a payment, so a later call knows where to look:
 # Stripe: a PaymentIntent (method "intent"), a Checkout Session ("hosted_checkout", and
-# recurring payments: Checkout in subscription mode) or a Payment Link ("payment_link").
-ObjectKind = Literal["payment_intent", "checkout_session", "payment_link"]
+# recurring payments: Checkout in subscription mode) or a Payment Link ("payment_link");
+# a recurring payment's charge is one paid invoice of its subscription ("invoice").
+ObjectKind = Literal["payment_intent", "checkout_session", "payment_link", "invoice"]
 
 # The provider's state of a payment, normalized:
 #   requires_payment_method  waiting for the customer to pay (client secret / hosted page)

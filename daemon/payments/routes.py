@@ -135,8 +135,9 @@ class PaymentOut(BaseModel):
     amount_refunded: int
     amount_refundable: int
     method: str
-    kind: str
+    kind: str = Field(description="one_time, recurring, or recurring_charge (a paid invoice)")
     interval: str | None
+    parent_payment_id: str | None = Field(description="a recurring_charge's recurring payment")
     capture_method: str
     description: str | None
     customer: str | None
@@ -200,6 +201,11 @@ class PaymentQuery(BaseModel):
 
     status: PaymentStatus | None = None
     customer: str | None = Field(None, max_length=200)
+    parent: str | None = Field(
+        None,
+        max_length=40,
+        description="a recurring payment's id: its charges (one per paid invoice)",
+    )
     created_gte: Instant | None = None
     created_lt: Instant | None = None
     cursor: str | None = Field(None, pattern=r"^[0-9]{1,19}$")
@@ -308,10 +314,11 @@ def blueprint(deps: Deps) -> Blueprint:
     @read
     @validate_querystring(PaymentQuery)
     async def list_payments(query_args: PaymentQuery) -> Response:
-        """Payments, newest first, filtered by status, customer and creation time."""
+        """Payments, newest first, filtered by status, customer, parent and creation time."""
         page = await service.list_payments(
             status=query_args.status,
             customer=query_args.customer,
+            parent=query_args.parent,
             created_gte=query_args.created_gte,
             created_lt=query_args.created_lt,
             cursor=query_args.cursor,

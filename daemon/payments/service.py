@@ -199,6 +199,7 @@ class PaymentService:
         created_lt: dt.datetime | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        parent: str | None = None,
     ) -> Page:
         before: int | None = None
         if cursor is not None:
@@ -213,6 +214,7 @@ class PaymentService:
             self.db,
             status=status,
             customer=customer,
+            parent=parent,
             created_gte=created_gte,
             created_lt=created_lt,
             before_seq=before,

@@ -74,6 +74,8 @@ class Payment:
     uisp_payment_id: int | None
     uisp_recorded_at: dt.datetime | None
     uisp_error: str | None
+    # A recurring payment's charge (kind "recurring_charge"): the recurring payment.
+    parent_payment_id: str | None
 
     @property
     def final(self) -> bool:
@@ -101,6 +103,7 @@ class Payment:
             "method": self.method,
             "kind": self.kind,
             "interval": self.interval,
+            "parent_payment_id": self.parent_payment_id,
             "capture_method": self.capture_method,
             "description": self.description,
             "customer": self.customer,
@@ -123,8 +126,13 @@ class Payment:
         }
 
     def announced(self) -> dict[str, Any]:
-        """What the outbox tells partners: no client secret, no callback URL."""
-        return {
+        """What the outbox tells partners: no client secret, no callback URL. A recurring
+        charge also names its recurring payment (``parent_payment_id``); other payments
+        carry exactly what the SQL entry point's ``payment.created`` carries."""
+        extra = (
+            {} if self.parent_payment_id is None else {"parent_payment_id": self.parent_payment_id}
+        )
+        return extra | {
             "id": self.id,
             "status": self.status,
             "amount": self.amount,
@@ -330,6 +338,7 @@ async def list_page(
     *,
     status: str | None,
     customer: str | None,
+    parent: str | None = None,
     created_gte: dt.datetime | None,
     created_lt: dt.datetime | None,
     before_seq: int | None,
@@ -342,6 +351,7 @@ async def list_page(
         " AND ($3::timestamptz IS NULL OR created_at >= $3)"
         " AND ($4::timestamptz IS NULL OR created_at < $4)"
         " AND ($5::bigint IS NULL OR seq < $5)"
+        " AND ($7::text IS NULL OR parent_payment_id = $7)"
         " ORDER BY seq DESC LIMIT $6",
         status,
         customer,
@@ -349,6 +359,7 @@ async def list_page(
         created_lt,
         before_seq,
         limit,
+        parent,
     )
     return [_payment(r) for r in rows]
 
@@ -438,9 +449,11 @@ async def transition(
         event = await outbox.emit(tx, event_type, moved.announced(), subject=f"payment:{moved.id}")
         if moved.final:
             await _callback(tx, moved, event.id)
-    if to_status == "succeeded" and moved.uisp_client_id is not None:
+    if to_status == "succeeded" and moved.uisp_client_id is not None and moved.kind != "recurring":
         # Closing the loop to the network: the processor records it in UISP (if so
-        # configured), whose unsuspend webhook then reconnects the customer.
+        # configured), whose unsuspend webhook then reconnects the customer. A recurring
+        # payment's money is in its charges (one per paid invoice, the first one too):
+        # each charge closes the loop, the subscription itself does not.
         await queues.send(tx, QUEUE, {"payment_id": moved.id, "uisp": True})
     return moved, Change(moved.id, to_status, provider=moved.provider)
 

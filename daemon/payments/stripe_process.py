@@ -16,9 +16,11 @@ in, the final state is Stripe's current one.
   its ref): the refund is re-fetched and applied;
 - ``charge.refunded``: the payment of the charge's intent: its pending refunds are
   re-fetched and applied;
-- ``invoice.paid`` / ``invoice.payment_succeeded``: the recurring payment of the
-  invoice's subscription: the invoice is re-fetched, and a paid one is appended to the
-  payment's history once (``invoice_paid``, with the invoice id and amount).
+- ``invoice.paid`` / ``invoice.payment_succeeded`` / ``invoice.payment_failed``: the
+  recurring payment of the invoice's subscription: the invoice is re-fetched; a paid one
+  becomes a payment of its own, once (a ``recurring_charge`` child of the recurring
+  payment, ``daemon.payments.recurring``; ``invoice_paid`` in the parent's history), a
+  failed attempt is noted in the parent's history (``invoice_payment_failed``).
 
 Anything else is recorded ``processed`` with an outcome saying it was ignored. Stripe
 unreachable: the event is retried (1 s doubling to 5 min, a fresh queue message each time,
@@ -32,7 +34,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.payments import refresh, store, stripe_events
+from daemon.payments import recurring, refresh, store, stripe_events
 from daemon.payments.processor import ProcessorDeps
 from daemon.payments.provider import ProviderRejected, ProviderUnavailable
 from daemon.payments.stripe_provider import PAYMENT_ID_KEY, REFUND_ID_KEY, StripeProvider
@@ -117,8 +119,8 @@ async def apply(deps: StripeEventDeps, provider: StripeProvider, event: dict[str
             await deps.refresh_refund(r, ACTOR) for r in await _pending_refunds(deps.db, payment.id)
         ]
         return "; ".join(outcomes) or "no pending refund"
-    if kind in ("invoice.paid", "invoice.payment_succeeded"):
-        return await _invoice_paid(deps, provider, obj["id"])
+    if kind in ("invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed"):
+        return await _invoice_event(deps, provider, obj["id"], kind)
     return f"ignored: {kind}"
 
 
@@ -174,15 +176,21 @@ async def _pending_refunds(db: Database, payment_id: str) -> list[str]:
     return [r["id"] for r in rows]
 
 
-async def _invoice_paid(deps: StripeEventDeps, provider: StripeProvider, invoice_id: str) -> str:
-    """A paid invoice of a recurring payment: one ``invoice_paid`` entry in its history."""
+async def _invoice_event(
+    deps: StripeEventDeps, provider: StripeProvider, invoice_id: str, kind: str
+) -> str:
+    """An invoice of a recurring payment changed: re-fetched, then a paid one becomes a
+    charge (``daemon.payments.recurring``), a failed attempt is noted on the parent.
+
+    What is recorded follows the re-fetched invoice, not the event's type: a
+    ``payment_failed`` that arrives after a retry paid it records the charge.
+    """
     invoice = await provider.retrieve_invoice(invoice_id)
-    if invoice.status != "paid":
-        return f"invoice {invoice_id} is {invoice.status}: nothing to record"
     payment = None
     if invoice.subscription_id:
         payment_id = await deps.db.fetchval(
-            "SELECT id FROM payments WHERE provider = 'stripe' AND provider_subscription_id = $1",
+            "SELECT id FROM payments WHERE provider = 'stripe' AND provider_subscription_id = $1"
+            " AND kind = 'recurring'",
             invoice.subscription_id,
         )
         payment = await store.get(deps.db, payment_id) if payment_id else None
@@ -190,37 +198,30 @@ async def _invoice_paid(deps: StripeEventDeps, provider: StripeProvider, invoice
         payment = await store.get(deps.db, invoice.payment_id)
     if payment is None or payment.kind != "recurring":
         return f"ignored: no recurring payment for invoice {invoice_id}"
+    failed_attempt = kind == "invoice.payment_failed" and invoice.status in (
+        "open",
+        "uncollectible",
+    )
+    if not invoice.paid and not failed_attempt:
+        return f"invoice {invoice_id} is {invoice.status}: nothing to record"
+    changes: list[store.Change] = []
     async with deps.db.transaction() as tx:
         locked = await store.lock(tx, payment.id)
         assert locked is not None
-        if await _invoice_recorded(tx, payment.id, invoice_id):
-            return f"invoice {invoice_id} already recorded"
-        await store.add_event(
-            tx,
-            payment.id,
-            "invoice_paid",
-            None,
-            None,
-            ACTOR,
-            {
-                "invoice": invoice_id,
-                "amount": invoice.amount_paid,
-                "currency": invoice.currency,
-                "subscription": invoice.subscription_id,
-                "billing_reason": invoice.billing_reason,
-            },
-        )
-    return f"invoice {invoice_id} recorded on {payment.id}"
-
-
-async def _invoice_recorded(tx: Conn, payment_id: str, invoice_id: str) -> bool:
-    found: bool = await tx.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM payment_events WHERE payment_id = $1"
-        " AND kind = 'invoice_paid' AND detail->>'invoice' = $2)",
-        payment_id,
-        invoice_id,
-    )
-    return found
+        if not invoice.paid:
+            noted = await recurring.record_failed(tx, locked, invoice, ACTOR)
+            attempt = f"attempt {invoice.attempt_count} of invoice {invoice_id}"
+            return f"{attempt} failed: noted on {payment.id}" if noted else f"{attempt} known"
+        if invoice.amount_paid <= 0:  # a fully discounted period: no money, no charge
+            await store.add_event(tx, payment.id, "invoice_paid", None, None, ACTOR,
+                                  {"invoice": invoice_id, "amount": 0})  # fmt: skip
+            return f"invoice {invoice_id} paid nothing: noted on {payment.id}"
+        charge, changes = await recurring.record_paid(tx, locked, invoice, ACTOR)
+    for change in changes:
+        change.publish(deps.processor.events, deps.processor.metrics)
+    if charge is None:
+        return f"invoice {invoice_id} already recorded"
+    return f"invoice {invoice_id} recorded as {charge.id} of {payment.id}"
 
 
 async def on_poison(tx: Conn, msg: Message, reason: str) -> None:

@@ -115,6 +115,35 @@ class StripeInvoice:
     subscription_id: str | None
     payment_id: str | None  # our payment, from the subscription's metadata
     billing_reason: str | None
+    amount_due: int = 0
+    intent_id: str | None = None  # the PaymentIntent that paid it (or tried to)
+    charge_id: str | None = None  # that intent's charge
+    attempt_count: int = 0  # payment attempts so far (a failed one counts)
+    period_start: int | None = None  # unix times of the billed period
+    period_end: int | None = None
+
+    @property
+    def paid(self) -> bool:
+        return self.status == "paid"
+
+    def as_payment(self) -> ProviderPayment:
+        """The invoice as a payment (a recurring payment's charge)."""
+        status: ProviderStatus = "requires_payment_method"
+        if self.status == "paid":
+            status = "succeeded"
+        elif self.status in ("void", "uncollectible"):
+            status = "failed"
+        amount = self.amount_paid if self.paid else self.amount_due
+        return ProviderPayment(
+            ref=ProviderRef("invoice", self.id),
+            status=status,
+            provider_status=self.status,
+            amount=amount,
+            currency=self.currency,
+            amount_captured=self.amount_paid if self.paid else 0,
+            intent_id=self.intent_id,
+            subscription_id=self.subscription_id,
+        )
 
 
 class StripeProvider:
@@ -235,6 +264,8 @@ class StripeProvider:
         return _from_link(link.to_dict(), amount=req.amount, currency=req.currency)
 
     async def retrieve(self, ref: ProviderRef) -> ProviderPayment:
+        if ref.kind == "invoice":  # a recurring payment's charge
+            return (await self.retrieve_invoice(ref.id)).as_payment()
         if ref.kind == "payment_intent":
             pi = await self._call(
                 "retrieve PaymentIntent", lambda: self._v1.payment_intents.retrieve_async(ref.id)
@@ -346,11 +377,23 @@ class StripeProvider:
         return _from_refund(refund.to_dict())
 
     async def retrieve_invoice(self, invoice_id: str) -> StripeInvoice:
-        """Stripe-only (recurring payments): re-fetch an invoice for ``invoice.paid``."""
+        """Stripe-only (recurring payments): re-fetch an invoice (``invoice.*`` events, a
+        charge's reconcile), with the PaymentIntent and charge that paid it."""
+        params: Params = {"expand": ["payments"]}  # not in the answer unless asked
         invoice = await self._call(
-            "retrieve Invoice", lambda: self._v1.invoices.retrieve_async(invoice_id)
+            "retrieve Invoice",
+            lambda: self._v1.invoices.retrieve_async(invoice_id, params=params),
         )
-        return _from_invoice(invoice.to_dict())
+        found = _from_invoice(invoice.to_dict())
+        if found.intent_id and not found.charge_id:
+            intent_id = found.intent_id
+            pi = await self._call(
+                "retrieve PaymentIntent", lambda: self._v1.payment_intents.retrieve_async(intent_id)
+            )
+            charge = pi.to_dict().get("latest_charge")
+            charge_id = charge.get("id") if isinstance(charge, dict) else charge
+            found = dataclasses.replace(found, charge_id=charge_id)
+        return found
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -441,18 +484,35 @@ def _from_intent(pi: Obj, *, captured: int | None = None) -> ProviderPayment:
 
 
 def _from_invoice(inv: Obj) -> StripeInvoice:
-    # API 2025-03-31 and later: parent.subscription_details; older: top-level fields.
+    # API 2025-03-31 and later: parent.subscription_details and the ``payments`` list
+    # (expanded); older: top-level subscription, payment_intent and charge.
     details = (inv.get("parent") or {}).get("subscription_details") or {}
     sub = details.get("subscription") or inv.get("subscription")
     meta = details.get("metadata") or (inv.get("subscription_details") or {}).get("metadata")
+    currency = str(inv.get("currency") or "")
+    intent, charge = inv.get("payment_intent"), inv.get("charge")
+    payments = [p for p in ((inv.get("payments") or {}).get("data") or []) if p.get("payment")]
+    # The paid one if there is one, else the latest attempt.
+    paid = [p for p in payments if p.get("status") == "paid"] or payments[-1:]
+    if paid:
+        intent = paid[0]["payment"].get("payment_intent") or intent
+        charge = paid[0]["payment"].get("charge") or charge
+    period = (inv.get("lines") or {}).get("data") or []
+    span = (period[0].get("period") or {}) if period else {}
     return StripeInvoice(
         id=inv["id"],
         status=str(inv.get("status")),
-        amount_paid=from_stripe(int(inv.get("amount_paid") or 0), str(inv.get("currency") or "")),
-        currency=str(inv.get("currency") or "").upper(),
+        amount_paid=from_stripe(int(inv.get("amount_paid") or 0), currency),
+        currency=currency.upper(),
         subscription_id=sub.get("id") if isinstance(sub, dict) else sub,
         payment_id=(meta or {}).get(PAYMENT_ID_KEY),
         billing_reason=inv.get("billing_reason"),
+        amount_due=from_stripe(int(inv.get("amount_due") or 0), currency),
+        intent_id=intent.get("id") if isinstance(intent, dict) else intent,
+        charge_id=charge.get("id") if isinstance(charge, dict) else charge,
+        attempt_count=int(inv.get("attempt_count") or 0),
+        period_start=span.get("start") or inv.get("period_start"),
+        period_end=span.get("end") or inv.get("period_end"),
     )
 
 

@@ -3,8 +3,10 @@
 Consumes Stripe's signed event deliveries: a JSON event body and a ``Stripe-Signature``
 header (``t=<unix>,v1=<hex HMAC-SHA256 of "t.body">``, several ``v1`` possible). The
 signature is checked on the raw body with stripe-python's own ``WebhookSignature``
-against each configured signing secret (``payments.stripe_webhook_secrets``: two during
-a rotation, any one verifies) and ``payments.stripe_webhook_tolerance_seconds``.
+(a constant-time comparison) against every candidate signing secret — the keyring's
+active ones (``daemon.payments.stripe_secrets``: two during a rotation, any one
+verifies; cached in memory), then the config's ``payments.stripe_webhook_secrets`` —
+within ``payments.stripe_webhook_tolerance_seconds``.
 
 Produces, for a verified event, in one statement: a ``stripe_events`` row (one per event
 id: a redelivery only counts) and a ``{"event_id"}`` message on the ``stripe_events``
@@ -12,7 +14,9 @@ queue (``daemon.payments.stripe_process`` re-fetches the object and applies it).
 missing or stale signature answers 400 and stores nothing; so does a body that is not a
 Stripe event. A database outage answers 503: Stripe retries for three days.
 
-No secrets configured: the route answers 404 like an unknown URL.
+No secrets anywhere: the route answers 404 like an unknown URL. Stored secrets that
+cannot be read (the keyring's key missing, the database down before the first read):
+503, so Stripe retries.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from quart import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from daemon.payments import stripe_events
+from daemon.payments.stripe_secrets import SigningSecretsUnavailable, VerifyingSecrets
 from daemon.platform import logcontext
 from daemon.platform.config import Secret
 from daemon.platform.db import DatabaseError
@@ -79,13 +84,16 @@ def verify(
     # stripe-python takes whole seconds and treats 0 as "no age check": a sub-second
     # tolerance rounds up, never down to 0 (which would accept any replayed delivery).
     tolerance = max(1, math.ceil(tolerance_seconds))
+    verified = False
+    # Every candidate is tried, even after one verified: the time taken does not say
+    # which secret signed (each comparison is constant-time in stripe-python).
     for secret in secrets:
         try:
             stripe.WebhookSignature.verify_header(payload, header, secret.reveal(), tolerance)
-            break
+            verified = True
         except stripe.SignatureVerificationError as exc:
             stale = stale or str(exc).startswith("Timestamp outside the tolerance zone")
-    else:
+    if not verified:
         if stale:
             raise BadEvent(f"Stripe-Signature is older than {tolerance_seconds:g} s")
         raise BadEvent("Stripe-Signature does not match the body")
@@ -127,6 +135,7 @@ class StripeWebhookAnswer(BaseModel):
 def blueprint(deps: Deps) -> Blueprint:
     bp = Blueprint("stripe_webhook", __name__)
     counter = deps.metrics.webhooks
+    signing = VerifyingSecrets(deps.config.payments, deps.config.secrets)
 
     def count(outcome: str) -> None:
         counter.labels(SOURCE, outcome).inc()
@@ -145,7 +154,16 @@ def blueprint(deps: Deps) -> Blueprint:
     async def stripe_webhook() -> Response:
         """Receive one Stripe event; ``Stripe-Signature`` is the authentication."""
         cfg = deps.config.payments
-        secrets = [s for s in cfg.stripe_webhook_secrets if s]
+        try:
+            secrets = await signing.candidates(deps.db)
+        except SigningSecretsUnavailable as exc:
+            count("unavailable")
+            log.error("Stripe webhook: the signing secrets cannot be read: %s", exc)
+            raise Problem(
+                503,
+                "the Stripe signing secrets cannot be read now (see secrets.key_file)",
+                headers={"Retry-After": "60"},
+            ) from None
         if not secrets:
             return not_found()
         try:
@@ -154,13 +172,17 @@ def blueprint(deps: Deps) -> Blueprint:
             count("too_large")
             raise
         raw = data if isinstance(data, bytes) else data.encode()
+        header = request.headers.get("Stripe-Signature")
+        tolerance = cfg.stripe_webhook_tolerance_seconds
         try:
-            event = verify(
-                raw,
-                request.headers.get("Stripe-Signature"),
-                secrets,
-                tolerance_seconds=cfg.stripe_webhook_tolerance_seconds,
-            )
+            try:
+                event = verify(raw, header, secrets, tolerance_seconds=tolerance)
+            except BadEvent:
+                # Perhaps signed with a secret added since our copy: read them again once.
+                if not header or not await signing.refresh_after_miss(deps.db):
+                    raise
+                secrets = await signing.candidates(deps.db)
+                event = verify(raw, header, secrets, tolerance_seconds=tolerance)
         except BadEvent as exc:
             count("bad_signature")
             log.warning("Stripe webhook refused: %s", exc)

@@ -204,6 +204,7 @@ class _Calls:
             created_lt=_time(req.created_to, "created_to"),
             cursor=_opt(req.cursor),
             limit=limit,
+            parent=_opt(req.parent),
         )
         return pb.ListPaymentsResponse(
             payments=[payment_message(p.public()) for p in page.payments],

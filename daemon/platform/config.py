@@ -339,9 +339,13 @@ class PaymentsConfig(_Section, frozen=True):
     # Stripe (the stripe provider and POST /webhooks/stripe).
     stripe_api_key: Secret = _secret()
     stripe_base_url: str = "https://api.stripe.com"  # localstripe in tests
-    # whsec_… signing secrets; two during a rotation (any one verifies).
+    # whsec_… signing secrets: keep them in the keyring ('paymentd payments stripe-secret
+    # add', at most two active); these are still accepted as well (older configs).
     stripe_webhook_secrets: tuple[Secret, ...] = ()
     stripe_webhook_tolerance_seconds: Seconds = 300.0
+    # How long the daemon trusts its copy of the keyring's signing secrets: an added or
+    # retired secret takes effect within this (an added one at its first event).
+    stripe_webhook_secrets_refresh_seconds: Seconds = 10.0
 
     @property
     def uisp_action(self) -> Literal["off", "record", "reconnect"]:

@@ -398,6 +398,14 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
         ("id",),
         lambda r: f"webhook_secret:{r['id']}".encode(),
     ),
+    # Stripe's webhook signing secrets (daemon.payments.stripe_secrets.aad).
+    EncryptedColumn(
+        "stripe_webhook_secrets",
+        "id",
+        "secret_enc",
+        ("id",),
+        lambda r: f"stripe_webhook_secret:{r['id']}".encode(),
+    ),
 )
 
 

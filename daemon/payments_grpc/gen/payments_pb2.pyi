@@ -50,20 +50,22 @@ class GetPaymentRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListPaymentsRequest(_message.Message):
-    __slots__ = ("status", "customer", "created_from", "created_to", "limit", "cursor")
+    __slots__ = ("status", "customer", "created_from", "created_to", "limit", "cursor", "parent")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     CREATED_FROM_FIELD_NUMBER: _ClassVar[int]
     CREATED_TO_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
     status: str
     customer: str
     created_from: str
     created_to: str
     limit: int
     cursor: str
-    def __init__(self, status: _Optional[str] = ..., customer: _Optional[str] = ..., created_from: _Optional[str] = ..., created_to: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
+    parent: str
+    def __init__(self, status: _Optional[str] = ..., customer: _Optional[str] = ..., created_from: _Optional[str] = ..., created_to: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., parent: _Optional[str] = ...) -> None: ...
 
 class ListPaymentsResponse(_message.Message):
     __slots__ = ("payments", "next_cursor")
@@ -110,7 +112,7 @@ class GetRefundRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class Payment(_message.Message):
-    __slots__ = ("id", "status", "amount", "currency", "description", "customer", "metadata", "capture_method", "kind", "interval", "method", "amount_captured", "amount_refunded", "client_secret", "hosted_url", "status_callback_url", "uisp_client_id", "failure_reason", "created_at", "updated_at", "currency_exponent", "amount_display", "amount_refundable", "provider", "provider_ref", "failure_code", "failure_message", "cancel_requested", "capture_requested", "expires_at", "finished_at", "uisp_payment_id")
+    __slots__ = ("id", "status", "amount", "currency", "description", "customer", "metadata", "capture_method", "kind", "interval", "method", "amount_captured", "amount_refunded", "client_secret", "hosted_url", "status_callback_url", "uisp_client_id", "failure_reason", "created_at", "updated_at", "currency_exponent", "amount_display", "amount_refundable", "provider", "provider_ref", "failure_code", "failure_message", "cancel_requested", "capture_requested", "expires_at", "finished_at", "uisp_payment_id", "parent_payment_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +152,7 @@ class Payment(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     UISP_PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: str
     amount: int
@@ -182,7 +185,8 @@ class Payment(_message.Message):
     expires_at: str
     finished_at: str
     uisp_payment_id: int
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., description: _Optional[str] = ..., customer: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., capture_method: _Optional[str] = ..., kind: _Optional[str] = ..., interval: _Optional[str] = ..., method: _Optional[str] = ..., amount_captured: _Optional[int] = ..., amount_refunded: _Optional[int] = ..., client_secret: _Optional[str] = ..., hosted_url: _Optional[str] = ..., status_callback_url: _Optional[str] = ..., uisp_client_id: _Optional[int] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., currency_exponent: _Optional[int] = ..., amount_display: _Optional[str] = ..., amount_refundable: _Optional[int] = ..., provider: _Optional[str] = ..., provider_ref: _Optional[str] = ..., failure_code: _Optional[str] = ..., failure_message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., capture_requested: _Optional[bool] = ..., expires_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., uisp_payment_id: _Optional[int] = ...) -> None: ...
+    parent_payment_id: str
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., description: _Optional[str] = ..., customer: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., capture_method: _Optional[str] = ..., kind: _Optional[str] = ..., interval: _Optional[str] = ..., method: _Optional[str] = ..., amount_captured: _Optional[int] = ..., amount_refunded: _Optional[int] = ..., client_secret: _Optional[str] = ..., hosted_url: _Optional[str] = ..., status_callback_url: _Optional[str] = ..., uisp_client_id: _Optional[int] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., currency_exponent: _Optional[int] = ..., amount_display: _Optional[str] = ..., amount_refundable: _Optional[int] = ..., provider: _Optional[str] = ..., provider_ref: _Optional[str] = ..., failure_code: _Optional[str] = ..., failure_message: _Optional[str] = ..., cancel_requested: _Optional[bool] = ..., capture_requested: _Optional[bool] = ..., expires_at: _Optional[str] = ..., finished_at: _Optional[str] = ..., uisp_payment_id: _Optional[int] = ..., parent_payment_id: _Optional[str] = ...) -> None: ...
 
 class Refund(_message.Message):
     __slots__ = ("id", "payment_id", "status", "amount", "currency", "reason", "failure_reason", "created_at", "updated_at", "amount_display", "provider_ref", "finished_at")
