@@ -142,7 +142,7 @@ async def test_the_sdk_gets_a_link_only_for_an_origin_its_publishable_key_lists(
         payment = await new_payment(pay)
         ask = {"publishable_key": pk.id, "payment_id": payment["id"]}
 
-        ok = await pay.http.post("/checkout/links", json=ask, headers={"Origin": SHOP})
+        ok = await pay.http.post("/checkout-links", json=ask, headers={"Origin": SHOP})
         assert ok.status_code == 200, ok.text
         assert ok.headers["access-control-allow-origin"] == SHOP
         token = ok.json()["path"].rsplit("/", 1)[1]
@@ -154,30 +154,30 @@ async def test_the_sdk_gets_a_link_only_for_an_origin_its_publishable_key_lists(
         assert f'data-parent-origin="{SHOP}"' in page.text
 
         evil = await pay.http.post(
-            "/checkout/links", json=ask, headers={"Origin": "http://evil.example"}
+            "/checkout-links", json=ask, headers={"Origin": "http://evil.example"}
         )
         assert evil.status_code == 403 and "origin" in evil.json()["detail"]
-        no_origin = await pay.http.post("/checkout/links", json=ask)
+        no_origin = await pay.http.post("/checkout-links", json=ask)
         assert no_origin.status_code == 403
         unknown = await pay.http.post(
-            "/checkout/links",
+            "/checkout-links",
             json={**ask, "publishable_key": "pk_" + "0" * 24},
             headers={"Origin": SHOP},
         )
         assert unknown.status_code == 401
         missing = await pay.http.post(
-            "/checkout/links",
+            "/checkout-links",
             json={**ask, "payment_id": "pay_" + "0" * 24},
             headers={"Origin": SHOP},
         )
         assert missing.status_code == 404
         bad = await pay.http.post(
-            "/checkout/links", json={"publishable_key": pk.id}, headers={"Origin": SHOP}
+            "/checkout-links", json={"publishable_key": pk.id}, headers={"Origin": SHOP}
         )
         assert bad.status_code == 400 and bad.json()["field"] == "payment_id"
 
         preflight = await pay.http.options(
-            "/checkout/links",
+            "/checkout-links",
             headers={"Origin": SHOP, "Access-Control-Request-Method": "POST"},
         )
         assert preflight.status_code == 204
@@ -185,7 +185,7 @@ async def test_the_sdk_gets_a_link_only_for_an_origin_its_publishable_key_lists(
         assert "content-type" in preflight.headers["access-control-allow-headers"].lower()
 
         await keys.revoke(pay.db, pk.id)
-        revoked = await pay.http.post("/checkout/links", json=ask, headers={"Origin": SHOP})
+        revoked = await pay.http.post("/checkout-links", json=ask, headers={"Origin": SHOP})
         assert revoked.status_code == 401
 
 

@@ -2,7 +2,7 @@
 page gives the SDK.
 
 A publishable key is public by design (it sits in the page's HTML), so it is not a
-credential for anything but one thing: asking ``POST /checkout/links`` for a payment's
+credential for anything but one thing: asking ``POST /checkout-links`` for a payment's
 checkout link from a browser page whose ``Origin`` the key lists. Keys are created next
 to API keys (``paymentd apikey publishable create --name N --origin URL``), listed and
 revoked the same way. The payment id is what the merchant's server hands its own page

@@ -2,7 +2,7 @@
 
 Routes (all open: the signed token, or the publishable key + Origin, is the credential):
 
-- ``POST /checkout/links`` ``{"publishable_key", "payment_id"}`` from a merchant page:
+- ``POST /checkout-links`` ``{"publishable_key", "payment_id"}`` from a merchant page:
   the payment's checkout link for embedding in that page's origin, if the key allows
   that ``Origin`` (CORS answered for that origin only). Documented in ``/openapi.json``.
 - ``GET /checkout/<token>``: the page (amount, description, then the mock's pay/decline
@@ -132,7 +132,21 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
         response.headers["Vary"] = "Origin"
         return response
 
-    @bp.route("/checkout/links", methods=["POST", "OPTIONS"], provide_automatic_options=False)
+    @bp.route("/checkout-links", methods=["OPTIONS"], provide_automatic_options=False)
+    @hide
+    async def preflight() -> Response:
+        # The CORS preflight of the SDK's JSON POST. Allowed origins are checked on the
+        # POST itself (a preflight carries no key), so this grants nothing by itself.
+        origin = request.headers.get("Origin", "")
+        response = Response("", status=204)
+        if links.is_origin(origin):
+            cors(response, origin)
+            response.headers["Access-Control-Allow-Methods"] = "POST"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    @bp.route("/checkout-links", methods=["POST"], provide_automatic_options=False)
     @schema.declare(
         request=LinkRequest,
         responses={
@@ -145,16 +159,6 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
         """A payment's checkout link for the SDK on a merchant page: only when the
         publishable key lists the page's ``Origin`` (sent by the browser)."""
         origin = request.headers.get("Origin", "")
-        if request.method == "OPTIONS":
-            # The CORS preflight of the SDK's JSON POST; allowed origins are checked on
-            # the POST itself (the preflight carries no key), so this says nothing.
-            response = Response("", status=204)
-            if links.is_origin(origin):
-                cors(response, origin)
-                response.headers["Access-Control-Allow-Methods"] = "POST"
-                response.headers["Access-Control-Allow-Headers"] = "Content-Type"
-                response.headers["Access-Control-Max-Age"] = "600"
-            return response
         schema.require_json_type()
         raw = await request.get_data(cache=False, as_text=False)
         try:
@@ -186,7 +190,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
         # it to onFailure), but only by an origin that sent a well-formed Origin.
         origin = request.headers.get("Origin", "")
         if (
-            request.path == "/checkout/links"
+            request.path == "/checkout-links"
             and response.status_code >= 400
             and response.headers.get("Content-Type") == PROBLEM_TYPE
             and links.is_origin(origin)

@@ -39,7 +39,7 @@
     if (self._modal) return Promise.resolve();
     if (!self.origin) return Promise.reject(new Error("paymentd.js: unknown daemon origin"));
     self._build();
-    return fetch(self.origin + "/checkout/links", {
+    return fetch(self.origin + "/checkout-links", {
       method: "POST",
       mode: "cors",
       credentials: "omit",
