@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 import trio
 
-from daemon.checkout import keys, links
+from daemon.checkout import keys, links, stream
 from daemon.platform.secrets import Keyring, load_keyring
-from tests.payments_harness import Pay, paymentd
+from tests.payments_harness import Pay, paymentd, wait_for
 
 SHOP = "http://shop.example:8000"
 
@@ -299,3 +299,50 @@ def test_the_checkout_is_absent_without_a_provider() -> None:
 
     app = create_app(make_deps(None))  # type: ignore[arg-type]  # no route runs here
     assert not any(r.rule.startswith("/checkout") for r in app.url_map.iter_rules())
+
+
+async def open_stream(pay: Pay, path: str) -> trio.SocketStream | None:
+    """A raw connection holding ``path``'s SSE stream past its first status; None (and
+    closed) when the daemon refused it."""
+    url = urlsplit(pay.running.base_url)
+    conn = await trio.open_tcp_stream(url.hostname or "127.0.0.1", url.port or 80)
+    await conn.send_all(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+    seen = b""
+    while b"\r\n\r\n" not in seen or (seen.startswith(b"HTTP/1.1 200") and b"data: " not in seen):
+        chunk = await conn.receive_some()
+        assert chunk, seen
+        seen += chunk
+    if not seen.startswith(b"HTTP/1.1 200"):
+        await conn.aclose()
+        return None
+    return conn
+
+
+async def test_a_link_holder_gets_a_few_streams_not_every_bus_slot(pay: Pay) -> None:
+    with trio.fail_after(30):
+        payment = await new_payment(pay)
+        events = path_of(payment["checkout_url"]) + "/events"
+        held = [await open_stream(pay, events) for _ in range(stream.PER_PAYMENT_STREAMS)]
+        assert None not in held
+        one_more = await pay.http.get(events)
+        assert one_more.status_code == 503
+        assert "this payment" in one_more.json()["detail"]
+        # Another payment's customer is not affected.
+        other = await open_stream(
+            pay, path_of((await new_payment(pay))["checkout_url"]) + "/events"
+        )
+        assert other is not None
+        await other.aclose()
+        for conn in held:
+            assert conn is not None
+            await conn.aclose()
+
+        async def reopened() -> bool:
+            # Closed streams give their slots back once the daemon sees them go.
+            conn = await open_stream(pay, events)
+            if conn is None:
+                return False
+            await conn.aclose()
+            return True
+
+        assert await wait_for(reopened, 10)

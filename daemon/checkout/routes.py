@@ -34,7 +34,7 @@ from quart_schema import hide
 
 from daemon.checkout import keys, links
 from daemon.checkout.signer import Signer
-from daemon.checkout.stream import StatusStream, view
+from daemon.checkout.stream import StatusStream, StreamSlots, view
 from daemon.payments import mock_provider, store
 from daemon.payments.store import Payment
 from daemon.platform.deps import Deps
@@ -119,6 +119,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
     bp = Blueprint("checkout", __name__)
     signer = Signer(deps)
     static = {name: _static(name) for name in _STATIC_TYPES}
+    slots = StreamSlots(max(1, deps.events.max_subscribers // 2))
 
     async def verified(token: str) -> tuple[links.Link, Payment]:
         link = links.verify(signer.keys(), token)
@@ -231,9 +232,11 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
             _link, payment = await verified(token)
         except links.LinkRefused as exc:
             raise Problem(exc.status, exc.detail) from None
-        if deps.events.full:
-            raise Problem(503, "too many event stream subscribers; try again later")
-        stream = StatusStream(deps.db, deps.events, payment.id, shutdown)
+        refusal = slots.refusal(payment.id)
+        if refusal is not None or deps.events.full:
+            # EventSource gives up on a non-200: the page tells the customer to reload.
+            raise Problem(503, refusal or "too many event streams are open; try again later")
+        stream = StatusStream(deps.db, deps.events, payment.id, shutdown, slots)
         response = Response(stream, mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Accel-Buffering"] = "no"

@@ -25,9 +25,39 @@ from daemon.platform.db import Database
 from daemon.platform.events import Event, EventBus, Subscription, TooManySubscribers
 
 KEEPALIVE_SECONDS = 15.0
+# The bus's subscriber slots are shared with the operators' stream and Prefer: wait;
+# anyone holding a link may open these, so they get a bounded part of them.
+PER_PAYMENT_STREAMS = 4
 # What the customer came for: paid (or authorized, for a manual capture).
 SUCCESS = frozenset({"succeeded", "requires_capture"})
 FAILURE = frozenset({"failed", "canceled", "expired"})
+
+
+class StreamSlots:
+    """How many checkout streams are open, per payment and in all (one app's)."""
+
+    def __init__(self, total: int, per_payment: int = PER_PAYMENT_STREAMS) -> None:
+        self.total = total
+        self.per_payment = per_payment
+        self._open: dict[str, int] = {}
+
+    def refusal(self, payment_id: str) -> str | None:
+        """Why another stream may not open now, or None."""
+        if sum(self._open.values()) >= self.total:
+            return "too many checkout streams are open; try again later"
+        if self._open.get(payment_id, 0) >= self.per_payment:
+            return "too many streams are open for this payment: close another tab"
+        return None
+
+    def take(self, payment_id: str) -> None:
+        self._open[payment_id] = self._open.get(payment_id, 0) + 1
+
+    def give_back(self, payment_id: str) -> None:
+        left = self._open.get(payment_id, 0) - 1
+        if left > 0:
+            self._open[payment_id] = left
+        else:
+            self._open.pop(payment_id, None)
 
 
 def outcome(status: str) -> str | None:
@@ -78,6 +108,7 @@ class StatusStream(ResponseBody):
         bus: EventBus,
         payment_id: str,
         shutdown: trio.Event,
+        slots: StreamSlots,
         keepalive: float = KEEPALIVE_SECONDS,
     ) -> None:
         self._db = db
@@ -85,14 +116,19 @@ class StatusStream(ResponseBody):
         self._payment_id = payment_id
         self._shutdown = shutdown
         self._keepalive = keepalive
+        self._slots = slots
         self._stack = ExitStack()
         self._sub: Subscription | None = None
         self._last: dict[str, Any] | None = None
         self._done = False
 
     async def __aenter__(self) -> StatusStream:
-        with suppress(TooManySubscribers):
-            self._sub = self._stack.enter_context(self._bus.subscribe())
+        # The route refused when full; a stream losing a race for the last slot ends at once.
+        if self._slots.refusal(self._payment_id) is None:
+            with suppress(TooManySubscribers):
+                self._sub = self._stack.enter_context(self._bus.subscribe())
+                self._slots.take(self._payment_id)
+                self._stack.callback(self._slots.give_back, self._payment_id)
         return self
 
     async def __aexit__(

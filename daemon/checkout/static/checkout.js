@@ -74,6 +74,14 @@
   events.addEventListener("status", function (e) {
     show(JSON.parse(e.data));
   });
+  events.addEventListener("error", function () {
+    // A lost connection is retried by the browser itself; a refusal (expired link, too
+    // many streams) closes the stream for good.
+    if (!finished && events.readyState === EventSource.CLOSED) {
+      errorEl.textContent = "Live updates stopped: reload the page to see where the payment stands.";
+      errorEl.hidden = false;
+    }
+  });
 
   function submit(e) {
     e.preventDefault();
