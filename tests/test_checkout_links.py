@@ -346,3 +346,35 @@ async def test_a_link_holder_gets_a_few_streams_not_every_bus_slot(pay: Pay) -> 
             return True
 
         assert await wait_for(reopened, 10)
+
+
+def test_the_cli_creates_lists_and_revokes_publishable_keys(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.cli import main
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[database]\nurl = "{db_url}"\n')
+    base = ["apikey", "publishable"]
+    argv = [*base, "create", "--config", str(config), "--name", "shop"]
+    assert main([*argv, "--origin", SHOP, "--origin", "https://shop.example/"]) == 0
+    out, err = capsys.readouterr()
+    key = out.strip()
+    assert keys.KEY.fullmatch(key), out
+    assert "https://shop.example" in err and "public" in err
+
+    assert main([*base, "list", "--config", str(config)]) == 0
+    listing = capsys.readouterr().out
+    assert key in listing and SHOP in listing and "active" in listing
+
+    assert main([*base, "revoke", "--config", str(config), key]) == 0
+    assert capsys.readouterr().out.strip() == f"revoked {key}"
+    assert main([*base, "list", "--config", str(config), "--json"]) == 0
+    assert '"revoked_at": null' not in capsys.readouterr().out
+
+    # Mistakes: one line, exit 2, nothing created.
+    assert main([*argv, "--origin", "https://shop.example/checkout"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("paymentd: error: --origin") and err.count("\n") == 1
+    assert main([*base, "revoke", "--config", str(config), key]) == 2
+    assert "already revoked" in capsys.readouterr().err
