@@ -9,6 +9,7 @@ page's origin checks run as they would on the web.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,9 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
-from daemon.checkout import example_merchant, keys
+from daemon.checkout import example_merchant, keys, links
 from daemon.fakes.serving import serve_app
+from daemon.platform.secrets import load_keyring
 from tests.browser import Browser
 from tests.payments_harness import ADMIN_TOKEN, Pay, paymentd
 
@@ -261,7 +263,7 @@ async def test_the_page_learns_the_outcome_from_one_stream_without_polling(world
         assert await b.script("return document.querySelector('main').dataset.status") == "succeeded"
 
 
-async def test_a_forged_link_shows_a_refusal(world: World) -> None:
+async def test_a_forged_or_expired_link_shows_a_refusal(world: World) -> None:
     b = world.browser
     with trio.fail_after(60):
         r = await world.pay.create(headers={"Prefer": "wait=10"})
@@ -269,4 +271,11 @@ async def test_a_forged_link_shows_a_refusal(world: World) -> None:
         payload, signature = token.split(".")
         await b.get(f"{world.pay.running.base_url}/checkout/{payload}.{signature[::-1]}")
         assert "not valid" in await b.text('[data-test-id="checkout-refused"]')
+        assert await b.find_all('[data-test-id="checkout-pay"]') == []
+        expired = links.sign(
+            load_keyring(world.pay.cfg.secrets).derive(links.PURPOSE)[0],
+            links.Link(r.json()["id"], int(time.time()) - 1, world.shop_url),
+        )
+        await b.get(f"{world.pay.running.base_url}/checkout/{expired}")
+        assert "expired" in await b.text('[data-test-id="checkout-refused"]')
         assert await b.find_all('[data-test-id="checkout-pay"]') == []

@@ -157,6 +157,8 @@ async def test_the_sdk_gets_a_link_only_for_an_origin_its_publishable_key_lists(
             "/checkout-links", json=ask, headers={"Origin": "http://evil.example"}
         )
         assert evil.status_code == 403 and "origin" in evil.json()["detail"]
+        # The refusal is readable by the page that asked (the SDK reports it), nothing more.
+        assert evil.headers["access-control-allow-origin"] == "http://evil.example"
         no_origin = await pay.http.post("/checkout-links", json=ask)
         assert no_origin.status_code == 403
         unknown = await pay.http.post(

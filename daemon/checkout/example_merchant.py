@@ -22,6 +22,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from daemon.fakes.serving import serve_app
+from daemon.payments import currency
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def create_app(shop: ExampleMerchant) -> QuartTrio:
 
     @app.get("/")
     async def index() -> Response:
-        amount = f"{shop.amount / 100:.2f} {shop.currency}"
+        amount = currency.format_amount(shop.amount, shop.currency)
         body = _PAGE.format(
             amount=html.escape(amount),
             daemon=html.escape(shop.daemon_url.rstrip("/")),

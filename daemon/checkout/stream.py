@@ -19,7 +19,7 @@ from typing import Any
 import trio
 from quart.wrappers.response import ResponseBody
 
-from daemon.payments import store
+from daemon.payments import currency, store
 from daemon.payments.store import Payment
 from daemon.platform.db import Database
 from daemon.platform.events import Event, EventBus, Subscription, TooManySubscribers
@@ -75,7 +75,7 @@ def view(payment: Payment) -> dict[str, Any]:
         "status": payment.status,
         "amount": payment.amount,
         "currency": payment.currency,
-        "amount_display": payment.public()["amount_display"],
+        "amount_display": currency.format_amount(payment.amount, payment.currency),
         "description": payment.description,
         "failure_code": payment.failure_code,
         "failure_message": payment.failure_message,
