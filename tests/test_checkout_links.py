@@ -5,6 +5,7 @@ The whole daemon with the mock provider (``tests/payments_harness.py``), real so
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import time
@@ -95,6 +96,11 @@ async def test_a_payment_carries_a_checkout_url_whose_page_shows_amount_and_desc
         payment = await new_payment(pay, amount=1234, currency="BHD", description="Fibre <1 Gb>")
         base = pay.running.deps.config.payments.public_base_url  # the daemon's own setting
         assert payment["checkout_url"].startswith(base + "/checkout/")
+        # Derived, not stored: the same link on every read, valid as long as the payment.
+        assert (await pay.get(payment["id"]))["checkout_url"] == payment["checkout_url"]
+        token = path_of(payment["checkout_url"]).rsplit("/", 1)[1]
+        expires = links.verify(link_keys(pay), token).expires_at
+        assert expires == int(dt.datetime.fromisoformat(payment["expires_at"]).timestamp())
         page = await pay.http.get(path_of(payment["checkout_url"]))
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
@@ -146,7 +152,11 @@ async def test_the_sdk_gets_a_link_only_for_an_origin_its_publishable_key_lists(
         assert ok.status_code == 200, ok.text
         assert ok.headers["access-control-allow-origin"] == SHOP
         token = ok.json()["path"].rsplit("/", 1)[1]
-        assert links.verify(link_keys(pay), token).origin == SHOP
+        embed = links.verify(link_keys(pay), token)
+        assert embed.origin == SHOP
+        # An SDK link is short-lived (checkout_link_ttl_seconds).
+        ttl = pay.running.deps.config.payments.checkout_link_ttl_seconds
+        assert time.time() < embed.expires_at <= time.time() + ttl
         page = await pay.http.get(ok.json()["path"])
         # Framed by that shop only, and X-Frame-Options (which cannot say that) left out.
         assert "frame-ancestors http://shop.example:8000" in page.headers["content-security-policy"]

@@ -176,9 +176,11 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
                 "this page's origin is not allowed for the publishable key"
                 " (add it with 'paymentd apikey publishable create --origin')",
             )
-        if await store.get(deps.db, body.payment_id) is None:
+        payment = await store.get(deps.db, body.payment_id)
+        if payment is None:
             raise Problem(404, f"no payment {body.payment_id!r}")
-        path, expires = signer.path(body.payment_id, origin)
+        expires = signer.embed_expiry(payment.expires_at)
+        path = signer.path(body.payment_id, expires, origin)
         base = deps.config.payments.public_base_url.rstrip("/")
         at = dt.datetime.fromtimestamp(expires, dt.UTC).isoformat().replace("+00:00", "Z")
         response = json_response({"path": path, "url": base + path, "expires_at": at})

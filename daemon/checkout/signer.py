@@ -3,6 +3,7 @@ the secrets keyring on first use, the way the webhook API loads it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import time
@@ -31,16 +32,23 @@ class Signer:
             self._keys = ring.derive(links.PURPOSE)
         return self._keys
 
-    def path(self, payment_id: str, origin: str = "") -> tuple[str, int]:
-        ttl = self._deps.config.payments.checkout_link_ttl_seconds
-        expires = int(time.time() + ttl)
+    def path(self, payment_id: str, expires: int, origin: str = "") -> str:
         token = links.sign(self.keys()[0], links.Link(payment_id, expires, origin))
-        return f"/checkout/{token}", expires
+        return f"/checkout/{token}"
 
-    def url(self, payment_id: str) -> str | None:
-        """A top-level link on ``payments.public_base_url``; None without a keyring."""
+    def embed_expiry(self, payment_expires: dt.datetime) -> int:
+        """An SDK link's expiry: ``checkout_link_ttl_seconds`` from now, never past the
+        payment's own expiry."""
+        ttl = self._deps.config.payments.checkout_link_ttl_seconds
+        return int(min(time.time() + ttl, payment_expires.timestamp()))
+
+    def url(self, payment_id: str, expires: dt.datetime) -> str | None:
+        """The API's ``checkout_url``: a top-level link on ``payments.public_base_url``
+        valid while the payment can be paid (until its ``expires_at``). The same link on
+        every read, so an idempotent replay answers exactly the first answer. None
+        without a keyring."""
         try:
-            path, _ = self.path(payment_id)
+            path = self.path(payment_id, int(expires.timestamp()))
         except Problem:
             return None
         return self._deps.config.payments.public_base_url.rstrip("/") + path

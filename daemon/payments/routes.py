@@ -159,8 +159,8 @@ class PaymentOut(BaseModel):
     expires_at: str
     finished_at: str | None
     checkout_url: str | None = Field(
-        description="the hosted checkout page for the customer (a signed link that expires"
-        " after payments.checkout_link_ttl_seconds; a new one on every read); null once final"
+        description="the hosted checkout page for the customer: a signed link, valid until"
+        " expires_at (the same link on every read); null once final"
     )
 
 
@@ -271,9 +271,12 @@ def blueprint(deps: Deps) -> Blueprint:
     signer = Signer(deps)
 
     def linked(body: dict[str, Any]) -> dict[str, Any]:
-        """A payment's body with its checkout link (minted now: links expire)."""
+        """A payment's body with its checkout link (not stored: it is derived)."""
         open_ = not states.is_final(body["status"]) and deps.config.payments.provider != "none"
-        return {**body, "checkout_url": signer.url(body["id"]) if open_ else None}
+        if not open_:
+            return {**body, "checkout_url": None}
+        expires = dt.datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
+        return {**body, "checkout_url": signer.url(body["id"], expires)}
 
     @bp.errorhandler(PaymentsError)
     async def _refused(exc: PaymentsError) -> Response:
