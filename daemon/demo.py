@@ -25,6 +25,8 @@ import trio
 import trio_asyncio
 
 from daemon.app import Running, run_daemon
+from daemon.checkout import example_merchant
+from daemon.checkout import keys as publishable_keys
 from daemon.fakes import sms_sink, uisp_server
 from daemon.network import devices as olt_store
 from daemon.network.olt import simulator
@@ -253,6 +255,26 @@ curl -sS -H 'Authorization: Bearer {ADMIN_TOKEN}' {base}/api/v1/payments/{pid}/e
     )
 
 
+async def _shop(running: Running, db_url: str, nursery: trio.Nursery) -> None:
+    """The example merchant shop on its own origin, paying with paymentd.js."""
+    shop = example_merchant.ExampleMerchant(running.base_url, ADMIN_TOKEN)
+    shop_url: str = await nursery.start(example_merchant.serve, shop)
+    async with Database.open(db_url, min_size=1, max_size=1) as db:
+        key = await publishable_keys.create(db, "example shop", [shop_url])
+    shop.publishable_key = key.id
+    print(
+        f"""Or pay in a merchant's web page with the embeddable checkout (paymentd.js): open
+
+  {shop_url}/
+
+in a browser and press Pay: the shop (its own origin) creates the payment server-side
+and opens the daemon's checkout in a modal; its publishable key {key.id} allows only
+that origin. What the SDK reports (onSuccess/onFailure/onClose) appears on the page.
+""",
+        flush=True,
+    )
+
+
 async def _play(
     scenario: str,
     fake_url: str,
@@ -441,6 +463,7 @@ async def _run(
             fake.webhook_url = f"{running.base_url}/webhooks/uisp/{WEBHOOK_TOKEN}"
             _print_intro(running, fake_url, sink_url, lost, cfg_path)
             await _card_payment(running)
+            await _shop(running, db_url, nursery)
             nursery.start_soon(_print_events, running)
             nursery.start_soon(
                 _play,

@@ -208,3 +208,29 @@ async def test_the_printed_card_payment_curl_reconnects_ana_with_one_sms(
                 await trio.sleep(0.2)
     assert len(messages) == 1 and "Ana" in str(messages[0]), messages
     await demo.wait_for("onu=0/1/0:1")
+
+
+async def test_the_printed_shop_pays_through_the_embeddable_checkout(
+    tmp_path: Path, demos: list[Demo]
+) -> None:
+    demo = await start_demo(demos, tmp_path / "demo", free_port())
+    await demo.wait_for("press Pay: the shop")
+    m = re.search(r"\n  (http://127\.0\.0\.1:[0-9]+)/\n", demo.out)
+    key = re.search(r"publishable key (pk_[0-9a-f]{24})", demo.out)
+    assert m and key, demo.out
+    shop = m.group(1)
+    async with httpx.AsyncClient(timeout=10) as http:
+        page = (await http.get(f"{shop}/")).text
+        daemon = re.search(r'<script src="(http://[^"]+)/paymentd.js">', page)
+        assert daemon and key.group(1) in page, page
+        assert daemon.group(1) != shop  # another origin
+        order = (await http.post(f"{shop}/orders")).json()
+        link = await http.post(
+            f"{daemon.group(1)}/checkout-links",
+            json={"publishable_key": key.group(1), "payment_id": order["payment_id"]},
+            headers={"Origin": shop},
+        )
+        assert link.status_code == 200, link.text
+        checkout = await http.get(daemon.group(1) + link.json()["path"])
+        assert "30.00 EUR" in checkout.text
+        assert f"frame-ancestors {shop}" in checkout.headers["content-security-policy"]

@@ -322,6 +322,30 @@ _BUTTONS = """<form method="post" action="{base}/pay"><button>Pay</button></form
 <form method="post" action="{base}/decline"><button>Decline</button></form>"""
 
 
+async def choose(db: Database, object_id: str, choice: str) -> str | None:
+    """The customer pays (``"pay"``) or declines an open mock object: its new status, or
+    None if it is not open. Also the hosted checkout's mock form (daemon/checkout)."""
+    async with db.transaction() as tx:
+        row = await tx.fetchrow(
+            "UPDATE mock_provider_objects SET updated_at = now(),"
+            " status = CASE WHEN $2 = 'decline' THEN 'failed'"
+            " WHEN capture_method = 'manual' THEN 'requires_capture' ELSE 'succeeded' END,"
+            " amount_captured = CASE WHEN $2 = 'pay' AND capture_method = 'automatic'"
+            " THEN amount ELSE 0 END"
+            " WHERE id = $1 AND status IN ('requires_payment_method', 'requires_action')"
+            " RETURNING payment_id, status",
+            object_id,
+            choice,
+        )
+        if row is None:
+            return None
+        # The provider's "webhook": the processor re-fetches and records the change.
+        if row["payment_id"]:
+            await queues.send(tx, QUEUE, {"payment_id": row["payment_id"], "sync": True})
+    status: str = row["status"]
+    return status
+
+
 def blueprint(db: Database) -> Blueprint:
     bp = Blueprint("mock_provider", __name__, url_prefix="/mock/pay")
 
@@ -346,25 +370,9 @@ def blueprint(db: Database) -> Blueprint:
     async def act(object_id: str, choice: str) -> Response:
         if choice not in ("pay", "decline"):
             return Response("not found", status=404, mimetype="text/plain")
-        async with db.transaction() as tx:
-            row = await tx.fetchrow(
-                "UPDATE mock_provider_objects SET updated_at = now(),"
-                " status = CASE WHEN $2 = 'decline' THEN 'failed'"
-                " WHEN capture_method = 'manual' THEN 'requires_capture' ELSE 'succeeded' END,"
-                " amount_captured = CASE WHEN $2 = 'pay' AND capture_method = 'automatic'"
-                " THEN amount ELSE 0 END"
-                " WHERE id = $1 AND status IN ('requires_payment_method', 'requires_action')"
-                " RETURNING payment_id, status",
-                object_id,
-                choice,
-            )
-            if row is None:
-                return Response("this payment is not open", status=409, mimetype="text/plain")
-            # The provider's "webhook": the processor re-fetches and records the change.
-            if row["payment_id"]:
-                await queues.send(tx, QUEUE, {"payment_id": row["payment_id"], "sync": True})
-        return Response(
-            f"payment {html.escape(row['status'])}\n", mimetype="text/plain", status=200
-        )
+        status = await choose(db, object_id, choice)
+        if status is None:
+            return Response("this payment is not open", status=409, mimetype="text/plain")
+        return Response(f"payment {html.escape(status)}\n", mimetype="text/plain", status=200)
 
     return bp

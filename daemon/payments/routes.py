@@ -18,8 +18,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from quart import Blueprint, Response, request
 from quart_schema import validate_querystring
 
+from daemon.checkout.signer import Signer
 from daemon.payments import currency as cur
 from daemon.payments import service as svc
+from daemon.payments import states
 from daemon.payments.errors import KINDS, PaymentsError
 from daemon.payments.idempotency import Outcome
 from daemon.payments.service import Caller, PaymentService
@@ -157,6 +159,10 @@ class PaymentOut(BaseModel):
     updated_at: str
     expires_at: str
     finished_at: str | None
+    checkout_url: str | None = Field(
+        description="the hosted checkout page for the customer: a signed link, valid until"
+        " expires_at (the same link on every read); null once final"
+    )
 
 
 class PaymentPage(BaseModel):
@@ -268,6 +274,15 @@ def blueprint(deps: Deps) -> Blueprint:
     guard = auth.Guard(deps)
     service = PaymentService(deps.db, deps.config.payments, deps.events, deps.metrics)
     read, write = guard.require(auth.PAYMENTS_READ), guard.require(auth.PAYMENTS_WRITE)
+    signer = Signer(deps)
+
+    def linked(body: dict[str, Any]) -> dict[str, Any]:
+        """A payment's body with its checkout link (not stored: it is derived)."""
+        open_ = not states.is_final(body["status"]) and deps.config.payments.provider != "none"
+        if not open_:
+            return {**body, "checkout_url": None}
+        expires = dt.datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
+        return {**body, "checkout_url": signer.url(body["id"], expires)}
 
     @bp.errorhandler(PaymentsError)
     async def _refused(exc: PaymentsError) -> Response:
@@ -292,6 +307,8 @@ def blueprint(deps: Deps) -> Blueprint:
                 body = payment.public()
             if waited:
                 headers["Preference-Applied"] = f"wait={seconds:g}"
+        if outcome.status < 300 and not refund:
+            body = linked(body)
         return _render(outcome.status, body, headers)
 
     @bp.post("/payments")
@@ -325,7 +342,10 @@ def blueprint(deps: Deps) -> Blueprint:
             limit=query_args.limit,
         )
         return json_response(
-            {"payments": [p.public() for p in page.payments], "next_cursor": page.next_cursor}
+            {
+                "payments": [linked(p.public()) for p in page.payments],
+                "next_cursor": page.next_cursor,
+            }
         )
 
     @bp.get("/payments/<payment_id>")
@@ -333,7 +353,7 @@ def blueprint(deps: Deps) -> Blueprint:
     @read
     async def get_payment(payment_id: str) -> Response:
         """One payment as it stands."""
-        return json_response((await service.get(payment_id)).public())
+        return json_response(linked((await service.get(payment_id)).public()))
 
     @bp.get("/payments/<payment_id>/events")
     @schema.declare(responses={200: EventList, **READ_PROBLEMS})

@@ -327,6 +327,9 @@ class PaymentsConfig(_Section, frozen=True):
     public_base_url: str = "http://127.0.0.1:8080"
     success_url: str = ""  # empty: {public_base_url}/pay/done
     cancel_url: str = ""  # empty: {public_base_url}/pay/canceled
+    # How long a checkout link the SDK asks for (POST /checkout-links) works; the API's
+    # checkout_url works as long as its payment can be paid (expires_at).
+    checkout_link_ttl_seconds: Seconds = 3600.0
     # What a succeeded payment with uisp_client_id does to the network (uisp_loop.py):
     #   "record"     record it in UISP (POST /payments), so UISP's own unsuspend and
     #                webhook reconnect the customer as for office payments;

@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from daemon.platform.config import SecretsConfig
 
@@ -100,10 +102,12 @@ class Keyring:
 
     def __init__(self, current: bytes, older: Iterable[bytes] = ()) -> None:
         self._keys: dict[str, AESGCM] = {}
+        self._raw: dict[str, bytes] = {}  # for derive(); never shown (no repr, no log)
         for key in (current, *older):
             if len(key) != KEY_BYTES:
                 raise SecretKeyError(f"encryption key must be {KEY_BYTES} bytes, got {len(key)}")
             self._keys.setdefault(key_id(key), AESGCM(key))
+            self._raw.setdefault(key_id(key), key)
         self.key_id = key_id(current)
 
     @property
@@ -113,6 +117,18 @@ class Keyring:
 
     def __repr__(self) -> str:
         return f"Keyring(key_id={self.key_id!r}, old={list(self.key_ids[1:])!r})"
+
+    def derive(self, purpose: bytes) -> list[bytes]:
+        """A 32-byte key per ring key for ``purpose`` (HKDF-SHA256), the current one first.
+
+        For MACs that need no new secret to configure (checkout links): one purpose's keys
+        tell nothing about another's, nor about the encryption keys, and a rotation keeps
+        verifying what older keys signed while they stay in the ring.
+        """
+        return [
+            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key)
+            for key in self._raw.values()
+        ]
 
     def is_current(self, token: str) -> bool:
         """Whether ``token`` is already a ``v2`` token under the current key."""

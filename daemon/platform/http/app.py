@@ -9,13 +9,16 @@ app with three groups of routes:
 - ``daemon.platform.http.admin``: ``/api/v1/*`` behind a Bearer token (tasks, queues, events);
 - ``daemon.payments.routes``: ``/api/v1/payments``, ``/api/v1/refunds`` (payments:read/write);
 - ``daemon.platform.http.health``: ``/healthz``, ``/readyz``, ``/metrics`` (open);
+- ``daemon.checkout.routes``: ``/checkout/*`` and ``/paymentd.js`` (HTML, SSE, JS; open:
+  signed links and publishable keys), with a payment provider configured;
 - ``/openapi.json``: the OpenAPI 3.1 document quart-schema builds from the shapes each
   route declares (``daemon.platform.http.schema``).
 
 Every error, Quart's own 404/405/413/500 and validation failures included, answers
-``application/problem+json``; nothing but the console (``daemon.console``, ``/console``)
-renders HTML (quart-schema's HTML doc pages are off). Every response carries
-``X-Request-ID`` (``requestid``).
+``application/problem+json``; no API route renders HTML (quart-schema's HTML doc pages
+are off): the console (``daemon.console``, ``/console``) is for operators, the checkout
+page and the mock's page for customers. Every response carries ``X-Request-ID``
+(``requestid``).
 """
 
 from __future__ import annotations
@@ -99,6 +102,11 @@ def create_app(deps: Deps, *, shutdown: trio.Event | None = None) -> QuartTrio:
 
     app.register_blueprint(webhooks_api.blueprint(deps))
     app.register_blueprint(payment_routes.blueprint(deps))
+    if deps.config.payments.provider != "none":
+        # The hosted checkout, its SSE status stream and paymentd.js (daemon/checkout).
+        from daemon.checkout import routes as checkout_routes
+
+        app.register_blueprint(checkout_routes.blueprint(deps, stop))
     if deps.config.payments.provider == "mock":
         # The mock provider's hosted page (HTML, for the demo); never with a real provider.
         app.register_blueprint(mock_provider.blueprint(deps.db))
