@@ -156,23 +156,30 @@ async def _release(db: Database, scope: str, key: str, locked_at: Any) -> None:
             )
 
 
+# A fresh key, or one expired or left running past the lock window by a dead process;
+# $1 scope, $2 key, $3 operation, $4 fingerprint, $5 ttl, $6 lock window (seconds).
+CLAIM = (
+    "INSERT INTO idempotency_keys AS k (scope, key, operation, fingerprint, locked_at,"
+    " expires_at) VALUES ($1, $2, $3, $4, clock_timestamp(),"
+    " now() + make_interval(secs => $5))"
+    " ON CONFLICT (scope, key) DO UPDATE SET operation = EXCLUDED.operation,"
+    " fingerprint = EXCLUDED.fingerprint, status = 'running',"
+    " locked_at = EXCLUDED.locked_at, response_status = NULL, response_body = NULL,"
+    " resource_id = NULL, created_at = now(), finished_at = NULL,"
+    " expires_at = EXCLUDED.expires_at"
+    " WHERE k.expires_at <= now() OR (k.status = 'running'"
+    " AND k.locked_at <= now() - make_interval(secs => $6)"
+    " AND k.fingerprint = EXCLUDED.fingerprint)"
+    " RETURNING locked_at"
+)
+
+
 async def _claim(
     db: Database, scope: str, key: str, operation: str, digest: bytes, settings: Settings
 ) -> Any:
     """The claim's ``locked_at`` if this request owns the key now, else its ``Outcome``."""
     row = await db.fetchrow(
-        "INSERT INTO idempotency_keys AS k (scope, key, operation, fingerprint, locked_at,"
-        " expires_at) VALUES ($1, $2, $3, $4, clock_timestamp(),"
-        " now() + make_interval(secs => $5))"
-        " ON CONFLICT (scope, key) DO UPDATE SET operation = EXCLUDED.operation,"
-        " fingerprint = EXCLUDED.fingerprint, status = 'running',"
-        " locked_at = EXCLUDED.locked_at, response_status = NULL, response_body = NULL,"
-        " resource_id = NULL, created_at = now(), finished_at = NULL,"
-        " expires_at = EXCLUDED.expires_at"
-        " WHERE k.expires_at <= now() OR (k.status = 'running'"
-        " AND k.locked_at <= now() - make_interval(secs => $6)"
-        " AND k.fingerprint = EXCLUDED.fingerprint)"
-        " RETURNING locked_at",
+        CLAIM,
         scope,
         key,
         operation,

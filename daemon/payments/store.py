@@ -333,7 +333,7 @@ def fresh(
 # holds the key (f matched) the row (p), its history (h), its queue message (q) and its
 # outbox event (e; the events trigger queues its fan-out). Each round trip through the
 # asyncio bridge costs ~150 us of the event loop's CPU (bench/payments_create.py).
-_INSERT_ANSWERED = (
+INSERT_ANSWERED = (
     "WITH f AS (UPDATE idempotency_keys SET status = 'finished', response_status = $20,"
     " response_body = $21::jsonb, resource_id = $1, finished_at = now()"
     " WHERE scope = $17 AND key = $18 AND status = 'running' AND locked_at = $19"
@@ -370,7 +370,7 @@ async def insert_answered(
     statement; None (and nothing written) when the claim was lost to another request."""
     p = payment
     row = await db.fetchrow(
-        _INSERT_ANSWERED,
+        INSERT_ANSWERED,
         p.id, p.amount, p.currency, p.method, p.kind, p.interval, p.capture_method,
         p.description, p.customer, p.metadata, p.status_callback_url, p.uisp_client_id,
         p.created_by, p.provider, p.created_at, p.expires_at,
