@@ -106,41 +106,63 @@ async def run(
         raise
 
 
+# What run_answered runs once the key is claimed: the statement (and its arguments)
+# that writes the effect and finishes the key, and the answer it stores; made from the
+# claim's locked_at. Plain Python without I/O (it runs between the two statements).
+Prepare = Callable[[Any], tuple[str, tuple[Any, ...], Outcome]]
+
+
 async def run_answered(
     db: Database,
     scope: str,
     key: str,
     operation: str,
     params: dict[str, Any],
-    answer: Callable[[Any], Awaitable[Outcome | None]],
+    prepare: Prepare,
     settings: Settings = Settings(),
 ) -> Outcome:
     """``run`` with a key, for work that is one statement which also stores its answer.
 
-    ``answer(locked_at)`` writes the effect and finishes the key together (one statement
-    is one transaction: the effect exists exactly when the stored answer does, as in
-    step 2), and returns None, having written nothing, when the claim was lost. Two round
-    trips in all, where ``run`` takes five: the claim, then that statement.
+    The statement from ``prepare(locked_at)`` writes the effect and finishes the key
+    together (one statement is one transaction: the effect exists exactly when the
+    stored answer does, as in step 2), and must return no row, having written nothing,
+    when the claim was lost. It runs right after the claim, on the same connection in
+    the same call to the database (``Database.fetchrow_then``): two round trips and one
+    bridge crossing in all, where ``run`` takes five and seven. ``prepare`` cannot
+    refuse: check the input before calling this.
     """
     check_key(key)
     digest = fingerprint(operation, params)
-    locked_at = await _claim(db, scope, key, operation, digest, settings)
-    if isinstance(locked_at, Outcome):
-        return locked_at
-    try:
+    claim = (scope, key, operation, digest, settings.ttl_seconds, settings.lock_seconds)
+    locked: list[Any] = []  # the claim's locked_at, once claimed
+    planned: list[Outcome] = []
+
+    def then(claimed: Any) -> tuple[str, tuple[Any, ...]] | None:
+        if claimed is None:
+            return None
+        locked.append(claimed["locked_at"])
+        sql, args, outcome = prepare(claimed["locked_at"])
+        planned.append(outcome)
+        return sql, args
+
+    while True:
         try:
-            outcome = await answer(locked_at)
-        except PaymentsError as exc:
-            refused = Outcome(exc.status, exc.body())
-            async with db.transaction() as tx:
-                await _finish(tx, scope, key, locked_at, refused)
-            return refused
-        if outcome is None:
-            raise RuntimeError(f"lost the claim on Idempotency-Key {key!r} before finishing")
-        return outcome
-    except BaseException:
+            claimed, written = await db.fetchrow_then(CLAIM, claim, then)
+        except BaseException:
+            if locked:
+                await _release(db, scope, key, locked[0])
+            raise
+        if claimed is not None:
+            break
+        held = await _held(db, scope, key, operation, digest)
+        if held is not None:
+            return held
+        # Released between the two statements: as good as new, claim it again.
+    locked_at, outcome = locked[0], planned[0]
+    if written is None:
         await _release(db, scope, key, locked_at)
-        raise
+        raise RuntimeError(f"lost the claim on Idempotency-Key {key!r} before finishing")
+    return outcome
 
 
 async def _release(db: Database, scope: str, key: str, locked_at: Any) -> None:
@@ -189,14 +211,24 @@ async def _claim(
     )
     if row is not None:
         return row["locked_at"]
+    held = await _held(db, scope, key, operation, digest)
+    if held is None:  # released between the two statements: as good as new
+        return await _claim(db, scope, key, operation, digest, settings)
+    return held
+
+
+async def _held(
+    db: Database, scope: str, key: str, operation: str, digest: bytes
+) -> Outcome | None:
+    """The answer for a key someone else holds (None: it is gone, claim it again)."""
     held = await db.fetchrow(
         "SELECT operation, fingerprint, status, response_status, response_body, resource_id"
         " FROM idempotency_keys WHERE scope = $1 AND key = $2",
         scope,
         key,
     )
-    if held is None:  # released between the two statements: as good as new
-        return await _claim(db, scope, key, operation, digest, settings)
+    if held is None:
+        return None
     if bytes(held["fingerprint"]) != digest:
         used = held["operation"]
         detail = (

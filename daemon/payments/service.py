@@ -242,7 +242,7 @@ class PaymentService:
             # the row, its history, queue message, outbox event and the stored answer.
             # The answer is the row, known before it is written (store.fresh); its
             # created_at is the claim's time, the moment this request took the key.
-            async def answer(locked_at: dt.datetime) -> Outcome | None:
+            def prepare(locked_at: dt.datetime) -> tuple[str, tuple[Any, ...], Outcome]:
                 fresh = store.fresh(
                     new,
                     store.new_payment_id(),
@@ -252,14 +252,14 @@ class PaymentService:
                     expires_at=locked_at + dt.timedelta(seconds=ttl),
                 )
                 body = fresh.public()
-                stored = await store.insert_answered(
-                    self.db, fresh, scope=caller.scope, key=key, locked_at=locked_at,
-                    status=201, body=body,
+                sql, args = store.insert_answered(
+                    fresh, scope=caller.scope, key=key, locked_at=locked_at, status=201,
+                    body=body,
                 )  # fmt: skip
-                return None if stored is None else Outcome(201, body, stored.id)
+                return sql, args, Outcome(201, body, fresh.id)
 
             return await idempotency.run_answered(
-                self.db, caller.scope, key, "payments.create", fingerprinted, answer, self._idem
+                self.db, caller.scope, key, "payments.create", fingerprinted, prepare, self._idem
             )
 
         async def work(tx: Conn) -> Outcome:

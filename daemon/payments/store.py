@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from daemon.payments import callbacks, currency, states
@@ -355,8 +355,7 @@ INSERT_ANSWERED = (
 )
 
 
-async def insert_answered(
-    db: Executor,
+def insert_answered(
     payment: Payment,
     *,
     scope: str,
@@ -364,22 +363,19 @@ async def insert_answered(
     locked_at: dt.datetime,
     status: int,
     body: dict[str, Any],
-) -> Payment | None:
-    """Store ``payment`` (from ``fresh``) as ``insert`` does and finish the Idempotency-Key
-    ``(scope, key)`` claimed at ``locked_at`` with ``status`` and ``body``, in one
-    statement; None (and nothing written) when the claim was lost to another request."""
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement (and its arguments) that stores ``payment`` (from ``fresh``) as
+    ``insert`` does and finishes the Idempotency-Key ``(scope, key)`` claimed at
+    ``locked_at`` with ``status`` and ``body``; it returns no row, and writes nothing,
+    when the claim was lost to another request."""
     p = payment
-    row = await db.fetchrow(
-        INSERT_ANSWERED,
+    return INSERT_ANSWERED, (
         p.id, p.amount, p.currency, p.method, p.kind, p.interval, p.capture_method,
         p.description, p.customer, p.metadata, p.status_callback_url, p.uisp_client_id,
         p.created_by, p.provider, p.created_at, p.expires_at,
         scope, key, locked_at, status, body,
         QUEUE, outbox.new_event_id(), p.announced(),
     )  # fmt: skip
-    if row is None:
-        return None
-    return replace(payment, seq=row["seq"])
 
 
 async def get(db: Executor, payment_id: str) -> Payment | None:
