@@ -1,11 +1,15 @@
 """The baseline for ``bench/payments_create.py``: FastAPI + uvicorn + asyncpg doing the same
 durable create as paymentd's ``POST /api/v1/payments`` with an ``Idempotency-Key``.
 
-The same statements on the same schema: claim the key (its own transaction), then one
-transaction that inserts the payment, its first history row and its outbox event, sends
-the queue message and stores the answer on the key; a repeated key answers the stored
-body. What it leaves out is what paymentd adds around it: API-key lookup (this checks a
-static bearer token, as paymentd's admin token), strict JSON parsing, currency table.
+The same statements on the same schema, taken from paymentd's own modules: the claim
+(``idempotency.CLAIM``, its own transaction), then the one statement that stores the
+answer on the key and, with it, the payment, its first history row, its outbox event and
+the queue message (``store.INSERT_ANSWERED``); a repeated key answers the stored body.
+The pool's release does what paymentd's does (a ROLLBACK only when a transaction was
+left open) instead of asyncpg's default reset query, a round trip paymentd does not
+make. What it leaves out is what paymentd adds around it: API-key lookup (this checks a
+static bearer token, as paymentd's admin token), strict JSON parsing, currency table,
+request ids, problem documents.
 
 Run: ``python bench/payments_peer.py --port N --dsn URL`` (payments_create.py starts it).
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -26,7 +31,20 @@ import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from daemon.payments.idempotency import CLAIM
+from daemon.payments.store import INSERT_ANSWERED
+
 TOKEN = "bench-token"
+# What paymentd's outbox event carries (store.Payment.announced).
+ANNOUNCED = (
+    "id", "status", "amount", "currency", "amount_captured", "amount_refunded", "method",
+    "kind", "customer", "metadata", "uisp_client_id", "provider", "provider_ref",
+    "failure_code",
+)  # fmt: skip
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
 
 
 class CreatePayment(BaseModel):
@@ -44,6 +62,10 @@ class CreatePayment(BaseModel):
 def build(dsn: str, pool_size: int) -> FastAPI:
     state: dict[str, Any] = {}
 
+    async def reset(conn: asyncpg.Connection) -> None:
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+
     async def init(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads,
                                   schema="pg_catalog")  # fmt: skip
@@ -51,7 +73,7 @@ def build(dsn: str, pool_size: int) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state["pool"] = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size,
-                                                  init=init)  # fmt: skip
+                                                  init=init, reset=reset)  # fmt: skip
         yield
         await state["pool"].close()
 
@@ -70,15 +92,13 @@ def build(dsn: str, pool_size: int) -> FastAPI:
         params = body.model_dump()
         params["currency"] = params["currency"].upper()
         digest = hashlib.sha256(
-            json.dumps({"operation": "payments.create", "params": params}, sort_keys=True).encode()
-        ).digest()
+            json.dumps({"operation": "payments.create", "params": params}, sort_keys=True,
+                       separators=(",", ":")).encode()
+        ).digest()  # fmt: skip
         scope = "admin"
         locked = await pool.fetchval(
-            "INSERT INTO idempotency_keys AS k (scope, key, operation, fingerprint, locked_at)"
-            " VALUES ($1, $2, 'payments.create', $3, clock_timestamp())"
-            " ON CONFLICT (scope, key) DO NOTHING RETURNING locked_at",
-            scope, idempotency_key, digest,
-        )  # fmt: skip
+            CLAIM, scope, idempotency_key, "payments.create", digest, 86400.0, 60.0
+        )
         if locked is None:
             held = await pool.fetchrow(
                 "SELECT fingerprint, status, response_status, response_body FROM"
@@ -91,35 +111,34 @@ def build(dsn: str, pool_size: int) -> FastAPI:
             response.status_code = held["response_status"]
             return held["response_body"]
         pid = "pay_" + secrets.token_hex(12)
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "INSERT INTO payments (id, amount, currency, method, kind, capture_method,"
-                " description, customer, metadata, created_by, provider, expires_at)"
-                " VALUES ($1, $2, $3, $4, 'one_time', $5, $6, $7, $8::jsonb, 'api:admin',"
-                " 'mock', now() + interval '1 day') RETURNING *",
-                pid, params["amount"], params["currency"], params["method"],
-                params["capture_method"], params["description"], params["customer"],
-                params["metadata"],
-            )  # fmt: skip
-            await conn.execute(
-                "INSERT INTO payment_events (payment_id, kind, to_status, actor)"
-                " VALUES ($1, 'transition', 'created', 'api:admin')", pid,
-            )  # fmt: skip
-            out = {"id": pid, "status": "created", "amount": row["amount"],
-                   "currency": row["currency"], "metadata": params["metadata"]}  # fmt: skip
-            await conn.execute(
-                "INSERT INTO events (id, type, subject, data) VALUES ($1, 'payment.created',"
-                " $2, $3::jsonb)", "evt_" + secrets.token_hex(16), f"payment:{pid}", out,
-            )  # fmt: skip
-            await conn.execute("SELECT pgmq.send('payments', $1::jsonb)", {"payment_id": pid})
-            body_out = {**out, "created_at": row["created_at"].isoformat()}
-            await conn.execute(
-                "UPDATE idempotency_keys SET status = 'finished', response_status = 201,"
-                " response_body = $3::jsonb, resource_id = $4, finished_at = now()"
-                " WHERE scope = $1 AND key = $2 AND locked_at = $5",
-                scope, idempotency_key, body_out, pid, locked,
-            )  # fmt: skip
-        return body_out
+        expires = locked + dt.timedelta(days=1)
+        at, until = _iso(locked), _iso(expires)
+        out = {
+            "id": pid, "status": "created", "amount": params["amount"],
+            "currency": params["currency"], "currency_exponent": 2,
+            "amount_display": f"{params['amount'] / 100:.2f} {params['currency']}",
+            "amount_captured": 0, "amount_refunded": 0, "amount_refundable": 0,
+            "method": params["method"], "kind": "one_time", "interval": None,
+            "capture_method": params["capture_method"], "description": params["description"],
+            "customer": params["customer"], "metadata": params["metadata"],
+            "status_callback_url": None, "uisp_client_id": None, "uisp_payment_id": None,
+            "provider": "mock", "provider_ref": None, "client_secret": None,
+            "hosted_url": None, "failure_code": None, "failure_message": None,
+            "cancel_requested": False, "capture_requested": False, "created_at": at,
+            "updated_at": at, "expires_at": until, "finished_at": None,
+        }  # fmt: skip
+        announced = {k: out[k] for k in ANNOUNCED}
+        row = await pool.fetchrow(
+            INSERT_ANSWERED,
+            pid, params["amount"], params["currency"], params["method"], "one_time", None,
+            params["capture_method"], params["description"], params["customer"],
+            params["metadata"], None, None, "api:admin", "mock", locked, expires,
+            scope, idempotency_key, locked, 201, out,
+            "payments", "evt_" + secrets.token_hex(16), announced,
+        )  # fmt: skip
+        if row is None:
+            raise HTTPException(500)
+        return out
 
     return app
 

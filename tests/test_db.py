@@ -52,3 +52,36 @@ async def test_a_refused_commit_raises_and_keeps_the_pool_usable(
                 async with db.transaction() as tx:
                     await tx.execute("INSERT INTO t VALUES (1), (1)")
             assert await db.fetchval("SELECT count(*) FROM t") == 0
+
+
+async def test_fetchrow_then_runs_the_statement_made_from_the_first_row_on_one_connection(
+    db_url: str, aio_loop: None
+) -> None:
+    async with Database.open(db_url, min_size=1, max_size=1) as db:
+        with trio.fail_after(10):
+            seen: list[object] = []
+
+            def then(row: object) -> tuple[str, tuple[object, ...]] | None:
+                seen.append(row)
+                if row is None:
+                    return None
+                return "SELECT $1::int + 1 AS n, pg_backend_pid() AS pid", (row["n"],)  # type: ignore[index]
+
+            first, second = await db.fetchrow_then(
+                "SELECT 41 AS n, pg_backend_pid() AS pid", (), then
+            )
+            assert first is not None and second is not None
+            assert second["n"] == 42 and second["pid"] == first["pid"]
+            # No row: then decides there is nothing more.
+            first, second = await db.fetchrow_then("SELECT 1 WHERE false", (), then)
+            assert (first, second) == (None, None) and seen[-1] is None
+            # Each statement commits on its own: a refused second leaves the first done,
+            # and the (single) connection goes back to the pool usable.
+            with pytest.raises(Exception, match="division by zero"):
+                await db.fetchrow_then(
+                    "INSERT INTO onu_overrides (service_id, olt_name, onu)"
+                    " VALUES (7, 'x', '0/0/0:7') RETURNING service_id",
+                    (),
+                    lambda row: ("SELECT 1 / 0", ()),
+                )
+            assert await db.fetchval("SELECT count(*) FROM onu_overrides") == 1

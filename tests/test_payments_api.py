@@ -101,6 +101,56 @@ async def test_the_same_create_twice_at_once_with_one_key_makes_one_payment_and_
     assert again.headers["idempotent-replayed"] == "true"
 
 
+async def test_a_keyed_create_stores_the_row_it_answered_with_its_history_event_and_message(
+    pay: Pay,
+) -> None:
+    # The keyed create writes everything in one statement from an answer made before the
+    # row exists (store.fresh): the row as read back must be exactly that answer.
+    r = await pay.create(
+        key="one-statement", customer="cli-9", description="Fibra 600",
+        metadata={"order": "9"}, capture_method="manual",
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert r.headers["location"] == f"/api/v1/payments/{body['id']}"
+    row = await pay.db.fetchrow(
+        "SELECT p.created_at, k.locked_at, k.status, k.response_body, k.resource_id FROM"
+        " payments p JOIN idempotency_keys k ON k.resource_id = p.id WHERE p.id = $1",
+        body["id"],
+    )
+    assert row["created_at"] == row["locked_at"]  # the claim's time is the creation's
+    assert row["status"] == "finished" and row["response_body"] == body
+    assert await pay.db.fetchval(
+        "SELECT count(*) FROM payment_events WHERE payment_id = $1 AND to_status = 'created'",
+        body["id"],
+    ) == 1  # fmt: skip
+    [event] = await pay.db.fetch(
+        "SELECT type, data FROM events WHERE subject = $1 AND type = 'payment.created'",
+        f"payment:{body['id']}",
+    )
+    assert event["data"]["id"] == body["id"] and event["data"]["status"] == "created"
+    assert "client_secret" not in event["data"] and event["data"]["metadata"] == {"order": "9"}
+    # The processor may have moved it on by now: compare what it does not change.
+    stored = await pay.db.fetchrow(
+        "SELECT amount, currency, customer, description, capture_method, metadata,"
+        " expires_at - created_at AS ttl FROM payments WHERE id = $1",
+        body["id"],
+    )
+    assert (stored["amount"], stored["currency"], stored["customer"]) == (1000, "EUR", "cli-9")
+    assert stored["description"] == "Fibra 600" and stored["capture_method"] == "manual"
+    assert stored["metadata"] == {"order": "9"} and body["updated_at"] == body["created_at"]
+    assert stored["ttl"].total_seconds() > 0
+    got = await pay.get(body["id"])
+    for name in ("id", "amount", "currency", "created_at", "expires_at", "metadata", "customer"):
+        assert got[name] == body[name], name
+    again = await pay.create(
+        key="one-statement", customer="cli-9", description="Fibra 600",
+        metadata={"order": "9"}, capture_method="manual",
+    )  # fmt: skip
+    assert again.status_code == 201 and again.json() == body
+    assert again.headers["idempotent-replayed"] == "true"
+
+
 async def test_the_same_key_with_another_body_is_422_and_changes_nothing(pay: Pay) -> None:
     first = await pay.create(key="k-1", amount=1000)
     assert first.status_code == 201

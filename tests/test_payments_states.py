@@ -4,6 +4,9 @@ outbox of its own transaction."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+
 import pytest
 
 from daemon.payments import mock_provider, processor, states, store
@@ -124,3 +127,52 @@ async def test_an_answer_for_another_amount_or_currency_never_moves_the_payment(
     assert [e.kind for e in history][-2:] == ["provider_mismatch", "provider_mismatch"]
     assert history[-2].detail["currency"] == "USD" and history[-1].detail["amount"] == 100
     assert await apply(db, payment.id, seen("succeeded", 1000)) == "succeeded"
+
+
+async def test_the_one_statement_create_writes_nothing_when_its_claim_was_lost(
+    db: Database,
+) -> None:
+    # What insert_answered's statement does for a request whose Idempotency-Key claim was
+    # taken over (its locked_at is no longer the key's): no row, no history, no event, no
+    # queue message, and the key keeps the other request's state.
+    claimed = await db.fetchval(
+        "INSERT INTO idempotency_keys (scope, key, operation, fingerprint, locked_at,"
+        " expires_at) VALUES ('admin', 'k', 'payments.create', $1, clock_timestamp(),"
+        " now() + interval '1 day') RETURNING locked_at",
+        bytes(32),
+    )
+    stale = claimed - dt.timedelta(seconds=61)
+    fresh = store.fresh(
+        NEW, store.new_payment_id(), created_by="api:admin", provider="mock", at=stale,
+        expires_at=stale + dt.timedelta(days=1),
+    )  # fmt: skip
+    sql, args = store.insert_answered(
+        fresh, scope="admin", key="k", locked_at=stale, status=201, body=fresh.public()
+    )
+    assert await db.fetchrow(sql, *args) is None
+    counts = await db.fetchrow(
+        "SELECT (SELECT count(*) FROM payments) AS p, (SELECT count(*) FROM payment_events)"
+        " AS h, (SELECT count(*) FROM events) AS e, (SELECT count(*) FROM pgmq.q_payments)"
+        " AS q, (SELECT status FROM idempotency_keys WHERE key = 'k') AS k"
+    )
+    assert tuple(counts) == (0, 0, 0, 0, "running")
+    # With the claim's own locked_at it writes all of it, the fan-out message included.
+    fresh = store.fresh(
+        NEW, store.new_payment_id(), created_by="api:admin", provider="mock", at=claimed,
+        expires_at=claimed + dt.timedelta(days=1),
+    )  # fmt: skip
+    sql, args = store.insert_answered(
+        fresh, scope="admin", key="k", locked_at=claimed, status=201, body=fresh.public()
+    )
+    assert await db.fetchrow(sql, *args) is not None
+    counts = await db.fetchrow(
+        "SELECT (SELECT count(*) FROM payments) AS p, (SELECT count(*) FROM payment_events)"
+        " AS h, (SELECT count(*) FROM events) AS e, (SELECT count(*) FROM pgmq.q_payments)"
+        " AS q, (SELECT count(*) FROM pgmq.q_event_fanout) AS f,"
+        " (SELECT status FROM idempotency_keys WHERE key = 'k') AS k"
+    )
+    assert tuple(counts) == (1, 1, 1, 1, 1, "finished")
+    assert (await store.get(db, fresh.id)) == dataclasses.replace(
+        fresh,
+        seq=(await store.get(db, fresh.id)).seq,  # type: ignore[union-attr]
+    )

@@ -102,16 +102,98 @@ async def run(
                 await _finish(tx, scope, key, locked_at, refused)
             return refused
     except BaseException:
-        with trio.move_on_after(5, shield=True):
-            with contextlib.suppress(Exception):  # else the lock window releases it
-                await db.execute(
-                    "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2"
-                    " AND status = 'running' AND locked_at = $3",
-                    scope,
-                    key,
-                    locked_at,
-                )
+        await _release(db, scope, key, locked_at)
         raise
+
+
+# What run_answered runs once the key is claimed: the statement (and its arguments)
+# that writes the effect and finishes the key, and the answer it stores; made from the
+# claim's locked_at. Plain Python without I/O (it runs between the two statements).
+Prepare = Callable[[Any], tuple[str, tuple[Any, ...], Outcome]]
+
+
+async def run_answered(
+    db: Database,
+    scope: str,
+    key: str,
+    operation: str,
+    params: dict[str, Any],
+    prepare: Prepare,
+    settings: Settings = Settings(),
+) -> Outcome:
+    """``run`` with a key, for work that is one statement which also stores its answer.
+
+    The statement from ``prepare(locked_at)`` writes the effect and finishes the key
+    together (one statement is one transaction: the effect exists exactly when the
+    stored answer does, as in step 2), and must return no row, having written nothing,
+    when the claim was lost. It runs right after the claim, on the same connection in
+    the same call to the database (``Database.fetchrow_then``): two round trips and one
+    bridge crossing in all, where ``run`` takes five and seven. ``prepare`` cannot
+    refuse: check the input before calling this.
+    """
+    check_key(key)
+    digest = fingerprint(operation, params)
+    claim = (scope, key, operation, digest, settings.ttl_seconds, settings.lock_seconds)
+    locked: list[Any] = []  # the claim's locked_at, once claimed
+    planned: list[Outcome] = []
+
+    def then(claimed: Any) -> tuple[str, tuple[Any, ...]] | None:
+        if claimed is None:
+            return None
+        locked.append(claimed["locked_at"])
+        sql, args, outcome = prepare(claimed["locked_at"])
+        planned.append(outcome)
+        return sql, args
+
+    while True:
+        try:
+            claimed, written = await db.fetchrow_then(CLAIM, claim, then)
+        except BaseException:
+            if locked:
+                await _release(db, scope, key, locked[0])
+            raise
+        if claimed is not None:
+            break
+        held = await _held(db, scope, key, operation, digest)
+        if held is not None:
+            return held
+        # Released between the two statements: as good as new, claim it again.
+    locked_at, outcome = locked[0], planned[0]
+    if written is None:
+        await _release(db, scope, key, locked_at)
+        raise RuntimeError(f"lost the claim on Idempotency-Key {key!r} before finishing")
+    return outcome
+
+
+async def _release(db: Database, scope: str, key: str, locked_at: Any) -> None:
+    """Give an unfinished claim back, so the client may simply retry."""
+    with trio.move_on_after(5, shield=True):
+        with contextlib.suppress(Exception):  # else the lock window releases it
+            await db.execute(
+                "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2"
+                " AND status = 'running' AND locked_at = $3",
+                scope,
+                key,
+                locked_at,
+            )
+
+
+# A fresh key, or one expired or left running past the lock window by a dead process;
+# $1 scope, $2 key, $3 operation, $4 fingerprint, $5 ttl, $6 lock window (seconds).
+CLAIM = (
+    "INSERT INTO idempotency_keys AS k (scope, key, operation, fingerprint, locked_at,"
+    " expires_at) VALUES ($1, $2, $3, $4, clock_timestamp(),"
+    " now() + make_interval(secs => $5))"
+    " ON CONFLICT (scope, key) DO UPDATE SET operation = EXCLUDED.operation,"
+    " fingerprint = EXCLUDED.fingerprint, status = 'running',"
+    " locked_at = EXCLUDED.locked_at, response_status = NULL, response_body = NULL,"
+    " resource_id = NULL, created_at = now(), finished_at = NULL,"
+    " expires_at = EXCLUDED.expires_at"
+    " WHERE k.expires_at <= now() OR (k.status = 'running'"
+    " AND k.locked_at <= now() - make_interval(secs => $6)"
+    " AND k.fingerprint = EXCLUDED.fingerprint)"
+    " RETURNING locked_at"
+)
 
 
 async def _claim(
@@ -119,18 +201,7 @@ async def _claim(
 ) -> Any:
     """The claim's ``locked_at`` if this request owns the key now, else its ``Outcome``."""
     row = await db.fetchrow(
-        "INSERT INTO idempotency_keys AS k (scope, key, operation, fingerprint, locked_at,"
-        " expires_at) VALUES ($1, $2, $3, $4, clock_timestamp(),"
-        " now() + make_interval(secs => $5))"
-        " ON CONFLICT (scope, key) DO UPDATE SET operation = EXCLUDED.operation,"
-        " fingerprint = EXCLUDED.fingerprint, status = 'running',"
-        " locked_at = EXCLUDED.locked_at, response_status = NULL, response_body = NULL,"
-        " resource_id = NULL, created_at = now(), finished_at = NULL,"
-        " expires_at = EXCLUDED.expires_at"
-        " WHERE k.expires_at <= now() OR (k.status = 'running'"
-        " AND k.locked_at <= now() - make_interval(secs => $6)"
-        " AND k.fingerprint = EXCLUDED.fingerprint)"
-        " RETURNING locked_at",
+        CLAIM,
         scope,
         key,
         operation,
@@ -140,14 +211,24 @@ async def _claim(
     )
     if row is not None:
         return row["locked_at"]
+    held = await _held(db, scope, key, operation, digest)
+    if held is None:  # released between the two statements: as good as new
+        return await _claim(db, scope, key, operation, digest, settings)
+    return held
+
+
+async def _held(
+    db: Database, scope: str, key: str, operation: str, digest: bytes
+) -> Outcome | None:
+    """The answer for a key someone else holds (None: it is gone, claim it again)."""
     held = await db.fetchrow(
         "SELECT operation, fingerprint, status, response_status, response_body, resource_id"
         " FROM idempotency_keys WHERE scope = $1 AND key = $2",
         scope,
         key,
     )
-    if held is None:  # released between the two statements: as good as new
-        return await _claim(db, scope, key, operation, digest, settings)
+    if held is None:
+        return None
     if bytes(held["fingerprint"]) != digest:
         used = held["operation"]
         detail = (

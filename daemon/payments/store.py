@@ -309,6 +309,83 @@ async def insert(
     return payment
 
 
+def fresh(
+    new: NewPayment,
+    payment_id: str,
+    *,
+    created_by: str,
+    provider: str,
+    at: dt.datetime,
+    expires_at: dt.datetime,
+) -> Payment:
+    """The row ``insert_answered`` writes for ``new``, known before it is written: every
+    column it reads is set explicitly there (no default, no trigger), ``seq`` aside."""
+    return Payment(
+        id=payment_id, seq=0, status="created", amount=new.amount, currency=new.currency,
+        amount_captured=0, amount_refunded=0, method=new.method, kind=new.kind,
+        interval=new.interval, capture_method=new.capture_method,
+        description=new.description, customer=new.customer, metadata=dict(new.metadata),
+        status_callback_url=new.status_callback_url, uisp_client_id=new.uisp_client_id,
+        created_by=created_by, provider=provider, provider_object=None, provider_ref=None,
+        provider_status=None, provider_intent_id=None, provider_subscription_id=None,
+        client_secret=None, hosted_url=None, failure_code=None, failure_message=None,
+        create_attempted_at=None, cancel_requested_at=None, capture_requested_at=None,
+        capture_amount=None, created_at=at, updated_at=at, expires_at=expires_at,
+        reconcile_at=None, reconcile_attempts=0, finished_at=None, uisp_payment_id=None,
+        uisp_recorded_at=None, uisp_error=None, parent_payment_id=None,
+    )  # fmt: skip
+
+
+# The create behind an Idempotency-Key in one statement, so in one transaction without a
+# BEGIN/COMMIT round trip: the key's stored answer (f), and only if this request still
+# holds the key (f matched) the row (p), its history (h), its queue message (q) and its
+# outbox event (e; the events trigger queues its fan-out). Each round trip through the
+# asyncio bridge costs ~150 us of the event loop's CPU (bench/payments_create.py).
+INSERT_ANSWERED = (
+    "WITH f AS (UPDATE idempotency_keys SET status = 'finished', response_status = $20,"
+    " response_body = $21::jsonb, resource_id = $1, finished_at = now()"
+    " WHERE scope = $17 AND key = $18 AND status = 'running' AND locked_at = $19"
+    " RETURNING 1),"
+    " p AS (INSERT INTO payments (id, status, amount, currency, amount_captured,"
+    ' amount_refunded, method, kind, "interval", capture_method, description, customer,'
+    " metadata, status_callback_url, uisp_client_id, created_by, provider, created_at,"
+    " updated_at, expires_at, reconcile_attempts)"
+    " SELECT $1, 'created', $2, $3, 0, 0, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12,"
+    " $13, $14, $15, $15, $16, 0 FROM f"
+    f" RETURNING {_PAYMENT_COLUMNS}),"
+    " h AS (INSERT INTO payment_events (payment_id, kind, to_status, actor)"
+    " SELECT id, 'transition', 'created', $13 FROM p),"
+    " e AS (INSERT INTO events (id, type, subject, data)"
+    " SELECT $23, 'payment.created', 'payment:' || id, $24::jsonb FROM p),"
+    " q AS (SELECT pgmq.send($22::text, jsonb_build_object('payment_id', id)) AS msg_id"
+    " FROM p)"
+    " SELECT p.seq, q.msg_id FROM p, q"
+)
+
+
+def insert_answered(
+    payment: Payment,
+    *,
+    scope: str,
+    key: str,
+    locked_at: dt.datetime,
+    status: int,
+    body: dict[str, Any],
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement (and its arguments) that stores ``payment`` (from ``fresh``) as
+    ``insert`` does and finishes the Idempotency-Key ``(scope, key)`` claimed at
+    ``locked_at`` with ``status`` and ``body``; it returns no row, and writes nothing,
+    when the claim was lost to another request."""
+    p = payment
+    return INSERT_ANSWERED, (
+        p.id, p.amount, p.currency, p.method, p.kind, p.interval, p.capture_method,
+        p.description, p.customer, p.metadata, p.status_callback_url, p.uisp_client_id,
+        p.created_by, p.provider, p.created_at, p.expires_at,
+        scope, key, locked_at, status, body,
+        QUEUE, outbox.new_event_id(), p.announced(),
+    )  # fmt: skip
+
+
 async def get(db: Executor, payment_id: str) -> Payment | None:
     row = await db.fetchrow(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = $1", payment_id)
     return None if row is None else _payment(row)

@@ -190,6 +190,40 @@ async def _pooled(
         await pool.release(con, timeout=5)
 
 
+# What ``Database.fetchrow_then`` runs second: the statement and its arguments made from
+# the first statement's row, or None for nothing more. Plain Python, no I/O: it runs on
+# the asyncio side, between the two statements.
+Then: TypeAlias = Callable[[Record | None], tuple[str, tuple[Any, ...]] | None]
+
+
+async def _pooled_then(
+    pool: asyncpg.Pool,
+    sql: str,
+    args: tuple[Any, ...],
+    then: Then,
+    limit: float,
+    statement_limit: float,
+) -> tuple[Record | None, Record | None]:
+    """``_pooled``'s ``fetchrow``, then the ``fetchrow`` that ``then`` makes of its row, on
+    one connection in one bridge crossing; each statement is its own transaction."""
+    started = time.monotonic()
+    con = await pool.acquire(timeout=min(limit, ACQUIRE_TIMEOUT))
+    try:
+        left = max(min(limit - (time.monotonic() - started), statement_limit), 0.001)
+        first = await con.fetchrow(sql, *args, timeout=left)
+        follow = then(first)
+        if follow is None:
+            return first, None
+        left = max(min(limit - (time.monotonic() - started), statement_limit), 0.001)
+        return first, await con.fetchrow(follow[0], *follow[1], timeout=left)
+    except BaseException as exc:
+        if not isinstance(exc, asyncpg.PostgresError):  # a refused statement is harmless
+            con.terminate()
+        raise
+    finally:
+        await pool.release(con, timeout=5)
+
+
 # How many cancelled timers a loop may hold before they are swept out of its heap.
 _SWEEP_AFTER = 256
 
@@ -204,6 +238,7 @@ def prepare_loop() -> None:
         return
     _prune_cancelled_timers(loop)
     _absorb_abandoned_connects(loop)
+    _run_ready_callbacks_together(loop)
     loop._paymentd_prepared = True
 
 
@@ -229,6 +264,34 @@ def _absorb_abandoned_connects(loop: Any) -> None:
             the_loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+
+
+def _run_ready_callbacks_together(loop: Any) -> None:
+    """Run the asyncio callbacks that are ready in one batch, as asyncio's own loop does.
+
+    trio-asyncio 0.16 runs one callback per pass of its main-loop task, and each pass
+    is a trio checkpoint: a trip through trio's scheduler per callback, and an asyncpg
+    statement makes several (its write, the read, the future's and the task's wake-ups).
+    asyncio runs everything that is ready at the start of an iteration before polling
+    again; so does this (what becomes ready during the batch waits for the next one), and
+    it skips the callback type check that asyncio does only in debug mode and trio-asyncio
+    always. Measured with bench/payments_create.py: see the commit that added it.
+    """
+    run_one = loop._main_loop_one
+    queue = loop._q_recv
+
+    async def main_loop_one(no_wait: bool = False) -> None:
+        await run_one(no_wait)
+        ready = queue.statistics().current_buffer_used
+        try:
+            for _ in range(ready):
+                await run_one(True)  # pops a due timer first, else the next callback
+        except trio.WouldBlock:
+            pass
+
+    loop._main_loop_one = main_loop_one
+    if not loop.get_debug():
+        loop._check_callback = lambda callback, method: None
 
 
 def _prune_cancelled_timers(loop: Any) -> None:
@@ -425,6 +488,20 @@ class Database:
     async def execute(self, sql: str, *args: Any) -> str:
         status: str = await self._run("execute", sql, args)
         return status
+
+    async def fetchrow_then(
+        self, sql: str, args: tuple[Any, ...], then: Then
+    ) -> tuple[Record | None, Record | None]:
+        """Two dependent statements for the price of one call: ``sql``'s row, and the row
+        of the statement ``then`` makes of it (None: ``then`` made none). One connection
+        and one bridge crossing; each statement commits on its own, as two ``fetchrow``
+        calls would (an error in the second leaves the first committed)."""
+        limit = budget(2 * self._command_timeout + ACQUIRE_TIMEOUT)
+        assert limit is not None
+        rows: tuple[Record | None, Record | None] = await bridge(
+            _pooled_then, self._pool, sql, args, then, limit, self._command_timeout
+        )
+        return rows
 
     async def _run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         limit = budget(self._command_timeout + ACQUIRE_TIMEOUT)
