@@ -81,8 +81,9 @@ async def test_the_list_filters_by_status_customer_and_day_and_pages_by_cursor(p
             caller, CreateParams(amount=100 + n, currency="JPY", customer=f"c{n % 2}"), None
         )
         ids.append(outcome.body["id"])
-    await pay.db.execute("UPDATE payments SET created_at = now() - interval '3 days' WHERE id = $1",
-                         ids[0])  # fmt: skip
+    await pay.db.execute(
+        "UPDATE payments SET created_at = now() - interval '3 days' WHERE id = $1", ids[0]
+    )
     with trio.fail_after(20):
         first = await pay.http.get("/console/payments")
         assert first.status_code == 200
@@ -147,9 +148,11 @@ async def test_a_partial_refund_from_the_page_once_however_often_the_form_is_sen
 
         async def refund_done() -> bool:
             page = (await pay.http.get(path)).text
-            return f'data-refund="{refund.id}"' in page and "state-succeeded" in page.split(
-                f'data-refund="{refund.id}"'
-            )[1].split("</tr>")[0]
+            return (
+                f'data-refund="{refund.id}"' in page
+                and "state-succeeded"
+                in page.split(f'data-refund="{refund.id}"')[1].split("</tr>")[0]
+            )
 
         await wait_for(refund_done)
         history = (await pay.http.get(path)).text
@@ -186,16 +189,19 @@ async def test_refusals_without_a_token_or_key_and_invalid_transitions(pay: Pay)
 
 async def test_a_manual_payment_is_captured_in_part_and_another_cancelled(pay: Pay) -> None:
     r = await pay.create(
-        amount=1000, capture_method="manual", metadata={"mock": "succeed"},
+        amount=1000,
+        capture_method="manual",
+        metadata={"mock": "succeed"},
         headers={"Prefer": "wait=10"},
-    )  # fmt: skip
+    )
     held = await pay.wait_status(r.json()["id"], "requires_capture")
     path = f"/console/payments/{held['id']}"
     with trio.fail_after(30):
         page = (await pay.http.get(path)).text
         assert 'data-test-id="capture-form"' in page and 'data-test-id="refund-form"' not in page
-        r = await pay.http.post(f"{path}/capture",
-                                data={**form_of(page, "capture-form"), "amount": "6"})  # fmt: skip
+        r = await pay.http.post(
+            f"{path}/capture", data={**form_of(page, "capture-form"), "amount": "6"}
+        )
         assert r.status_code == 303 and r.headers["location"].endswith("notice=captured")
         done = await pay.wait_status(held["id"], "succeeded")
         assert done["amount_captured"] == 600
@@ -205,8 +211,9 @@ async def test_a_manual_payment_is_captured_in_part_and_another_cancelled(pay: P
         fresh = await pay.create(amount=300)  # created: the provider has not been asked yet
         other = fresh.json()["id"]
         page = (await pay.http.get(f"/console/payments/{other}")).text
-        r = await pay.http.post(f"/console/payments/{other}/cancel",
-                                data=form_of(page, "cancel-form"))  # fmt: skip
+        r = await pay.http.post(
+            f"/console/payments/{other}/cancel", data=form_of(page, "cancel-form")
+        )
         assert r.status_code == 303
         assert (await pay.wait_status(other, "canceled"))["status"] == "canceled"
         page = (await pay.http.get(f"/console/payments/{other}")).text
