@@ -88,3 +88,41 @@ async def test_an_api_key_made_on_its_page_works_against_the_api(
         assert "billing" in row and "payments:write" in row
         assert key not in await browser.source()
         assert await browser.console_errors() == []
+
+
+async def test_every_money_page_fits_a_phone_screen(pay: Pay, browser: Browser) -> None:
+    r = await pay.create(
+        amount=1250,
+        description="Fibra 300, December",
+        customer="client-42",
+        metadata={"mock": "succeed"},
+        headers={"Prefer": "wait=10"},
+    )
+    payment = await pay.wait_status(r.json()["id"], "succeeded")
+    refund = await pay.post(f"/payments/{payment['id']}/refunds", {"amount": 250}, key="phone")
+    assert refund.status_code == 201, refund.text
+    box = load_keyring(pay.cfg.secrets)
+    endpoint, _ = await manage.create(
+        pay.db, box, by="test", url="https://hooks.example/a/rather/long/path/for/a/phone?x=1"
+    )
+    sent = await manage.send_test(pay.db, endpoint.id, by="test")
+    base = pay.running.base_url
+    with trio.fail_after(30):
+        await browser.call(browser.driver.set_window_size, 390, 844)
+        await browser_sign_in(browser, base)
+        for path in (
+            "/console/payments",
+            f"/console/payments/{payment['id']}",
+            "/console/webhooks",
+            f"/console/webhooks/{endpoint.id}",
+            f"/console/webhook-deliveries/{sent.delivery.id}",
+            "/console/apikeys",
+            "/console/docs",
+        ):
+            await browser.get(f"{base}{path}")
+            await browser.find("main h1")
+            overflow = await browser.script(
+                "return document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 0, f"{path} is {overflow} px wider than the screen"
+        assert await browser.console_errors() == []
