@@ -257,6 +257,7 @@ async def test_an_api_key_is_shown_once_works_against_the_api_and_is_revoked(
                 },
             )
             assert created.status_code == 200
+            assert str(created.url).endswith("/console/apikeys")  # answered here, no redirect
             match = _APIKEY.search(created.text)
             assert match is not None
             key = match.group(0)
@@ -363,3 +364,53 @@ async def test_the_docs_samples_verify_a_delivery_the_dispatcher_signed(
 
     assert json.loads(run(delivery.body))["data"]["amount"] == 1250
     assert run(tampered) == "refused: no valid webhook-signature"
+
+
+async def test_every_action_needs_the_csrf_token_and_every_page_a_session(deps: Deps) -> None:
+    await add_operator(deps.db)
+    async with deps.db.transaction() as tx:
+        ep, _ = await endpoints.create(tx, BOX, url="https://hooks.example/h")
+    pages = [
+        "/console/payments",
+        "/console/payments/pay_x",
+        "/console/webhooks",
+        f"/console/webhooks/{ep.id}",
+        "/console/webhook-deliveries/1",
+        "/console/apikeys",
+        "/console/docs",
+    ]
+    actions = [
+        "/console/payments/pay_x/refund",
+        "/console/payments/pay_x/capture",
+        "/console/payments/pay_x/cancel",
+        "/console/webhooks",
+        f"/console/webhooks/{ep.id}",
+        f"/console/webhooks/{ep.id}/disable",
+        f"/console/webhooks/{ep.id}/enable",
+        f"/console/webhooks/{ep.id}/rotate",
+        f"/console/webhooks/{ep.id}/test",
+        f"/console/webhooks/{ep.id}/recover",
+        "/console/webhook-deliveries/1/retry",
+        "/console/apikeys",
+        "/console/apikeys/abc/revoke",
+    ]
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            for path in pages:
+                r = await client.get(path, headers={"Accept": "text/html"})
+                assert r.status_code == 303, path
+                assert r.headers["location"].endswith("/console/login")
+            for path in actions:
+                assert (
+                    await client.post(path, data={"url": "https://x.example"})
+                ).status_code == 401
+            await sign_in(client)
+            for path in actions:
+                r = await client.post(
+                    path, data={"url": "https://x.example", "idempotency_key": "k"}
+                )
+                assert r.status_code == 403, path
+                assert "CSRF" in r.json()["detail"]
+    assert len(await endpoints.secrets_of(deps.db, ep.id)) == 1
+    assert len(await endpoints.list_endpoints(deps.db)) == 1
+    assert (await endpoints.get(deps.db, ep.id)).enabled  # type: ignore[union-attr]

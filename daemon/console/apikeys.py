@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from quart import Blueprint, Response, render_template
+from quart import Blueprint, Response, render_template, request
 
 from daemon.console import guard, views
 from daemon.console.context import Console
@@ -55,8 +55,6 @@ def register(bp: Blueprint, console: Console) -> None:
 
     @bp.post("/apikeys")
     async def apikey_create() -> str | tuple[str, int]:
-        from quart import request
-
         form = views.form()
         # A multi-valued field: the guard's form dict keeps only the first value.
         scopes = (await request.form).getlist("scope")
@@ -74,6 +72,7 @@ def register(bp: Blueprint, console: Console) -> None:
         try:
             await auth.revoke_key(deps.db, key_id)
         except auth.ApiKeyError as exc:
+            # One error class for both refusals; its text tells them apart.
             if "already revoked" in str(exc):
                 return await list_page(error=str(exc)), 409
             raise Problem(404, f"no API key {key_id[:40]!r}") from None
