@@ -44,6 +44,14 @@ async def test_a_payment_is_refunded_in_part_from_its_page(pay: Pay, browser: Br
         assert await browser.text("[data-test-id=refunded]") == "4.25 EUR"
         refunds = await browser.text("[data-test-id=refunds]")
         assert "4.25 EUR" in refunds and "outage" in refunds and "console:alice" in refunds
+        # The open page follows the payment over the live feed (static/payment.js): a
+        # refund made through the API shows up without a reload.
+        await browser.script("window.stillThisPage = true")
+        api = await pay.post(f"/payments/{payment['id']}/refunds", {"amount": 100}, key="api-1")
+        assert api.status_code == 201, api.text
+        await browser.wait_text("[data-test-id=refundable]", r"^7\.25 EUR$")
+        await browser.wait_text("[data-test-id=refunds] tbody", api.json()["id"])
+        assert await browser.script("return window.stillThisPage === true")
         assert await browser.console_errors() == []
 
 
