@@ -83,6 +83,7 @@ async def test_an_api_key_made_on_its_page_works_against_the_api(
         await browser.click("[data-test-id='scope-payments:write']")
         await browser.click("[data-test-id=create]")
         key = await browser.wait_text("[data-test-id=apikey]", "^pd_")
+        assert key not in browser.url
         r = await pay.http.post(
             "/api/v1/payments",
             json={"amount": 500, "currency": "JPY"},
