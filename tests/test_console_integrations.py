@@ -119,6 +119,22 @@ async def test_endpoints_are_created_edited_disabled_and_each_secret_is_shown_on
             saved = await endpoints.get(deps.db, ep)
             assert saved is not None and saved.url == "https://hooks.example/v2"
             assert saved.event_types == ("payment.*", "refund.*")
+            assert saved.rate_limit_per_second is None
+            r = await client.post(
+                f"/console/webhooks/{ep}",
+                data={**edit, "rate_limit_per_second": "5", "max_concurrency": "2"},
+            )
+            assert r.status_code == 303
+            limited = await endpoints.get(deps.db, ep)
+            assert limited is not None and limited.rate_limit_per_second == 5
+            assert limited.max_concurrency == 2
+            for bad_limit in ("x", "0"):
+                r = await client.post(
+                    f"/console/webhooks/{ep}", data={**edit, "rate_limit_per_second": bad_limit}
+                )
+                assert r.status_code == 400 and "rate_limit_per_second:" in r.text
+            r = await client.post(f"/console/webhooks/{ep}", data=edit)  # empty: no limit again
+            assert (await endpoints.get(deps.db, ep)).rate_limit_per_second is None  # type: ignore[union-attr]
             r = await client.post(f"/console/webhooks/{ep}", data={**edit, "url": "nope"})
             assert r.status_code == 400 and 'data-test-id="notice"' in r.text
 

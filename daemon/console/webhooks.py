@@ -43,6 +43,28 @@ def _event_types(text: str) -> list[str]:
     return [t for t in text.replace(",", " ").split() if t] or ["*"]
 
 
+def _limit(form: dict[str, str], name: str) -> int | None:
+    """An optional positive whole number (empty: no limit); the store checks the range."""
+    raw = form.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 9:
+        raise endpoints.EndpointError(f"{name}: a positive whole number, or empty for none")
+    return int(raw)
+
+
+def _settings(form: dict[str, str]) -> dict[str, Any]:
+    """The endpoint form's fields, as ``manage.create`` / ``manage.update`` take them."""
+    return {
+        "url": form.get("url", "").strip(),
+        "description": form.get("description", "").strip(),
+        "event_types": _event_types(form.get("event_types", "")),
+        "legacy_signature": form.get("legacy_signature") == "yes",
+        "rate_limit_per_second": _limit(form, "rate_limit_per_second"),
+        "max_concurrency": _limit(form, "max_concurrency"),
+    }
+
+
 def _count_arg() -> int:
     raw = request.args.get("count", "")
     return int(raw) if raw.isdigit() and len(raw) < 10 else 0
@@ -114,13 +136,7 @@ def register(bp: Blueprint, console: Console) -> None:
         form = views.form()
         try:
             endpoint, secret = await manage.create(
-                deps.db,
-                box(),
-                by=guard.current().who,
-                url=form.get("url", "").strip(),
-                description=form.get("description", "").strip(),
-                event_types=_event_types(form.get("event_types", "")),
-                legacy_signature=form.get("legacy_signature") == "yes",
+                deps.db, box(), by=guard.current().who, **_settings(form)
             )
         except endpoints.EndpointError as exc:
             return await list_page(error=str(exc), form=form), 400
@@ -174,15 +190,7 @@ def register(bp: Blueprint, console: Console) -> None:
     async def webhook_edit(endpoint_id: str) -> Response | tuple[str, int]:
         form = views.form()
         try:
-            await manage.update(
-                deps.db,
-                endpoint_id,
-                by=guard.current().who,
-                url=form.get("url", "").strip(),
-                description=form.get("description", "").strip(),
-                event_types=_event_types(form.get("event_types", "")),
-                legacy_signature=form.get("legacy_signature") == "yes",
-            )
+            await manage.update(deps.db, endpoint_id, by=guard.current().who, **_settings(form))
         except endpoints.EndpointError as exc:
             return await detail_page(endpoint_id, error=str(exc), form=form), 400
         except manage.ManageError as exc:
