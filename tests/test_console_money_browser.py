@@ -40,9 +40,10 @@ async def test_a_payment_is_refunded_in_part_from_its_page(pay: Pay, browser: Br
         await browser.fill("[data-test-id=refund-form] input[name=reason]", "outage")
         await browser.click("[data-test-id=refund]")
         await browser.wait_text("[data-test-id=notice]", "Refund requested")
-        assert await browser.text("[data-test-id=refundable]") == "8.25 EUR"
-        assert await browser.text("[data-test-id=refunded]") == "4.25 EUR"
-        refunds = await browser.text("[data-test-id=refunds]")
+        # wait_text, not text: the live page may re-render these parts under a read.
+        await browser.wait_text("[data-test-id=refundable]", r"^8\.25 EUR$")
+        await browser.wait_text("[data-test-id=refunded]", r"^4\.25 EUR$")
+        refunds = await browser.wait_text("[data-test-id=refunds]", r"4\.25 EUR")
         assert "4.25 EUR" in refunds and "outage" in refunds and "console:alice" in refunds
         # The open page follows the payment over the live feed (static/payment.js): a
         # refund made through the API shows up without a reload.

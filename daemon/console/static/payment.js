@@ -1,7 +1,7 @@
 // A payment's page follows the payment: on each bus event about it (and once the stream
 // is open, for what happened before) it fetches its own page again and swaps in the
 // parts marked data-live — status, amounts, refunds and history, and the action forms
-// unless the operator is typing in one. Without JS the page is the same, only static.
+// when the actions on offer changed and the operator is not filling one in. Without JS the page is the same, only static.
 (function () {
   "use strict";
   var marker = document.querySelector("[data-payment-id]");
@@ -19,6 +19,23 @@
     );
   }
 
+  // Which actions a region offers, and for how much: its forms and their amount hints (not
+  // their idempotency keys, fresh on every rendering).
+  function offered(region) {
+    return Array.prototype.map.call(
+      region.querySelectorAll("form[data-test-id]"),
+      function (form) {
+        var amount = form.querySelector("input[name=amount]");  // its placeholder: what is left
+        return form.dataset.testId + (amount ? "=" + amount.placeholder : "");
+      }
+    ).join(" ") + "|" + (region.querySelector("[data-test-id=no-actions]") ? "none" : "");
+  }
+
+  function changed(name, region, next) {
+    if (name === "actions") { return offered(next) !== offered(region) && !busy(region); }
+    return next.innerHTML !== region.innerHTML;
+  }
+
   function refresh() {
     if (pending) { return; }
     pending = true;
@@ -30,8 +47,7 @@
         document.querySelectorAll("[data-live]").forEach(function (region) {
           var name = region.dataset.live;
           var next = fresh.querySelector('[data-live="' + name + '"]');
-          if (!next || (name === "actions" && busy(region))) { return; }
-          if (next.innerHTML !== region.innerHTML) {
+          if (next && changed(name, region, next)) {
             region.replaceChildren.apply(region, Array.from(next.childNodes));
           }
         });
