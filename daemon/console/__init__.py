@@ -23,13 +23,28 @@ from markupsafe import Markup, escape
 from quart import Blueprint, Response, current_app, g, request
 from quart_schema import hide
 
-from daemon.console import accounts, feed, guard, network, overview, signin, tasks, uisp
+from daemon.console import (
+    accounts,
+    apikeys,
+    docs,
+    feed,
+    guard,
+    network,
+    overview,
+    payments,
+    signin,
+    tasks,
+    uisp,
+    webhooks,
+)
 from daemon.console.context import Console
 from daemon.platform.deps import Deps
 
 HERE = Path(__file__).parent
 # In navigation order; a new page module goes here (and nowhere else).
-PAGES: tuple[Any, ...] = (signin, overview, tasks, uisp, network, feed)
+PAGES: tuple[Any, ...] = (
+    signin, overview, tasks, uisp, network, payments, webhooks, apikeys, docs, feed,
+)  # fmt: skip
 
 
 class _PagesBlueprint(Blueprint):

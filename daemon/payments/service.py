@@ -190,6 +190,10 @@ class PaymentService:
         await self.get(payment_id)
         return await store.events(self.db, payment_id)
 
+    async def refunds(self, payment_id: str) -> list[Refund]:
+        await self.get(payment_id)
+        return await store.refunds_of(self.db, payment_id)
+
     async def list_payments(
         self,
         *,

@@ -618,6 +618,14 @@ async def get_refund(db: Executor, refund_id: str) -> Refund | None:
     return None if row is None else _refund(row)
 
 
+async def refunds_of(db: Executor, payment_id: str) -> list[Refund]:
+    """A payment's refunds, oldest first (the console's payment page)."""
+    rows = await db.fetch(
+        f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 ORDER BY seq", payment_id
+    )
+    return [_refund(r) for r in rows]
+
+
 async def lock_refund(tx: Conn, refund_id: str) -> Refund | None:
     row = await tx.fetchrow(
         f"SELECT {_REFUND_COLUMNS} FROM refunds WHERE id = $1 FOR UPDATE", refund_id
