@@ -49,6 +49,17 @@ class PgServer:
         return psycopg.connect(self.admin_url, autocommit=True)
 
     def _ensure_template(self) -> None:
+        # pytest-xdist workers (and other runs on the same server) start at once: one builds
+        # the template while the others wait on this session lock, then find it built. The
+        # lock is per server and keyed by the template, so other schemas build in parallel.
+        with self._admin() as lock:
+            lock.execute("SELECT pg_advisory_lock(hashtext(%s))", (self.template,))
+            try:
+                self._build_template()
+            finally:
+                lock.execute("SELECT pg_advisory_unlock(hashtext(%s))", (self.template,))
+
+    def _build_template(self) -> None:
         with self._admin() as conn:
             if conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (self.template,)
@@ -59,9 +70,10 @@ class PgServer:
             conn.execute(f'CREATE DATABASE "{tmp}"')
         migrate(_with_db(self.admin_url, tmp))
         with self._admin() as conn:
+            # Renamed only once migrated: a half-built template is never cloned.
             try:
                 conn.execute(f'ALTER DATABASE "{tmp}" RENAME TO "{self.template}"')
-            except psycopg.errors.DuplicateDatabase:
+            except psycopg.errors.DuplicateDatabase:  # a run without this lock (older checkout)
                 conn.execute(f'DROP DATABASE "{tmp}"')
 
     @contextmanager

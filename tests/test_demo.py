@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -55,7 +57,22 @@ class Demo:
 
 
 @pytest.fixture
-async def demos(tmp_path: Path) -> AsyncIterator[list[Demo]]:
+def demo_dir() -> Iterator[Path]:
+    """A ``--dir`` outside pytest's tmp_path. As root, pgserver runs the embedded PostgreSQL
+    as its own ``pgserver`` user and opens the path's parents to it (o+rx); but any pytest
+    that starts meanwhile (another xdist worker's nested run, another run on the machine)
+    takes /tmp/pytest-of-root back to 0700, and the server's next file access fails with
+    "Permission denied"."""
+    root = Path(tempfile.mkdtemp(prefix="paymentd-demo-"))
+    try:
+        yield root / "demo"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def demos(demo_dir: Path) -> AsyncIterator[list[Demo]]:
+    # Takes demo_dir so that the demos are stopped before their directory is removed.
     started: list[Demo] = []
     yield started
     for d in started:
@@ -125,9 +142,9 @@ async def deliver_and_wait_for_sms(demo: Demo) -> list[object]:
 
 
 async def test_a_killed_demo_is_followed_by_a_working_one_and_nothing_leaks(
-    tmp_path: Path, demos: list[Demo]
+    demo_dir: Path, demos: list[Demo]
 ) -> None:
-    directory = tmp_path / "demo"
+    directory = demo_dir
     pgdata = directory / "pg"
     first = await start_demo(demos, directory, free_port())
     await deliver_and_wait_for_sms(first)
@@ -152,9 +169,9 @@ async def test_a_killed_demo_is_followed_by_a_working_one_and_nothing_leaks(
 
 
 async def test_a_second_demo_on_the_same_directory_is_refused_in_one_line(
-    tmp_path: Path, demos: list[Demo]
+    demo_dir: Path, demos: list[Demo]
 ) -> None:
-    directory = tmp_path / "demo"
+    directory = demo_dir
     await start_demo(demos, directory, free_port())
     with trio.fail_after(60):
         proc = await trio.run_process(
@@ -172,15 +189,15 @@ async def test_a_second_demo_on_the_same_directory_is_refused_in_one_line(
     ], err
 
 
-async def test_the_suspend_scenario_switches_an_onu_off(tmp_path: Path, demos: list[Demo]) -> None:
-    demo = await start_demo(demos, tmp_path / "demo", free_port(), "--scenario", "suspend")
+async def test_the_suspend_scenario_switches_an_onu_off(demo_dir: Path, demos: list[Demo]) -> None:
+    demo = await start_demo(demos, demo_dir, free_port(), "--scenario", "suspend")
     await demo.wait_for("state=deactivated")
     assert "scenario suspend: UISP suspends Bruno's service (id 2)" in demo.out
     assert "olt=olt-huawei-1 onu=0/1/0:2 action=deactivate" in demo.out
 
 
-async def test_the_printed_suspend_curl_works_as_pasted(tmp_path: Path, demos: list[Demo]) -> None:
-    demo = await start_demo(demos, tmp_path / "demo", free_port())
+async def test_the_printed_suspend_curl_works_as_pasted(demo_dir: Path, demos: list[Demo]) -> None:
+    demo = await start_demo(demos, demo_dir, free_port())
     m = re.search(
         r"curl -sS -X PATCH (\S+) -d '\{\}' \\\n\s+-H 'X-Auth-App-Key: ([^']+)'", demo.out
     )
@@ -193,9 +210,9 @@ async def test_the_printed_suspend_curl_works_as_pasted(tmp_path: Path, demos: l
 
 
 async def test_the_printed_card_payment_curl_reconnects_ana_with_one_sms(
-    tmp_path: Path, demos: list[Demo]
+    demo_dir: Path, demos: list[Demo]
 ) -> None:
-    demo = await start_demo(demos, tmp_path / "demo", free_port())
+    demo = await start_demo(demos, demo_dir, free_port())
     await demo.wait_for("Watch the payment:")
     await demo.wait_for("/events\n\n")
     m = re.search(r"curl -sS -X POST (\S+/mock/pay/\S+/pay)\n", demo.out)

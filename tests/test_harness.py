@@ -31,9 +31,13 @@ async def test_waiting_for_a_webhook_delivery_that_never_comes_fails() -> None:
         await fake.wait_deliveries(2, seconds=0.2)
 
 
-def test_a_hung_trio_test_is_ended_by_the_global_timeout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_hung_trio_test_is_ended_by_the_global_timeout(tmp_path: Path, workers: str) -> None:
     """The project's pytest config (pytest-timeout, thread method) stops a trio test that
-    waits forever; the run fails and names the test."""
+    waits forever; the run fails and names the test. In this process (-n0) the dump comes
+    from pytest-timeout; under xdist (-n1) the worker's stdout is gone, so faulthandler's
+    dump (a second before) is what shows, and xdist names the test its worker was running.
+    The test after it still runs there: a hang costs one test, not the rest of the run."""
     (tmp_path / "test_hangs.py").write_text(
         textwrap.dedent(
             """
@@ -41,6 +45,9 @@ def test_a_hung_trio_test_is_ended_by_the_global_timeout(tmp_path: Path) -> None
 
             async def test_waits_forever():
                 await trio.sleep_forever()
+
+            def test_after():
+                pass
             """
         )
     )
@@ -48,7 +55,8 @@ def test_a_hung_trio_test_is_ended_by_the_global_timeout(tmp_path: Path) -> None
         [
             *(sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"),
             *("-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path)),
-            *("--timeout", "2", str(tmp_path / "test_hangs.py")),
+            *("--timeout", "3", "-o", "faulthandler_timeout=2", "-n", workers),
+            str(tmp_path / "test_hangs.py"),
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -57,4 +65,9 @@ def test_a_hung_trio_test_is_ended_by_the_global_timeout(tmp_path: Path) -> None
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    assert "Timeout" in out and "test_waits_forever" in out, out
+    if workers == "0":
+        assert "Timeout" in out and "test_waits_forever" in out, out
+    else:
+        assert "Timeout (0:00:02)!" in out, out  # faulthandler's stacks, on the run's stderr
+        assert "crashed while running 'test_hangs.py::test_waits_forever'" in out, out
+        assert "PASSED test_hangs.py::test_after" in out, out
