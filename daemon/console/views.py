@@ -45,18 +45,20 @@ def text_arg(name: str, choices: tuple[str, ...] | None = None) -> str | None:
     return value
 
 
+def _positive(name: str, raw: str) -> int:
+    # ASCII digits only: str.isdigit() also accepts "²" and the like, which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= BIGINT_MAX:
+        raise Problem(400, f"{name} must be a positive whole number")
+    return int(raw)
+
+
 def int_arg(name: str) -> int | None:
     """An optional positive integer filter (an id); anything else is a 400 problem."""
     raw = request.args.get(name, "").strip()
     if not raw:
         return None
-    if not raw.isdigit() or not 1 <= int(raw) <= BIGINT_MAX:
-        raise Problem(400, f"{name} must be a positive whole number")
-    return int(raw)
+    return _positive(name, raw)
 
 
 def form_int(name: str) -> int:
-    raw = form().get(name, "").strip()
-    if not raw.isdigit() or not 1 <= int(raw) <= BIGINT_MAX:
-        raise Problem(400, f"{name} must be a positive whole number")
-    return int(raw)
+    return _positive(name, form().get(name, "").strip())
