@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from daemon.platform.deps import Deps
-from tests.console_fixtures import add_operator, page_csrf, sign_in
+from tests.console_fixtures import add_operator, page_csrf, post_login, sign_in
 from tests.http_fixtures import assert_problem, deps_fixture, serving
 
 __all__ = ["deps_fixture"]
@@ -28,4 +28,21 @@ async def test_a_non_ascii_digit_in_an_id_is_a_400(deps: Deps) -> None:
             r = await client.post("/console/overrides", data={"csrf_token": csrf, "service_id": "²"})
             assert r.status_code == 400
             assert "service_id must be a positive whole number" in r.text
+            assert await deps.db.fetchval("SELECT count(*) FROM onu_overrides") == 0
+
+
+async def test_a_nul_in_a_query_form_or_sign_in_is_a_400(deps: Deps) -> None:
+    await add_operator(deps.db)
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            # PostgreSQL text cannot hold NUL; without the check each was a 500.
+            body = assert_problem(
+                await post_login(client, method="password", name="a\x00b", password="x" * 12), 400
+            )
+            assert "\\u0000" in body["detail"]
+            await sign_in(client)
+            assert_problem(await client.get("/console/tasks?olt=a%00b"), 400)
+            csrf = await page_csrf(client, "/console/overrides")
+            form = {"csrf_token": csrf, "service_id": "5", "olt_name": "x\x00", "onu": "0/1/1:1"}
+            assert_problem(await client.post("/console/overrides", data=form), 400)
             assert await deps.db.fetchval("SELECT count(*) FROM onu_overrides") == 0

@@ -23,7 +23,7 @@ from markupsafe import Markup, escape
 from quart import Blueprint, Response, current_app, g, request
 from quart_schema import hide
 
-from daemon.console import accounts, feed, guard, network, overview, signin, tasks, uisp
+from daemon.console import accounts, feed, guard, network, overview, signin, tasks, uisp, views
 from daemon.console.context import Console
 from daemon.platform.deps import Deps
 
@@ -61,6 +61,8 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
 
     @bp.before_request
     async def _authenticate() -> Response | None:
+        views.refuse_nul("query", request.args.items(multi=True))
+        views.refuse_nul("path", (request.view_args or {}).items())
         if request.endpoint in guard.PUBLIC:
             return None
         token = request.cookies.get(guard.COOKIE)
@@ -81,6 +83,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
         g.console = session
         if request.method not in guard.SAFE_METHODS:
             form = (await request.form).to_dict()
+            views.refuse_nul("form", form.items())
             guard.check_csrf(session.csrf_token, form)
             g.form = form
         return None

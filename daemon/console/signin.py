@@ -14,7 +14,7 @@ import logging
 
 from quart import Blueprint, Response, g, render_template, request
 
-from daemon.console import accounts, guard
+from daemon.console import accounts, guard, views
 from daemon.console.context import Console
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def register(bp: Blueprint, console: Console) -> None:
     async def login_submit() -> Response:
         guard.check_origin()
         form = (await request.form).to_dict()
+        views.refuse_nul("form", form.items())
         # Double submit: the form repeats the random value its page set in a cookie, which
         # another site can neither read nor set (SameSite=Strict, HttpOnly, our path).
         cookie = request.cookies.get(guard.LOGIN_COOKIE, "")

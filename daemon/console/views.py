@@ -7,7 +7,7 @@ its own table (``notices``), so a crafted link can only show a message we wrote.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from quart import g, request
@@ -19,6 +19,13 @@ PAGE_SIZE = 50
 
 # code -> (text, is_error)
 Notices = Mapping[str, tuple[str, bool]]
+
+
+def refuse_nul(where: str, pairs: Iterable[tuple[str, Any]]) -> None:
+    """A 400 problem for a query, path or form value PostgreSQL text cannot hold (NUL)."""
+    for key, value in pairs:
+        if "\x00" in key or (isinstance(value, str) and "\x00" in value):
+            raise Problem(400, f"the {where} contains \\u0000, which cannot be stored")
 
 
 def form() -> dict[str, str]:
