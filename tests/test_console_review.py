@@ -46,3 +46,15 @@ async def test_a_nul_in_a_query_form_or_sign_in_is_a_400(deps: Deps) -> None:
             form = {"csrf_token": csrf, "service_id": "5", "olt_name": "x\x00", "onu": "0/1/1:1"}
             assert_problem(await client.post("/console/overrides", data=form), 400)
             assert await deps.db.fetchval("SELECT count(*) FROM onu_overrides") == 0
+
+
+async def test_a_time_off_the_calendar_in_utc_is_a_400(deps: Deps) -> None:
+    await add_operator(deps.db)
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            await sign_in(client)
+            for before in ("0001-01-01T00:00:00%2B01:00", "9999-12-31T23:59:59-01:00"):
+                body = assert_problem(await client.get(f"/console/uisp?before={before}"), 400)
+                assert "before must be an ISO 8601 time" in body["detail"]
+            r = await client.get("/console/uisp?before=2026-01-01T00:00:00%2B01:00")
+            assert r.status_code == 200
