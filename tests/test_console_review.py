@@ -58,3 +58,18 @@ async def test_a_time_off_the_calendar_in_utc_is_a_400(deps: Deps) -> None:
                 assert "before must be an ISO 8601 time" in body["detail"]
             r = await client.get("/console/uisp?before=2026-01-01T00:00:00%2B01:00")
             assert r.status_code == 200
+
+
+async def test_removing_the_override_of_a_service_id_past_bigint_says_it_had_none(
+    deps: Deps,
+) -> None:
+    await add_operator(deps.db)
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            await sign_in(client)
+            csrf = await page_csrf(client, "/console/overrides")
+            r = await client.post(
+                "/console/overrides/99999999999999999999999/remove", data={"csrf_token": csrf}
+            )
+            assert r.status_code == 303, r.text
+            assert r.headers["location"] == "/console/overrides?notice=absent"
