@@ -3,9 +3,13 @@ never a 500; sessions end where they should."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+import httpx
 import pytest
 import trio
 
+from daemon.console import feed, guard
 from daemon.platform.deps import Deps
 from tests.console_fixtures import add_operator, page_csrf, post_login, sign_in
 from tests.http_fixtures import assert_problem, deps_fixture, serving
@@ -25,7 +29,8 @@ async def test_a_non_ascii_digit_in_an_id_is_a_400(deps: Deps) -> None:
                 body = assert_problem(await client.get(f"/console/tasks?{arg}=%C2%B2"), 400)
                 assert arg in body["detail"]
             csrf = await page_csrf(client, "/console/overrides")
-            r = await client.post("/console/overrides", data={"csrf_token": csrf, "service_id": "²"})
+            form = {"csrf_token": csrf, "service_id": "²"}
+            r = await client.post("/console/overrides", data=form)
             assert r.status_code == 400
             assert "service_id must be a positive whole number" in r.text
             assert await deps.db.fetchval("SELECT count(*) FROM onu_overrides") == 0
@@ -73,3 +78,55 @@ async def test_removing_the_override_of_a_service_id_past_bigint_says_it_had_non
             )
             assert r.status_code == 303, r.text
             assert r.headers["location"] == "/console/overrides?notice=absent"
+
+
+async def _stream_ends(
+    client: httpx.AsyncClient, after: Callable[[], Awaitable[None]] | None = None
+) -> bytes:
+    """Open the console's event stream, run ``after`` once it is subscribed, and return
+    everything the stream sent before it ended."""
+    got = b""
+    pending: Callable[[], Awaitable[None]] | None = after
+    async with client.stream("GET", "/console/events") as r:
+        assert r.status_code == 200
+        async for chunk in r.aiter_bytes():
+            got += chunk
+            if pending is not None and got.startswith(b": subscribed"):
+                await pending()
+                pending = None
+    return got
+
+
+async def test_the_event_stream_ends_when_its_session_is_signed_out(
+    deps: Deps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed, "RECHECK_SECONDS", 0.2)
+    await add_operator(deps.db)
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            await sign_in(client)
+            csrf = await page_csrf(client)
+            cookie = client.cookies[guard.COOKIE]
+
+            async def sign_out() -> None:
+                r = await client.post("/console/logout", data={"csrf_token": csrf})
+                assert r.status_code == 303
+
+            await _stream_ends(client, sign_out)
+            # The browser's reconnect is refused.
+            client.cookies.set(guard.COOKIE, cookie)
+            assert_problem(await client.get("/console/events"), 401)
+
+
+async def test_the_event_stream_ends_when_its_session_expires(deps: Deps) -> None:
+    await add_operator(deps.db)
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            await sign_in(client)
+            await deps.db.execute(
+                "UPDATE console_sessions SET expires_at = now() + interval '1 second'"
+            )
+            # RECHECK_SECONDS is 15: only the session's own expiry can end this stream.
+            with trio.fail_after(5):
+                got = await _stream_ends(client)
+            assert got.startswith(b": subscribed")
