@@ -130,3 +130,17 @@ async def test_the_event_stream_ends_when_its_session_expires(deps: Deps) -> Non
             with trio.fail_after(5):
                 got = await _stream_ends(client)
             assert got.startswith(b": subscribed")
+
+
+async def test_signing_in_again_replaces_the_browsers_session(deps: Deps) -> None:
+    await add_operator(deps.db)
+    with trio.fail_after(20):
+        async with serving(deps) as client:
+            await sign_in(client)
+            first = client.cookies[guard.COOKIE]
+            await sign_in(client)
+            assert client.cookies[guard.COOKIE] != first
+            assert await deps.db.fetchval("SELECT count(*) FROM console_sessions") == 1
+            client.cookies.clear()
+            client.cookies.set(guard.COOKIE, first)
+            assert_problem(await client.get("/console/events"), 401)

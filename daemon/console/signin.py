@@ -88,6 +88,11 @@ def register(bp: Blueprint, console: Console) -> None:
             log.warning("console sign-in failed from %s", client)
             return await page(FAILED, status=401)
         console.throttle.succeeded(account)
+        # Signing in again in a browser that has a session replaces it: the old one
+        # would otherwise stay valid, unreferenced, until it expired.
+        previous = request.cookies.get(guard.COOKIE)
+        if previous:
+            await accounts.close_session(deps.db, previous)
         token = await accounts.open_session(
             deps.db,
             operator=operator,
