@@ -35,6 +35,7 @@ from daemon.console import (
     signin,
     tasks,
     uisp,
+    views,
     webhooks,
 )
 from daemon.console.context import Console
@@ -76,6 +77,8 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
 
     @bp.before_request
     async def _authenticate() -> Response | None:
+        views.refuse_nul("query", request.args.items(multi=True))
+        views.refuse_nul("path", (request.view_args or {}).items())
         if request.endpoint in guard.PUBLIC:
             return None
         token = request.cookies.get(guard.COOKIE)
@@ -96,6 +99,7 @@ def blueprint(deps: Deps, shutdown: trio.Event) -> Blueprint:
         g.console = session
         if request.method not in guard.SAFE_METHODS:
             form = (await request.form).to_dict()
+            views.refuse_nul("form", form.items())
             guard.check_csrf(session.csrf_token, form)
             g.form = form
         return None

@@ -20,6 +20,7 @@ from daemon.console import guard, views
 from daemon.console.context import Console
 from daemon.network import devices
 from daemon.network.olt.types import OltError
+from daemon.platform.db import BIGINT_MAX
 from daemon.platform.http.problem import Problem
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ def register(bp: Blueprint, console: Console) -> None:
 
     @bp.post("/overrides/<int:service_id>/remove")
     async def override_remove(service_id: int) -> Response:
-        removed = await devices.remove_override(deps.db, service_id)
+        # Past bigint no service can have one (and PostgreSQL would refuse the parameter).
+        removed = service_id <= BIGINT_MAX and await devices.remove_override(deps.db, service_id)
         if removed:
             log.info("ONU override of service %d removed by %s", service_id, guard.current().who)
         return guard.redirect_to("console.overrides", notice="removed" if removed else "absent")

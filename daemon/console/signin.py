@@ -14,7 +14,7 @@ import logging
 
 from quart import Blueprint, Response, g, render_template, request
 
-from daemon.console import accounts, guard
+from daemon.console import accounts, guard, views
 from daemon.console.context import Console
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def register(bp: Blueprint, console: Console) -> None:
     async def login_submit() -> Response:
         guard.check_origin()
         form = (await request.form).to_dict()
+        views.refuse_nul("form", form.items())
         # Double submit: the form repeats the random value its page set in a cookie, which
         # another site can neither read nor set (SameSite=Strict, HttpOnly, our path).
         cookie = request.cookies.get(guard.LOGIN_COOKIE, "")
@@ -87,6 +88,11 @@ def register(bp: Blueprint, console: Console) -> None:
             log.warning("console sign-in failed from %s", client)
             return await page(FAILED, status=401)
         console.throttle.succeeded(account)
+        # Signing in again in a browser that has a session replaces it: the old one
+        # would otherwise stay valid, unreferenced, until it expired.
+        previous = request.cookies.get(guard.COOKIE)
+        if previous:
+            await accounts.close_session(deps.db, previous)
         token = await accounts.open_session(
             deps.db,
             operator=operator,

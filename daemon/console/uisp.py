@@ -34,9 +34,10 @@ def _before() -> dt.datetime | None:
         return None
     try:
         when = dt.datetime.fromisoformat(raw)
-    except ValueError:
+        # In UTC here, as the driver would: 0001-01-01T00:00+01:00 falls off the calendar.
+        return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         raise Problem(400, "before must be an ISO 8601 time (the Older link's)") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def register(bp: Blueprint, console: Console) -> None:

@@ -7,7 +7,7 @@ its own table (``notices``), so a crafted link can only show a message we wrote.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from quart import g, request
@@ -19,6 +19,13 @@ PAGE_SIZE = 50
 
 # code -> (text, is_error)
 Notices = Mapping[str, tuple[str, bool]]
+
+
+def refuse_nul(where: str, pairs: Iterable[tuple[str, Any]]) -> None:
+    """A 400 problem for a query, path or form value PostgreSQL text cannot hold (NUL)."""
+    for key, value in pairs:
+        if "\x00" in key or (isinstance(value, str) and "\x00" in value):
+            raise Problem(400, f"the {where} contains \\u0000, which cannot be stored")
 
 
 def form() -> dict[str, str]:
@@ -45,18 +52,20 @@ def text_arg(name: str, choices: tuple[str, ...] | None = None) -> str | None:
     return value
 
 
+def _positive(name: str, raw: str) -> int:
+    # ASCII digits only: str.isdigit() also accepts "²" and the like, which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= BIGINT_MAX:
+        raise Problem(400, f"{name} must be a positive whole number")
+    return int(raw)
+
+
 def int_arg(name: str) -> int | None:
     """An optional positive integer filter (an id); anything else is a 400 problem."""
     raw = request.args.get(name, "").strip()
     if not raw:
         return None
-    if not raw.isdigit() or not 1 <= int(raw) <= BIGINT_MAX:
-        raise Problem(400, f"{name} must be a positive whole number")
-    return int(raw)
+    return _positive(name, raw)
 
 
 def form_int(name: str) -> int:
-    raw = form().get(name, "").strip()
-    if not raw.isdigit() or not 1 <= int(raw) <= BIGINT_MAX:
-        raise Problem(400, f"{name} must be a positive whole number")
-    return int(raw)
+    return _positive(name, form().get(name, "").strip())
