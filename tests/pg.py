@@ -36,6 +36,8 @@ def _schema_hash() -> str:
     for entry in sorted(files("daemon.platform.migrations").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):
             h.update(entry.read_bytes())
+    # migrate() also sets up the queues (triggers): a change there needs a new template.
+    h.update(files("daemon.platform").joinpath("migrate.py").read_bytes())
     return h.hexdigest()[:10]
 
 

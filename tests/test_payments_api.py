@@ -119,6 +119,9 @@ async def test_a_keyed_create_stores_the_row_it_answered_with_its_history_event_
         body["id"],
     )
     assert row["created_at"] == row["locked_at"]  # the claim's time is the creation's
+    # The stored answer is the service's; the route adds checkout_url to every answer,
+    # a replay's included (derived from the id and expiry, so it is the same each time).
+    assert body.pop("checkout_url", "").startswith("http")
     assert row["status"] == "finished" and row["response_body"] == body
     assert await pay.db.fetchval(
         "SELECT count(*) FROM payment_events WHERE payment_id = $1 AND to_status = 'created'",

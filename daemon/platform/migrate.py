@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 
 import psycopg
+import psycopg.sql
 from pgmq.install import install_pgmq_from_sql
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,30 @@ def migrate(
                 # The throttle state table is UNLOGGED (empty after a crash):
                 # re-enable at every start.
                 conn.execute("SELECT pgmq.enable_notify_insert(%s, %s)", (q, notify_throttle_ms))
+                conn.execute(_notify_at_commit(q))
         return MigrationReport(applied, pgmq_how, list(queue_names))
     except psycopg.Error as exc:
         raise MigrationError(f"database migration failed: {exc}".strip()) from exc
     finally:
         conn.close()
+
+
+def _notify_at_commit(queue: str) -> psycopg.sql.Composed:
+    """Make the queue's insert trigger run at commit (INITIALLY DEFERRED), not at insert.
+
+    pgmq's trigger decides whether to NOTIFY when the row is inserted: inside its throttle
+    window after another NOTIFY it stays silent, and the consumer covers the window with
+    one re-read ``throttle`` after that NOTIFY. A transaction that inserts within the
+    window but commits after the re-read (drift's fix waiting for a service lock, a SQL
+    caller's own long transaction) left its message unannounced until the safety poll,
+    five minutes later. Run at commit, the decision is made when the message becomes
+    visible: either it notifies, or a NOTIFY less than ``throttle`` ago is still followed
+    by its re-read. (It also holds pgmq's throttle row lock only while committing.)
+    """
+    table = psycopg.sql.Identifier(f"q_{queue}")
+    return psycopg.sql.SQL(
+        "DROP TRIGGER IF EXISTS trigger_notify_queue_insert_listeners ON pgmq.{t};"
+        " CREATE CONSTRAINT TRIGGER trigger_notify_queue_insert_listeners"
+        " AFTER INSERT ON pgmq.{t} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
+        " EXECUTE PROCEDURE pgmq.notify_queue_listeners()"
+    ).format(t=table)
