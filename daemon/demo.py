@@ -209,6 +209,7 @@ Scripted scenarios (run instead of plain `paymentd demo`):
                                       Carla's webhook arrives: retries, then success
 
 Look around:
+  {base}/console in a browser (the operator console; sign in with the admin token {ADMIN_TOKEN})
   curl -sS -H 'Authorization: Bearer {ADMIN_TOKEN}' {base}/api/v1/tasks
   curl -sS -N -H 'Authorization: Bearer {ADMIN_TOKEN}' {base}/api/v1/events
   curl -sS {sink_url}/_sink/messages        # the SMS that were "sent"
