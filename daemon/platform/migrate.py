@@ -120,8 +120,27 @@ def _notify_at_commit(queue: str) -> psycopg.sql.Composed:
     """
     table = psycopg.sql.Identifier(f"q_{queue}")
     return psycopg.sql.SQL(
-        "DROP TRIGGER IF EXISTS trigger_notify_queue_insert_listeners ON pgmq.{t};"
+        _NOTIFY_AT_COMMIT_FUNCTION
+        + "DROP TRIGGER IF EXISTS trigger_notify_queue_insert_listeners ON pgmq.{t};"
         " CREATE CONSTRAINT TRIGGER trigger_notify_queue_insert_listeners"
         " AFTER INSERT ON pgmq.{t} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
-        " EXECUTE PROCEDURE pgmq.notify_queue_listeners()"
+        " EXECUTE PROCEDURE paymentd.pgmq_notify_at_commit()"
     ).format(t=table)
+
+
+# pgmq's own trigger function, run with its owner's rights: at commit it runs as the
+# session's role, which for the SQL entry point (docs/sql-api.md) has no access to pgmq's
+# throttle table; the SECURITY DEFINER create_payment it called has returned by then.
+_NOTIFY_AT_COMMIT_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION paymentd.pgmq_notify_at_commit() RETURNS trigger"
+    " LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pgmq AS $f$"
+    " BEGIN"
+    " UPDATE pgmq.notify_insert_throttle SET last_notified_at = clock_timestamp()"
+    " WHERE queue_name = substring(TG_TABLE_NAME from 3)"
+    " AND (throttle_interval_ms = 0 OR clock_timestamp() - last_notified_at"
+    " >= throttle_interval_ms * INTERVAL '1 millisecond');"
+    " IF FOUND THEN PERFORM pg_notify('pgmq.' || TG_TABLE_NAME || '.' || TG_OP, NULL); END IF;"
+    " RETURN NEW;"
+    " END $f$;"
+    " REVOKE ALL ON FUNCTION paymentd.pgmq_notify_at_commit() FROM PUBLIC; "
+)
